@@ -1,0 +1,164 @@
+"""The ``scan-agent`` command line.
+
+    scan-agent check CODE... [--json] [--accept-gs1]
+    scan-agent run [--config F] [--movement M] [--db PATH] [--json]
+    scan-agent ledger verify [--db PATH]
+    scan-agent ledger export [--db PATH] [--since T] [--format csv|jsonl]
+    scan-agent --version
+
+Exit status: 0 success, 1 a check or verification failed, 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import signal
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent import __version__, codes, config, ledger
+from agent.clock import iso
+from agent.runner import Runner, with_overrides
+
+log = logging.getLogger("scan-agent")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except config.ConfigError as problem:
+        print(f"scan-agent: bad config: {problem}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config) if args.config else config.builtin_default()
+    all_valid = True
+    for text in args.codes:
+        parsed = codes.parse(
+            text, leading_digits=cfg.codes.leading_digits, accept_gs1=args.accept_gs1 or cfg.codes.accept_gs1
+        )
+        all_valid &= parsed.valid
+        if args.json:
+            print(json.dumps(_check_dict(parsed), ensure_ascii=False))
+        elif parsed.valid:
+            print(f"valid {parsed.kind} {parsed.code} product={parsed.product_id} serial={parsed.serial}")
+        else:
+            print(f"invalid {parsed.reason} {parsed.text} ({parsed.detail})")
+    return 0 if all_valid else 1
+
+
+def _check_dict(parsed: codes.TraceCode | codes.Rejection) -> dict:
+    out = {
+        "valid": parsed.valid,
+        "kind": parsed.kind,
+        "reason": parsed.reason,
+        "code": parsed.code if parsed.valid else parsed.text,
+        "product_id": parsed.product_id or None,
+        "serial": parsed.serial or None,
+        "symbology": parsed.symbology,
+    }
+    if parsed.valid:
+        out.update(check=parsed.check, expiry=parsed.expiry, lot=parsed.lot)
+    else:
+        out["detail"] = parsed.detail
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = with_overrides(config.load(args.config), movement=args.movement, db=args.db)
+    runner = Runner(cfg, out=sys.stdout, as_json=args.json)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: runner.request_stop())
+    try:
+        return runner.run()
+    except (sqlite3.Error, OSError) as problem:
+        print(f"scan-agent: cannot open the ledger at {cfg.ledger.path}: {problem}", file=sys.stderr)
+        return 2
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    conn = _open_existing(args)
+    result = ledger.verify(conn)
+    if result.ok:
+        print(f"ledger intact: {result.rows} scans, hash chain and seq verified")
+        return 0
+    print(f"ledger BROKEN at {result.problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    rows = ledger.export_rows(_open_existing(args), since=_iso_since(args.since))
+    if args.format == "jsonl":
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return 0
+    writer = csv.DictWriter(sys.stdout, fieldnames=[*ledger.HASHED, "hash"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return 0
+
+
+def _iso_since(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"scan-agent: --since {text!r} is not an ISO-8601 time, e.g. 2026-01-01T08:00:00Z") from None
+    return iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
+def _open_existing(args: argparse.Namespace) -> sqlite3.Connection:
+    path = Path(args.db) if args.db else config.load(args.config).ledger.path
+    if not path.exists():
+        raise SystemExit(f"scan-agent: no ledger at {path}")
+    # Read-only: an inspector's command must never change the ledger.
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scan-agent", description="Drug-traceability scanner kiosk agent.")
+    parser.add_argument("--version", action="version", version=f"scan-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="check trace codes offline")
+    check.add_argument("codes", nargs="+", metavar="CODE")
+    check.add_argument("--json", action="store_true", help="one JSON object per line")
+    check.add_argument("--accept-gs1", action="store_true", help="accept GS1 element strings too")
+    check.add_argument("--config", help="take leading digits and GS1 settings from this config")
+    check.set_defaults(handler=cmd_check)
+
+    run = commands.add_parser("run", help="run the agent")
+    run.add_argument("--config", help=f"config file (default {config.DEFAULT_PATH}, else built-in)")
+    run.add_argument("--movement", choices=ledger.MOVEMENTS, help="override [station] movement")
+    run.add_argument("--db", help="override [ledger] path")
+    run.add_argument("--json", action="store_true", help="print each decision as a JSON object")
+    run.set_defaults(handler=cmd_run)
+
+    ledger_cmd = commands.add_parser("ledger", help="inspect the ledger")
+    ledger_commands = ledger_cmd.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
+    verify = ledger_commands.add_parser("verify", help="recompute the hash chain")
+    export = ledger_commands.add_parser("export", help="export scans for inspectors")
+    export.add_argument("--since", help="only scans at or after this ISO-8601 UTC time, e.g. 2026-01-01T00:00:00Z")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    for sub, handler in ((verify, cmd_verify), (export, cmd_export)):
+        sub.add_argument("--db", help="ledger file (default: from the config)")
+        sub.add_argument("--config", help="config naming the ledger")
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

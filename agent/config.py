@@ -1,0 +1,271 @@
+"""The agent's configuration: TOML in, frozen dataclasses out, or a clear error.
+
+>>> cfg = parse_toml('[station]\\nmovement = "receive"\\n')
+>>> cfg.station.movement
+'receive'
+>>> parse_toml('[station]\\nmovement = "sell"\\n')
+Traceback (most recent call last):
+...
+agent.config.ConfigError: [station] movement: 'sell' is not allowed; allowed: receive, dispense, ...
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.ledger import MOVEMENTS
+
+DEFAULT_PATH = Path("/etc/scan-agent/agent.toml")
+SYSTEM_LEDGER = Path("/var/lib/scan-agent/ledger.db")
+SCANNER_KINDS = ("stdin",)
+FEEDBACK_BACKENDS = ("console", "none")
+
+
+class ConfigError(ValueError):
+    """A config that the agent refuses to start with; the message names the key."""
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    device_id: str = "kiosk-0001"
+    site_id: str = "site-01"
+    movement: str = "dispense"
+    operator: str = ""
+
+
+@dataclass(frozen=True)
+class CodesConfig:
+    leading_digits: tuple[str, ...] = ("8",)
+    accept_gs1: bool = False
+    double_read_window_s: float = 2.0
+    split_packs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    path: Path = SYSTEM_LEDGER
+
+
+@dataclass(frozen=True)
+class ScannerConfig:
+    kind: str = "stdin"
+    name: str = "console"
+    movement: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    backend: str = "console"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    station: StationConfig = field(default_factory=StationConfig)
+    codes: CodesConfig = field(default_factory=CodesConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    scanners: tuple[ScannerConfig, ...] = (ScannerConfig(),)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    source: str = "built-in default"
+
+
+def user_ledger_path() -> Path:
+    """Where the built-in default keeps its ledger: the user's data directory."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "scan-agent" / "ledger.db"
+
+
+def builtin_default() -> Config:
+    """Stdin scanner, console feedback, MQTT off, ledger in the user's data directory."""
+    return Config(ledger=LedgerConfig(path=user_ledger_path()))
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Read the config at ``path``; with none, ``/etc/scan-agent/agent.toml`` if it
+    exists, else the built-in default."""
+    if path is None:
+        if not DEFAULT_PATH.exists():
+            return builtin_default()
+        path = DEFAULT_PATH
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as problem:
+        raise ConfigError(f"{path}: cannot read: {problem.strerror or problem}") from problem
+    except UnicodeDecodeError as problem:
+        raise ConfigError(f"{path}: not UTF-8 text") from problem
+    return parse_toml(text, source=str(path))
+
+
+def parse_toml(text: str, source: str = "<string>") -> Config:
+    """Parse and validate config text."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as problem:
+        raise ConfigError(f"{source}: not valid TOML: {problem}") from problem
+    top = Table("", data)
+    config = Config(
+        station=_station(top.table("station")),
+        codes=_codes(top.table("codes")),
+        ledger=_ledger(top.table("ledger")),
+        scanners=_scanners(top.array_of_tables("scanners")),
+        feedback=_feedback(top.table("feedback")),
+        mqtt=_mqtt(top.table("mqtt")),
+        source=source,
+    )
+    top.finish()
+    return config
+
+
+def _station(t: Table) -> StationConfig:
+    d = StationConfig()
+    station = StationConfig(
+        device_id=t.text("device_id", d.device_id, nonempty=True),
+        site_id=t.text("site_id", d.site_id, nonempty=True),
+        movement=t.choice("movement", d.movement, MOVEMENTS),
+        operator=t.text("operator", d.operator),
+    )
+    t.finish()
+    return station
+
+
+def _codes(t: Table) -> CodesConfig:
+    d = CodesConfig()
+    leading = t.get("leading_digits", list(d.leading_digits), list)
+    if not leading or not all(isinstance(x, str) and len(x) == 1 and x.isdigit() for x in leading):
+        t.fail("leading_digits", f'{leading!r} is not allowed; allowed: a non-empty list of single digits, e.g. ["8"]')
+    packs = t.get("split_packs", {}, dict)
+    for product, count in packs.items():
+        if not (len(product) == 7 and product.isdigit()) and not (len(product) == 14 and product.isdigit()):
+            t.fail(f"split_packs.{product}", "product id must be 7 digits (or a 14-digit GTIN)")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            t.fail(f"split_packs.{product}", f"{count!r} is not allowed; allowed: a whole number >= 1")
+    codes = CodesConfig(
+        leading_digits=tuple(leading),
+        accept_gs1=t.get("accept_gs1", d.accept_gs1, bool),
+        double_read_window_s=t.number("double_read_window_s", d.double_read_window_s, low=0.0, high=60.0),
+        split_packs=dict(packs),
+    )
+    t.finish()
+    return codes
+
+
+def _ledger(t: Table) -> LedgerConfig:
+    ledger = LedgerConfig(path=Path(t.text("path", str(SYSTEM_LEDGER), nonempty=True)))
+    t.finish()
+    return ledger
+
+
+def _scanners(tables: list[Table]) -> tuple[ScannerConfig, ...]:
+    scanners = []
+    for t in tables:
+        movement = t.get("movement", None, str)
+        if movement is not None and movement not in MOVEMENTS:
+            t.fail("movement", f"{movement!r} is not allowed; allowed: {', '.join(MOVEMENTS)}")
+        scanners.append(
+            ScannerConfig(
+                kind=t.choice("kind", "stdin", SCANNER_KINDS),
+                name=t.text("name", f"scanner{len(scanners) + 1}", nonempty=True),
+                movement=movement,
+            )
+        )
+        t.finish()
+    names = [s.name for s in scanners]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"[[scanners]] name: {name!r} is used twice; each scanner needs its own name")
+    return tuple(scanners) if scanners else Config().scanners
+
+
+def _feedback(t: Table) -> FeedbackConfig:
+    feedback = FeedbackConfig(backend=t.choice("backend", "console", FEEDBACK_BACKENDS))
+    t.finish()
+    return feedback
+
+
+def _mqtt(t: Table) -> MqttConfig:
+    mqtt = MqttConfig(enabled=t.get("enabled", False, bool))
+    t.finish()
+    return mqtt
+
+
+class Table:
+    """One TOML table being read: typed getters, and :meth:`finish` refuses
+    keys nobody asked for, so a typo is an error rather than a silent default."""
+
+    def __init__(self, where: str, data: dict[str, Any]) -> None:
+        self.where = where
+        self.data = data
+        self.seen: set[str] = set()
+
+    def fail(self, key: str, message: str) -> None:
+        raise ConfigError(f"{self.where} {key}: {message}".strip())
+
+    def get(self, key: str, default: Any, kind: type) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.fail(key, f"{value!r} is not allowed; allowed: {_KIND_NAMES.get(kind, kind.__name__)}")
+        return value
+
+    def text(self, key: str, default: str, nonempty: bool = False) -> str:
+        value = self.get(key, default, str)
+        if nonempty and not value.strip():
+            self.fail(key, "must not be empty")
+        return value
+
+    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.get(key, default, str)
+        if value not in allowed:
+            self.fail(key, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.get(key, default, float)
+        if not low <= value <= high:
+            self.fail(key, f"{value!r} is not allowed; allowed: a number from {low} to {high}")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.get(key, default, int)
+        if not low <= value <= high:
+            self.fail(key, f"{value!r} is not allowed; allowed: a whole number from {low} to {high}")
+        return value
+
+    def table(self, key: str) -> Table:
+        return Table(f"[{key}]" if not self.where else f"{self.where[:-1]}.{key}]", self.get(key, {}, dict))
+
+    def array_of_tables(self, key: str) -> list[Table]:
+        items = self.get(key, [], list)
+        if not all(isinstance(item, dict) for item in items):
+            self.fail(key, "must be an array of tables, written [[scanners]]")
+        return [Table(f"[[{key}]] #{n + 1}", item) for n, item in enumerate(items)]
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            known = ", ".join(sorted(self.seen)) or "none"
+            self.fail(unknown[0], f"unknown key; known keys here: {known}")
+
+
+_KIND_NAMES = {
+    str: "a string",
+    bool: "true or false",
+    float: "a number",
+    int: "a whole number",
+    list: "a list",
+    dict: "a table",
+}

@@ -1,0 +1,106 @@
+"""Wiring: a :class:`~agent.config.Config` becomes a running agent.
+
+Holds no domain rules; it builds the ledger, pipeline, sinks and sources the
+config names, runs them until told to stop (or every source has ended, as
+stdin does at EOF) and then finishes every queued scan before returning.
+
+>>> import io
+>>> from agent.config import Config, LedgerConfig, FeedbackConfig
+>>> cfg = Config(ledger=LedgerConfig(":memory:"), feedback=FeedbackConfig("none"))
+>>> out = io.StringIO()
+>>> Runner(cfg, out=out, stdin=io.BytesIO(b"81234567890123456789\\n")).run()
+0
+>>> out.getvalue().split()[:2]
+['accepted', '81234567890123456789']
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+from typing import BinaryIO, TextIO
+
+from agent.config import Config, FeedbackConfig, ScannerConfig
+from agent.feedback import ConsoleFeedback, NoFeedback
+from agent.ledger import Ledger
+from agent.output import DecisionPrinter
+from agent.pipeline import Context, Pipeline, Sink
+from agent.sources.stdin import StdinSource
+
+log = logging.getLogger(__name__)
+
+
+class Runner:
+    """One agent process: call :meth:`run`; :meth:`request_stop` from a signal handler."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        out: TextIO | None = None,
+        as_json: bool = False,
+        stdin: BinaryIO | None = None,
+    ) -> None:
+        self.config = config
+        self.out = out
+        self.as_json = as_json
+        self.stdin = stdin
+        self.stop_requested = threading.Event()
+        self.pipeline: Pipeline | None = None
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def run(self) -> int:
+        cfg = self.config
+        ledger = Ledger.open(
+            cfg.ledger.path,
+            device_id=cfg.station.device_id,
+            site_id=cfg.station.site_id,
+            double_read_window_s=cfg.codes.double_read_window_s,
+            split_packs=cfg.codes.split_packs,
+        )
+        sinks: list[Sink] = [make_feedback(cfg.feedback)]
+        if self.out is not None:
+            sinks.append(DecisionPrinter(self.out, as_json=self.as_json))
+        self.pipeline = pipeline = Pipeline(
+            ledger,
+            context=Context(movement=cfg.station.movement, operator=cfg.station.operator),
+            sinks=sinks,
+            leading_digits=cfg.codes.leading_digits,
+            accept_gs1=cfg.codes.accept_gs1,
+        )
+        sources = [self.make_source(s) for s in cfg.scanners]
+        log.info("scan-agent up: %s, ledger %s, movement %s", cfg.source, cfg.ledger.path, cfg.station.movement)
+        pipeline.start()
+        try:
+            for source in sources:
+                source.start(pipeline.submit)
+            while not self.stop_requested.wait(0.1):
+                if all(source.done.is_set() for source in sources):
+                    break
+        finally:
+            for source in sources:
+                source.stop()
+            pipeline.stop()
+            ledger.close()
+        return 0
+
+    def make_source(self, scanner: ScannerConfig) -> StdinSource:
+        return StdinSource(self.stdin, name=scanner.name, movement=scanner.movement)
+
+
+def make_feedback(config: FeedbackConfig) -> Sink:
+    if config.backend == "console":
+        return ConsoleFeedback()
+    return NoFeedback()
+
+
+def with_overrides(config: Config, *, movement: str | None = None, db: str | None = None) -> Config:
+    """The config with command-line overrides applied."""
+    if movement is not None:
+        config = replace(config, station=replace(config.station, movement=movement))
+    if db is not None:
+        config = replace(config, ledger=replace(config.ledger, path=db))
+    return config
