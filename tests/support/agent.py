@@ -1,0 +1,41 @@
+"""Running ``scan-agent`` as a real subprocess of this checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def agent_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def agent_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agent", *args]
+
+
+def run_agent(*args: str, input: bytes | None = None, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    """Run ``scan-agent ARGS`` to completion and capture its output."""
+    return subprocess.run(
+        agent_cmd(*args), input=input, capture_output=True, timeout=timeout, env=agent_env(**env), cwd=ROOT
+    )
+
+
+def start_agent(*args: str, **env: str) -> subprocess.Popen:
+    """Start ``scan-agent ARGS`` with pipes on stdin, stdout and stderr."""
+    return subprocess.Popen(
+        agent_cmd(*args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=agent_env(**env),
+        cwd=ROOT,
+    )
