@@ -21,7 +21,6 @@ from agent.ledger import MOVEMENTS
 
 DEFAULT_PATH = Path("/etc/scan-agent/agent.toml")
 SYSTEM_LEDGER = Path("/var/lib/scan-agent/ledger.db")
-SCANNER_KINDS = ("stdin",)
 FEEDBACK_BACKENDS = ("console", "none")
 
 
@@ -51,10 +50,16 @@ class LedgerConfig:
 
 
 @dataclass(frozen=True)
-class ScannerConfig:
-    kind: str = "stdin"
+class StdinScannerConfig:
+    """Scans typed or piped on standard input, one per line."""
+
     name: str = "console"
     movement: str | None = None
+    kind: str = "stdin"
+
+
+#: Every ``[[scanners]]`` entry is one of these; each has ``kind``, ``name`` and ``movement``.
+ScannerConfig = StdinScannerConfig
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class Config:
     station: StationConfig = field(default_factory=StationConfig)
     codes: CodesConfig = field(default_factory=CodesConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
-    scanners: tuple[ScannerConfig, ...] = (ScannerConfig(),)
+    scanners: tuple[ScannerConfig, ...] = (StdinScannerConfig(),)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     source: str = "built-in default"
@@ -168,22 +173,28 @@ def _ledger(t: Table) -> LedgerConfig:
 def _scanners(tables: list[Table]) -> tuple[ScannerConfig, ...]:
     scanners = []
     for t in tables:
+        kind = t.choice("kind", "stdin", tuple(_SCANNER_KINDS))
+        name = t.text("name", f"scanner{len(scanners) + 1}", nonempty=True)
         movement = t.get("movement", None, str)
         if movement is not None and movement not in MOVEMENTS:
             t.fail("movement", f"{movement!r} is not allowed; allowed: {', '.join(MOVEMENTS)}")
-        scanners.append(
-            ScannerConfig(
-                kind=t.choice("kind", "stdin", SCANNER_KINDS),
-                name=t.text("name", f"scanner{len(scanners) + 1}", nonempty=True),
-                movement=movement,
-            )
-        )
+        scanners.append(_SCANNER_KINDS[kind](t, name, movement))
         t.finish()
     names = [s.name for s in scanners]
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"[[scanners]] name: {name!r} is used twice; each scanner needs its own name")
     return tuple(scanners) if scanners else Config().scanners
+
+
+def _stdin_scanner(t: Table, name: str, movement: str | None) -> StdinScannerConfig:
+    return StdinScannerConfig(name=name, movement=movement)
+
+
+# kind -> reader of the kind's own keys (the common ones are read above).
+_SCANNER_KINDS = {
+    "stdin": _stdin_scanner,
+}
 
 
 def _feedback(t: Table) -> FeedbackConfig:

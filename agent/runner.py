@@ -21,7 +21,7 @@ import threading
 from dataclasses import replace
 from typing import BinaryIO, TextIO
 
-from agent.config import Config, FeedbackConfig, ScannerConfig
+from agent.config import Config, FeedbackConfig, ScannerConfig, StdinScannerConfig
 from agent.feedback import ConsoleFeedback, NoFeedback
 from agent.ledger import Ledger
 from agent.output import DecisionPrinter
@@ -88,7 +88,10 @@ class Runner:
         return 0
 
     def make_source(self, scanner: ScannerConfig) -> StdinSource:
-        return StdinSource(self.stdin, name=scanner.name, movement=scanner.movement)
+        """The source object for one ``[[scanners]]`` entry."""
+        if isinstance(scanner, StdinScannerConfig):
+            return StdinSource(self.stdin, name=scanner.name, movement=scanner.movement)
+        raise ValueError(f"no source for scanner kind {scanner.kind!r}")
 
 
 def make_feedback(config: FeedbackConfig) -> Sink:
