@@ -23,6 +23,7 @@ class Read:
     path, ``stdin``), never ``/dev/input/eventN``. ``t_first`` and ``t_last``
     are :func:`time.monotonic` times of the first and last byte. ``movement``
     overrides the station's movement for scanners configured with their own.
+    ``scanner`` is the ``name`` of the ``[[scanners]]`` entry it came from.
     ``reply`` sends bytes back to the scanner (host-ACK), where it can take them.
     """
 
@@ -33,4 +34,5 @@ class Read:
     t_first: float = field(default_factory=time.monotonic)
     t_last: float = field(default_factory=time.monotonic)
     movement: str | None = None
+    scanner: str = ""
     reply: Callable[[bytes], None] | None = field(default=None, compare=False, repr=False)

@@ -57,7 +57,17 @@ class StdinSource:
                     if not rest or rest.endswith(b"\n"):
                         break
                 now = time.monotonic()
-                submit(Read(line, self.kind, f"stdin:{self.name}", t_first=now, t_last=now, movement=self.movement))
+                submit(
+                    Read(
+                        line,
+                        self.kind,
+                        f"stdin:{self.name}",
+                        t_first=now,
+                        t_last=now,
+                        movement=self.movement,
+                        scanner=self.name,
+                    )
+                )
         except (OSError, ValueError) as problem:
             log.error("stdin scanner %s stopped: %s", self.name, problem)
         finally:
