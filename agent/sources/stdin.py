@@ -11,20 +11,25 @@ True
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import selectors
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from agent.read import Read
 
 log = logging.getLogger(__name__)
 
+MAX_LINE = 4096
+
 
 class StdinSource:
-    """Reads lines from a binary stream on a daemon thread; ``done`` is set at EOF."""
+    """Reads lines on a thread; ``done`` is set at EOF. :meth:`stop` ends the thread."""
 
     kind = "stdin"
 
@@ -33,29 +38,21 @@ class StdinSource:
         self.name = name
         self.movement = movement
         self.done = threading.Event()
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self, submit: Callable[[Read], None]) -> None:
-        self._thread = threading.Thread(target=self._read_lines, args=(submit,), name=f"stdin:{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(submit,), name=f"stdin:{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        # A blocked read on stdin cannot be interrupted portably; the thread is
-        # a daemon and dies with the process.
-        pass
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
 
-    def _read_lines(self, submit: Callable[[Read], None]) -> None:
+    def _run(self, submit: Callable[[Read], None]) -> None:
         try:
-            while True:
-                line = self.stream.readline(4096)
-                if not line:
-                    break
-                while len(line) >= 4096 and not line.endswith(b"\n"):
-                    # An overlong line is one (too long) scan, not many.
-                    rest = self.stream.readline(4096)
-                    line = line[:4096] + rest[-1:]
-                    if not rest or rest.endswith(b"\n"):
-                        break
+            for line in self._lines():
                 now = time.monotonic()
                 submit(
                     Read(
@@ -72,3 +69,41 @@ class StdinSource:
             log.error("stdin scanner %s stopped: %s", self.name, problem)
         finally:
             self.done.set()
+
+    def _lines(self) -> Iterator[bytes]:
+        try:
+            fd = self.stream.fileno()
+        except (OSError, io.UnsupportedOperation):
+            yield from iter(lambda: self.stream.readline(MAX_LINE), b"")
+            return
+        # Read the descriptor directly, with a timeout, so that stop() can end
+        # this thread: a thread blocked inside a buffered readline at exit
+        # makes the interpreter abort.
+        pending = b""
+        discarding = False
+        with selectors.DefaultSelector() as selector:
+            try:
+                selector.register(fd, selectors.EVENT_READ)
+                wait = selector.select
+            except (PermissionError, ValueError):
+                wait = None  # a regular file (stdin redirected from it) never blocks
+            while not self._stopping.is_set():
+                if wait is not None and not wait(0.2):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    if not discarding:
+                        yield line + b"\n"
+                    discarding = False
+                if len(pending) > MAX_LINE and not discarding:
+                    # An overlong line is one (too long) scan, not many.
+                    yield pending
+                    pending, discarding = b"", True
+                elif discarding:
+                    pending = b""
+        if pending and not discarding and not self._stopping.is_set():
+            yield pending

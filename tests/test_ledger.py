@@ -1,0 +1,309 @@
+"""The ledger: movement rules, double reads, durability pragmas, append-only chain, verify."""
+
+import itertools
+import sqlite3
+
+import pytest
+
+from agent import codes, ledger
+from agent.ledger import Ledger, LedgerError, row_hash, verify
+from agent.read import Read
+
+A = "81234567890123456789"
+B = "81234567890123456790"
+SPLIT = "8765432" + "0" * 13
+
+
+class Scanner:
+    """Feeds reads with controlled monotonic times, far apart unless told otherwise."""
+
+    def __init__(self, ledger: Ledger, source: str = "usb:1"):
+        self.ledger = ledger
+        self.source = source
+        self.t = 1000.0
+
+    def scan(self, text: str, movement: str = "dispense", gap: float = 10.0, **kwargs):
+        self.t += gap
+        read = Read(text.encode(), "serial", self.source, t_first=self.t, t_last=self.t)
+        return self.ledger.decide_and_record(read, movement, codes.parse(read.raw), **kwargs)
+
+
+@pytest.fixture
+def db(tmp_path):
+    lg = Ledger.open(tmp_path / "ledger.db", device_id="kiosk-7", site_id="site-3", split_packs={"8765432": 3})
+    yield lg
+    lg.close()
+
+
+@pytest.fixture
+def scanner(db):
+    return Scanner(db)
+
+
+def verdicts(scanner, steps):
+    return [scanner.scan(code, movement).verdict for code, movement in steps]
+
+
+def test_every_connection_is_wal_with_full_sync(tmp_path):
+    conn = ledger.connect(tmp_path / "x.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_dispense_twice_is_a_duplicate_naming_the_earlier_scan(scanner):
+    first = scanner.scan(A)
+    again = scanner.scan(A)
+    assert (first.verdict, again.verdict, again.reason) == ("accepted", "duplicate", "already_dispensed")
+    assert again.earlier.seq == first.seq
+    assert again.earlier.ts == first.ts
+    assert (again.earlier.device_id, again.earlier.site_id, again.earlier.movement) == ("kiosk-7", "site-3", "dispense")
+
+
+def test_use_counts_as_dispensing(scanner):
+    assert verdicts(scanner, [(A, "use"), (A, "dispense"), (B, "dispense"), (B, "use")]) == [
+        "accepted",
+        "duplicate",
+        "accepted",
+        "duplicate",
+    ]
+
+
+def test_customer_return_makes_a_code_dispensable_again(scanner):
+    steps = [(A, "dispense"), (A, "return_in"), (A, "dispense"), (A, "dispense")]
+    assert verdicts(scanner, steps) == ["accepted", "accepted", "accepted", "duplicate"]
+
+
+def test_receive_twice_is_a_duplicate_until_returned_to_the_supplier(scanner):
+    steps = [(A, "receive"), (A, "receive"), (A, "return_out"), (A, "receive"), (A, "receive")]
+    assert verdicts(scanner, steps) == ["accepted", "duplicate", "accepted", "accepted", "duplicate"]
+    assert scanner.scan(A, "receive").reason == "already_received"
+
+
+def test_receive_and_dispense_are_independent(scanner):
+    assert verdicts(scanner, [(A, "receive"), (A, "dispense"), (A, "return_out"), (A, "dispense")]) == [
+        "accepted",
+        "accepted",
+        "accepted",
+        "duplicate",
+    ]
+
+
+def test_stock_check_changes_nothing_and_is_never_a_duplicate(scanner):
+    steps = [(A, "check"), (A, "check"), (A, "dispense"), (A, "check"), (A, "dispense")]
+    assert verdicts(scanner, steps) == ["accepted", "accepted", "accepted", "accepted", "duplicate"]
+
+
+def test_destroyed_code_cannot_be_dispensed_or_destroyed_again(scanner):
+    assert verdicts(scanner, [(A, "destroy"), (A, "dispense"), (A, "destroy")]) == [
+        "accepted",
+        "duplicate",
+        "duplicate",
+    ]
+    assert scanner.scan(A, "use").reason == "destroyed"
+
+
+def test_split_pack_dispensed_up_to_its_count(scanner):
+    steps = [(SPLIT, "dispense")] * 4 + [(SPLIT, "return_in"), (SPLIT, "dispense"), (SPLIT, "dispense")]
+    assert verdicts(scanner, steps) == [
+        "accepted",
+        "accepted",
+        "accepted",
+        "duplicate",
+        "accepted",
+        "accepted",
+        "duplicate",
+    ]
+    assert "3 of 3" in scanner.scan(SPLIT).detail
+
+
+def test_other_products_are_not_split_packs(scanner):
+    assert verdicts(scanner, [(A, "dispense"), (A, "dispense")]) == ["accepted", "duplicate"]
+
+
+def test_double_read_from_the_same_source_within_the_window(db):
+    s = Scanner(db)
+    first = s.scan(A)
+    echo = s.scan(A, gap=0.3)
+    assert (first.verdict, echo.verdict) == ("accepted", "double_read")
+    assert echo.seq is None
+    assert db.conn.execute("SELECT COUNT(*) FROM outbox WHERE scan_id = ?", (echo.scan_id,)).fetchone()[0] == 0
+    # the double read is in the ledger all the same
+    assert db.conn.execute("SELECT verdict FROM scans WHERE id = ?", (echo.scan_id,)).fetchone()[0] == "double_read"
+
+
+def test_same_code_after_the_window_is_a_duplicate(db):
+    s = Scanner(db)
+    s.scan(A)
+    assert s.scan(A, gap=2.5).verdict == "duplicate"
+
+
+def test_same_code_from_another_source_is_not_a_double_read(db):
+    one, two = Scanner(db, "usb:1"), Scanner(db, "usb:2")
+    one.scan(A)
+    two.t = one.t
+    assert two.scan(A, gap=0.1).verdict == "duplicate"
+
+
+def test_repeated_garbage_is_one_reject_then_double_reads(db):
+    s = Scanner(db)
+    assert s.scan("123").verdict == "rejected"
+    assert s.scan("123", gap=0.2).verdict == "double_read"
+
+
+def test_double_read_window_is_configurable(tmp_path):
+    lg = Ledger.open(tmp_path / "l.db", device_id="k", site_id="s", double_read_window_s=0.0)
+    s = Scanner(lg)
+    s.scan(A)
+    assert s.scan(A, gap=0.1).verdict == "duplicate"
+
+
+def test_rejections_are_recorded_with_their_reason_and_an_event(db, scanner):
+    d = scanner.scan("6901234567892")
+    row = db.conn.execute("SELECT * FROM scans WHERE id = ?", (d.scan_id,)).fetchone()
+    assert (row["verdict"], row["reason"], row["code"], row["raw"]) == (
+        "rejected",
+        "product_barcode",
+        None,
+        "6901234567892",
+    )
+    assert db.conn.execute("SELECT COUNT(*) FROM outbox WHERE scan_id = ?", (d.scan_id,)).fetchone()[0] == 1
+
+
+def test_seq_counts_events_without_gaps_and_event_ids_increase(scanner):
+    ds = [scanner.scan(A), scanner.scan(A, gap=0.1), scanner.scan("x"), scanner.scan(A), scanner.scan(B)]
+    assert [d.seq for d in ds] == [1, None, 2, 3, 4]
+    ids = [d.event_id for d in ds]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+
+
+def test_seq_continues_after_reopening(tmp_path):
+    path = tmp_path / "l.db"
+    lg = Ledger.open(path, device_id="k", site_id="s")
+    Scanner(lg).scan(A)
+    lg.close()
+    lg = Ledger.open(path, device_id="k", site_id="s")
+    assert Scanner(lg).scan(B).seq == 2
+    assert Scanner(lg).scan(A).verdict == "duplicate"  # state survived the restart
+
+
+def test_operator_and_bill_are_recorded(db, scanner):
+    d = scanner.scan(A, operator="pharmacist-9", bill="RX-2026-001")
+    row = db.conn.execute("SELECT operator, bill FROM scans WHERE id = ?", (d.scan_id,)).fetchone()
+    assert tuple(row) == ("pharmacist-9", "RX-2026-001")
+
+
+def test_a_full_bill_rejects_further_codes(db, scanner, monkeypatch):
+    monkeypatch.setattr(ledger, "BILL_LIMIT", 2)
+    results = [scanner.scan(f"8123456789012345678{i}", bill="B1") for i in range(3)]
+    assert [r.verdict for r in results] == ["accepted", "accepted", "rejected"]
+    assert results[2].reason == "bill_full"
+    assert scanner.scan("81234567890123456788", bill="B2").verdict == "accepted"
+
+
+@pytest.mark.parametrize("table", ["scans", "outbox", "deliveries"])
+def test_tables_are_append_only(db, scanner, table):
+    d = scanner.scan(A)
+    db.mark_delivered([d.scan_id])
+    key = "id" if table == "scans" else "scan_id"
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        db.conn.execute(f"UPDATE {table} SET {key} = 99 WHERE {key} = ?", (d.scan_id,))
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        db.conn.execute(f"DELETE FROM {table}")
+
+
+def test_pending_and_delivery(db, scanner):
+    ids = [scanner.scan(code).scan_id for code in (A, B, "junk")]
+    assert [r["id"] for r in db.pending()] == ids
+    db.mark_delivered(ids[:2])
+    db.mark_delivered(ids[:1])  # twice is fine
+    assert [r["id"] for r in db.pending()] == ids[2:]
+    assert db.outbox_depth() == 1
+
+
+def test_hash_chain_links_every_row(db, scanner):
+    for code in (A, B, "bad", A):
+        scanner.scan(code)
+    rows = db.conn.execute("SELECT * FROM scans ORDER BY id").fetchall()
+    assert rows[0]["prev_hash"] == ledger.GENESIS
+    for before, after in itertools.pairwise(rows):
+        assert after["prev_hash"] == before["hash"]
+    assert all(row_hash(r) == r["hash"] for r in rows)
+    assert verify(db.conn).ok
+
+
+def _tamper(path, sql, params=()):
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER scans_no_update")
+    conn.execute("DROP TRIGGER scans_no_delete")
+    conn.execute(sql, params)
+    conn.commit()
+    conn.close()
+
+
+def _filled(tmp_path, n=6):
+    path = tmp_path / "t.db"
+    lg = Ledger.open(path, device_id="k", site_id="s")
+    s = Scanner(lg)
+    for i in range(n):
+        s.scan(f"8123456789012345678{i}")
+    lg.close()
+    return path
+
+
+def test_verify_names_an_altered_row(tmp_path):
+    path = _filled(tmp_path)
+    _tamper(path, "UPDATE scans SET code = '81111111111111111111' WHERE id = 4")
+    result = verify(ledger.connect(path))
+    assert not result.ok and result.bad_id == 4 and "altered" in result.problem
+
+
+def test_verify_names_a_row_rehashed_after_alteration(tmp_path):
+    path = _filled(tmp_path)
+    conn = ledger.connect(path)
+    row = dict(conn.execute("SELECT * FROM scans WHERE id = 3").fetchone())
+    row["movement"] = "receive"
+    _tamper(path, "UPDATE scans SET movement = 'receive', hash = ? WHERE id = 3", (row_hash(row),))
+    result = verify(ledger.connect(path))
+    assert not result.ok and result.bad_id == 4 and "prev_hash" in result.problem
+
+
+def test_verify_names_a_deleted_row(tmp_path):
+    path = _filled(tmp_path)
+    _tamper(path, "DELETE FROM scans WHERE id = 2")
+    result = verify(ledger.connect(path))
+    assert not result.ok and result.bad_id == 3 and "missing" in result.problem
+
+
+def test_verify_notices_a_deleted_tail_by_missing_outbox_link(tmp_path):
+    path = _filled(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER outbox_no_delete")
+    conn.execute("DELETE FROM outbox WHERE scan_id = 5")
+    conn.commit()
+    result = verify(ledger.connect(path))
+    assert not result.ok and result.bad_id == 5
+
+
+def test_nothing_is_recorded_when_the_database_cannot_be_written(tmp_path):
+    path = tmp_path / "l.db"
+    lg = Ledger.open(path, device_id="k", site_id="s")
+    s = Scanner(lg)
+    s.scan(A)
+    lg.conn.execute("PRAGMA busy_timeout = 50")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(LedgerError, match="locked"):
+        s.scan(B)
+    blocker.execute("ROLLBACK")
+    assert lg.conn.execute("SELECT COUNT(*) FROM scans").fetchone()[0] == 1
+    after = s.scan(B)
+    assert (after.verdict, after.seq) == ("accepted", 2)
+    assert verify(lg.conn).ok
+
+
+def test_export_rows_since(db, scanner):
+    first = scanner.scan(A)
+    scanner.scan(B)
+    rows = list(ledger.export_rows(db.conn))
+    assert [r["event_id"] for r in rows] == [first.event_id, rows[1]["event_id"]]
+    assert list(ledger.export_rows(db.conn, since="2999-01-01T00:00:00.000Z")) == []
