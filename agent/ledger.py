@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ from agent.clock import Clock, iso
 from agent.codes import Rejection, TraceCode, escape
 from agent.ids import EventIds
 from agent.read import Read
+
+log = logging.getLogger(__name__)
 
 MOVEMENTS = ("receive", "dispense", "use", "return_in", "return_out", "destroy", "check")
 VERDICTS = ("accepted", "rejected", "duplicate", "double_read")
@@ -175,14 +179,26 @@ class Ledger:
         self.clock = clock or Clock()
         self._ids = EventIds()
         self._last_by_source: dict[str, tuple[str, float]] = {}
+        self.checkpointer: Checkpointer | None = None
         create_schema(conn)
 
     @classmethod
     def open(cls, path: str | Path, **kwargs) -> Ledger:
-        """Open (creating if needed) the ledger at ``path``."""
-        return cls(connect(path), **kwargs)
+        """Open (creating if needed) the ledger at ``path``.
+
+        Also starts a :class:`Checkpointer` for it, so the scan path never
+        pays for copying the WAL back into the database.
+        """
+        ledger = cls(connect(path), **kwargs)
+        if str(path) != ":memory:":
+            ledger.conn.execute("PRAGMA wal_autocheckpoint=0")
+            ledger.checkpointer = Checkpointer(path)
+            ledger.checkpointer.start()
+        return ledger
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.conn.close()
 
     def decide_and_record(
@@ -357,6 +373,41 @@ class Ledger:
         return self.conn.execute(
             "SELECT COUNT(*) FROM outbox WHERE scan_id NOT IN (SELECT scan_id FROM deliveries)"
         ).fetchone()[0]
+
+
+class Checkpointer:
+    """Copies the WAL back into the database on its own thread and connection.
+
+    The pipeline's connection has automatic checkpoints off: a checkpoint inside
+    a scan's commit would add milliseconds to that one beep.
+    """
+
+    def __init__(self, path: str | Path, interval_s: float = 1.0) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ledger-checkpoint", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        conn = connect(self.path)
+        try:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as problem:
+                    log.warning("ledger checkpoint failed: %s", problem)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as problem:
+            log.warning("ledger checkpoint failed: %s", problem)
+        finally:
+            conn.close()
 
 
 def create_schema(conn: sqlite3.Connection) -> None:

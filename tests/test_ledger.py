@@ -307,3 +307,17 @@ def test_export_rows_since(db, scanner):
     rows = list(ledger.export_rows(db.conn))
     assert [r["event_id"] for r in rows] == [first.event_id, rows[1]["event_id"]]
     assert list(ledger.export_rows(db.conn, since="2999-01-01T00:00:00.000Z")) == []
+
+
+def test_the_checkpointer_moves_scans_from_the_wal_into_the_database(tmp_path):
+    from tests.support.net import wait_until
+
+    path = tmp_path / "l.db"
+    lg = Ledger.open(path, device_id="k", site_id="s")
+    assert lg.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    before = path.stat().st_size
+    s = Scanner(lg)
+    for i in range(300):
+        s.scan(f"8123456789012{i:07d}")
+    wait_until(lambda: path.stat().st_size > before + 50_000, timeout=10, what="checkpoint into the database file")
+    lg.close()

@@ -1,0 +1,125 @@
+"""How long one scan takes to decide and record, durably, on a fresh and on a full ledger.
+
+    python bench/decide.py                 # 10 million pre-filled scans (built once, kept in bench/out/)
+    python bench/decide.py --rows 1000000  # a smaller full ledger
+
+Prints p50/p99/max of ``Ledger.decide_and_record`` (synchronous=FULL, WAL) over
+``--scans`` new scans (a tenth of them duplicates), for a fresh ledger and one
+pre-filled with ``--rows`` scans, each a distinct code with its movement state,
+outbox row and delivery. The pre-fill is a bulk SQL insert: its hashes are not
+a valid chain, which the timing does not depend on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from agent import codes
+from agent.ledger import Ledger, connect
+from agent.read import Read
+from bench.machine import header
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def prefill(path: Path, rows: int) -> None:
+    """Bulk-insert ``rows`` accepted dispense scans, each a distinct code, in SQL."""
+    Ledger.open(path, device_id="bench", site_id="site").close()
+    conn = connect(path)
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-1000000")
+    step = 1_000_000
+    started = time.monotonic()
+    for low in range(0, rows, step):
+        high = min(rows, low + step)
+        conn.execute("BEGIN")
+        conn.execute(
+            """
+            WITH RECURSIVE n(i) AS (SELECT :low + 1 UNION ALL SELECT i + 1 FROM n WHERE i < :high)
+            INSERT INTO scans (id, seq, event_id, device_id, site_id, ts, clock_synced, movement, verdict,
+                               reason, detail, code, raw, kind, product_id, serial, symbology, ais,
+                               source_kind, source_id, operator, bill, earlier_id, prev_hash, hash)
+            SELECT i, i, printf('%08x-0000-7000-8000-%012x', i / 1000, i), 'bench', 'site',
+                   strftime('%Y-%m-%dT%H:%M:%fZ', 1700000000 + i / 10, 'unixepoch'), 1, 'dispense', 'accepted',
+                   NULL, '', printf('7%019d', i), printf('7%019d', i), 'nmpa20', substr(printf('7%019d', i), 1, 7),
+                   substr(printf('7%019d', i), 8, 9), ']C0', NULL, 'serial', 'usb:bench', '', '', NULL,
+                   printf('%064x', i - 1), printf('%064x', i)
+            FROM n
+            """,
+            {"low": low, "high": high},
+        )
+        conn.execute(
+            "INSERT INTO code_state (code, out_count, out_id, in_held) SELECT code, 1, id, 0 FROM scans WHERE id > ?",
+            (low,),
+        )
+        conn.execute("INSERT INTO outbox (scan_id) SELECT id FROM scans WHERE id > ?", (low,))
+        conn.execute(
+            "INSERT INTO deliveries (scan_id, ts, reason_code) SELECT id, ts, 0 FROM scans WHERE id > ?", (low,)
+        )
+        conn.execute("COMMIT")
+        print(f"  pre-filled {high:,} scans ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def measure(path: Path, scans: int) -> list[float]:
+    """Milliseconds per decide_and_record for ``scans`` new scans (every tenth a duplicate)."""
+    ledger = Ledger.open(path, device_id="bench", site_id="site")
+    times = []
+    base = 10**18 + int(time.time() * 1000) % 10**12 * 1000
+    for i in range(scans):
+        text = f"8{base + (i - i % 10 if i % 10 == 9 else i):019d}"[-20:]
+        read = Read(text.encode(), "serial", "usb:bench", t_first=float(i * 10), t_last=float(i * 10))
+        parsed = codes.parse(read.raw)
+        t0 = time.perf_counter()
+        ledger.decide_and_record(read, "dispense", parsed)
+        times.append((time.perf_counter() - t0) * 1000)
+    ledger.close()
+    return times
+
+
+def summary(times: list[float]) -> tuple[float, float, float]:
+    cuts = statistics.quantiles(times, n=100)
+    return statistics.median(times), cuts[98], max(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=10_000_000, help="scans in the full ledger")
+    parser.add_argument("--scans", type=int, default=3000, help="scans timed on each ledger")
+    args = parser.parse_args()
+
+    print(header())
+    OUT.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        fresh = measure(Path(tmp) / "fresh.db", args.scans)
+
+    full_path = OUT / f"full-{args.rows}.db"
+    if not full_path.exists():
+        print(f"building a ledger of {args.rows:,} scans in {full_path} (once)", file=sys.stderr)
+        partial = full_path.with_suffix(".partial")
+        for leftover in OUT.glob(partial.name + "*"):
+            leftover.unlink()
+        prefill(partial, args.rows)
+        partial.rename(full_path)
+    size_gb = full_path.stat().st_size / 1e9
+    # Timed scans are appended to the kept ledger: a few thousand more on
+    # millions change nothing, and each run uses codes of its own.
+    full = measure(full_path, args.scans)
+
+    print(f"\ndecide_and_record, synchronous=FULL, {args.scans} scans each (ms)")
+    print(f"{'ledger':<24}{'p50':>8}{'p99':>8}{'max':>8}")
+    rows_fresh, rows_full = summary(fresh), summary(full)
+    print(f"{'fresh':<24}" + "".join(f"{v:8.3f}" for v in rows_fresh))
+    print(f"{f'{args.rows:,} scans ({size_gb:.1f} GB)':<24}" + "".join(f"{v:8.3f}" for v in rows_full))
+    print(f"\np99 full / p99 fresh = {rows_full[1] / rows_fresh[1]:.2f} (target <= 1.2); p99 target < 2 ms")
+
+
+if __name__ == "__main__":
+    main()
