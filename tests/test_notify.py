@@ -3,6 +3,7 @@ and the watchdog pings stop while the pipeline is stalled."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -43,10 +44,8 @@ def drain(sock: socket.socket, seconds: float) -> list[str]:
     sock.settimeout(0.05)
     got, deadline = [], time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(TimeoutError):
             got.append(sock.recv(4096).decode())
-        except TimeoutError:
-            pass
     return got
 
 
