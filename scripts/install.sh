@@ -36,7 +36,7 @@ UNIT=/etc/systemd/system/scan-agent.service
 WANTS=/etc/systemd/system/multi-user.target.wants/scan-agent.service
 RULES=/etc/udev/rules.d/99-scan-agent.rules
 MANIFEST=$OPT/install-manifest
-APT_PACKAGES="python3 python3-venv python3-dev gcc libc6-dev python3-picamera2 python3-lgpio python3-pil sqlite3"
+APT_PACKAGES="python3 python3-venv python3-dev gcc libc6-dev python3-picamera2 python3-lgpio python3-cryptography python3-pil sqlite3"
 APT_OPTIONAL="mosquitto-clients"
 
 live() { [ -z "$ROOT" ]; }   # true when installing onto the running system
