@@ -4,8 +4,8 @@ line, on the fault it exists for. Brokers are real mosquittos started here."""
 from __future__ import annotations
 
 import json
-import tomllib
 import sqlite3
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,6 @@ from tests.support.agent import run_agent
 from tests.support.mosquitto import Mosquitto
 from tests.support.net import free_port
 from tests.support.pki import TestCA
-
 
 # Started as root, mosquitto drops to the "mosquitto" user, which cannot read
 # pytest's 0700 tmp dirs where the ACL and certificates are. Not root: ignored.
