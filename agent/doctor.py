@@ -22,6 +22,7 @@ import shutil
 import sqlite3
 import ssl
 import stat
+import sys
 import time
 import tomllib
 import uuid
@@ -293,10 +294,11 @@ def check_mqtt_from_config(raw: dict[str, Any], device_id: str, timeout: float =
 # -- interactive -------------------------------------------------------------
 
 
-def check_scan_now(cfg: config_mod.Config, timeout: float = 20.0, prompt=print) -> Check:
+def check_scan_now(cfg: config_mod.Config, timeout: float = 20.0, prompt=None) -> Check:
     """Start the configured sources and wait for any one read (the service must be stopped)."""
     from agent.runner import Runner
 
+    prompt = prompt or (lambda text: print(text, file=sys.stderr, flush=True))
     reads: queue.Queue = queue.Queue()
     runner = Runner(cfg)
     sources = []

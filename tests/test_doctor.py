@@ -227,3 +227,18 @@ def test_doctor_cli_fails_on_a_bad_config(tmp_path):
     assert "✗ config" in out and "'sell' is not allowed" in out and "fix: edit" in out
     missing = run_agent("doctor", "--config", str(tmp_path / "nope.toml"))
     assert missing.returncode == 1 and "no config at" in missing.stdout.decode()
+
+
+def test_interactive_scan_now_reads_a_code(tmp_path):
+    cfg = write_config(tmp_path)
+    done = run_agent("doctor", "--config", str(cfg), "--interactive", "--json", input=b"81234567890123456789\n")
+    by_name = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert by_name["scan now"]["status"] == "ok", by_name["scan now"]
+    assert b"scan any code now" in done.stderr
+    assert by_name["LEDs and buzzer"]["status"] == "skip", "console feedback has no self-test (yet)"
+
+
+def test_interactive_scan_now_times_out(tmp_path):
+    cfg = write_config(tmp_path)
+    check = doctor.check_scan_now(doctor.config_mod.load(cfg), timeout=0.5, prompt=lambda text: None)
+    assert check.failed and "no read within" in check.detail
