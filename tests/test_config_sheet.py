@@ -97,5 +97,5 @@ def test_cli_writes_png_and_pdf(tmp_path):
 
 
 def test_unknown_model_names_the_known_ones():
-    with pytest.raises(SystemExit, match="known: .*Xenon 1950g"):
+    with pytest.raises(SystemExit, match=r"known: .*Xenon 1950g"):
         sheet_mod.find_profile("LS9999")
