@@ -108,6 +108,12 @@ do_install() {
     "$OPT/venv/bin/python" -m pip install -q --upgrade "$SRC"
   fi
   install_file "$SRC/hardware.md" 0644 root:root "$OPT/hardware.md"
+  # Scanner profiles (host-ACK bytes, setup codes) and the sheet printer.
+  make_dir 0755 root:root "$OPT/firmware_config"
+  for profile in "$SRC"/firmware_config/*.toml; do
+    install_file "$profile" 0644 root:root "$OPT/firmware_config/$(basename "$profile")"
+  done
+  install_file "$SRC/scripts/config-sheet" 0755 root:root "$OPT/config-sheet"
 
   # The config is the technician's: write the template once, never overwrite.
   if [ ! -e "$ROOT$ETC/agent.toml" ]; then

@@ -63,7 +63,16 @@ def test_install_writes_the_files_with_their_modes_and_owners(tmp_path):
     assert mode(tmp_path / "var/lib/scan-agent") == 0o750
     venv = tmp_path / "opt/scan-agent/venv"
     assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
-    assert manifest(tmp_path) == {
+    recorded = manifest(tmp_path)
+    profiles = sorted(p.name for p in (ROOT / "firmware_config").glob("*.toml"))
+    assert profiles and all(
+        recorded[f"/opt/scan-agent/firmware_config/{name}"] == ("0644", "root:root") for name in profiles
+    )
+    assert recorded.pop("/opt/scan-agent/config-sheet") == ("0755", "root:root")
+    assert mode(tmp_path / "opt/scan-agent/config-sheet") == 0o755
+    assert recorded.pop("/opt/scan-agent/firmware_config") == ("0755", "root:root")
+    recorded = {k: v for k, v in recorded.items() if not k.startswith("/opt/scan-agent/firmware_config/")}
+    assert recorded == {
         "/etc/scan-agent": ("0750", "root:scan-agent"),
         "/etc/scan-agent/agent.toml": ("0640", "root:scan-agent"),
         "/etc/systemd/system/scan-agent.service": ("0644", "root:root"),
