@@ -147,7 +147,14 @@ def check_clock(clock: Clock | None = None) -> Check:
 
 
 def _stdin_present(scanner) -> Check:
-    return Check(f"scanner {scanner.name}", "ok", "standard input (always present)")
+    # Always there; but under systemd stdin is empty, so an agent whose only
+    # scanner is stdin ends at once: worth a warning on a kiosk.
+    return Check(
+        f"scanner {scanner.name}",
+        "warn",
+        "standard input: fine from a terminal, but under systemd it is empty and the agent stops at once",
+        "name the kiosk's scanner under [[scanners]] (device /dev/scanner/..., see hardware.md)",
+    )
 
 
 #: kind -> presence check for one ``[[scanners]]`` entry. Each source kind adds

@@ -83,10 +83,17 @@ class Watchdog:
     'WATCHDOG=1'
     """
 
-    def __init__(self, notifier: Notifier, interval: float, healthy: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        interval: float,
+        healthy: Callable[[], bool],
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
         self.notifier = notifier
         self.interval = interval
         self.healthy = healthy
+        self.on_stop = on_stop  # e.g. close the probe's database connection
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._was_healthy = True
@@ -99,6 +106,8 @@ class Watchdog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self.on_stop is not None:
+            self.on_stop()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -107,7 +107,9 @@ class Runner:
             return None
         # Its own connection: the pipeline's belongs to the pipeline thread.
         probe = connect(self.config.ledger.path)
-        watchdog = Watchdog(notifier, interval, lambda: pipeline_healthy(pipeline, probe, stall_s=PIPELINE_STALL_S))
+        watchdog = Watchdog(
+            notifier, interval, lambda: pipeline_healthy(pipeline, probe, stall_s=PIPELINE_STALL_S), on_stop=probe.close
+        )
         watchdog.start()
         return watchdog
 
