@@ -143,7 +143,7 @@ do_uninstall() {
     systemctl disable --now scan-agent.service 2>/dev/null || true
   fi
   rm -f "$ROOT$WANTS" "$ROOT$UNIT" "$ROOT$RULES"
-  rm -rf "${ROOT:?}$OPT" 2>/dev/null || rm -rf "$ROOT$OPT"
+  rm -rf -- "$ROOT$OPT"   # OPT is a fixed path, never empty
   if live; then
     systemctl daemon-reload
     udevadm control --reload-rules
