@@ -3,6 +3,7 @@ threshold); the udev rules parse and cover every known scanner vendor."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -127,3 +128,30 @@ def test_udevadm_verify_accepts_the_rules():
         pytest.skip("this udevadm has no verify command (systemd < 254)")
     done = subprocess.run(["udevadm", "verify", str(RULES)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_udevadm_reads_the_rules_without_complaint(tmp_path):
+    """udevadm's own parser: `udevadm test` in a private mount namespace where
+    /etc/udev/rules.d is a copy holding these rules (and a broken file, to show
+    the check can fail), and /dev and /run are empty tmpfs, so nothing on this
+    machine changes."""
+    udevadm, unshare = shutil.which("udevadm"), shutil.which("unshare")
+    if udevadm is None or unshare is None:
+        pytest.skip("needs udevadm and unshare (util-linux)")
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private mount namespace")
+    rules = tmp_path / "rules.d"
+    rules.mkdir()
+    shutil.copy(RULES, rules / RULES.name)
+    (rules / "98-broken.rules").write_text('FOO=="x", GROUP="y"\n')
+    script = (
+        f"mount --bind {rules} /etc/udev/rules.d && mount -t tmpfs none /run && mount -t tmpfs none /dev && "
+        f"{udevadm} test --action=add /sys/class/tty/console"
+    )
+    done = subprocess.run([unshare, "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    out = done.stdout + done.stderr
+    if "Reading rules file: /etc/udev/rules.d/99-scan-agent.rules" not in out:
+        pytest.skip(f"cannot run udevadm test in a mount namespace here: {out[-300:]}")
+    assert "98-broken.rules:1 Invalid key 'FOO'" in out, "the check sees a broken rule"
+    complaints = [line for line in out.splitlines() if f"{RULES.name}:" in line]
+    assert complaints == [], complaints
