@@ -4,6 +4,9 @@
     scan-agent run [--config F] [--movement M] [--db PATH] [--json]
     scan-agent ledger verify [--db PATH]
     scan-agent ledger export [--db PATH] [--since T] [--format csv|jsonl]
+    scan-agent provision --device-id ID --site SITE --broker HOST[:PORT] --ca FILE [--dir D]
+    scan-agent provision --install-cert FILE [--dir D]
+    scan-agent doctor [--config F] [--json] [--interactive]
     scan-agent --version
 
 Exit status: 0 success, 1 a check or verification failed, 2 bad usage or config.
@@ -128,6 +131,35 @@ def _open_existing(args: argparse.Namespace) -> sqlite3.Connection:
     return conn
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    from agent import provision
+
+    try:
+        if args.install_cert:
+            print(provision.install_cert(args.install_cert, args.dir))
+            return 0
+        missing = [f"--{n.replace('_', '-')}" for n in ("device_id", "site", "broker", "ca") if not getattr(args, n)]
+        if missing:
+            print(f"scan-agent provision: {', '.join(missing)} needed (or --install-cert FILE)", file=sys.stderr)
+            return 2
+        csr = provision.provision(args.device_id, args.site, args.broker, args.ca, args.dir)
+    except provision.ProvisionError as problem:
+        print(f"scan-agent provision: {problem}", file=sys.stderr)
+        return 1
+    print(f"key {args.dir}/device.key (kept private), config {args.dir}/agent.toml written.", file=sys.stderr)
+    print("Send this certificate signing request to the regional CA:", file=sys.stderr)
+    print(csr, end="")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agent import doctor
+
+    checks = doctor.run_checks(Path(args.config), interactive=args.interactive, broker_timeout=args.timeout)
+    print(doctor.report(checks, as_json=args.json))
+    return 1 if any(c.failed for c in checks) else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scan-agent", description="Drug-traceability scanner kiosk agent.")
     parser.add_argument("--version", action="version", version=f"scan-agent {__version__}")
@@ -157,6 +189,22 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--db", help="ledger file (default: from the config)")
         sub.add_argument("--config", help="config naming the ledger")
         sub.set_defaults(handler=handler)
+
+    prov = commands.add_parser("provision", help="create the device key, CSR and config; install its certificate")
+    prov.add_argument("--device-id", help="this kiosk's id (the certificate's CN)")
+    prov.add_argument("--site", help="site id")
+    prov.add_argument("--broker", help="regional broker, HOST[:PORT] (port 8883 by default)")
+    prov.add_argument("--ca", help="the regional CA certificate (PEM)")
+    prov.add_argument("--install-cert", metavar="FILE", help="install the certificate the CA returned")
+    prov.add_argument("--dir", default="/etc/scan-agent", help="where key, certificates and config live")
+    prov.set_defaults(handler=cmd_provision)
+
+    doc = commands.add_parser("doctor", help="check this kiosk: config, ledger, disk, clock, scanners, broker")
+    doc.add_argument("--config", default=str(config.DEFAULT_PATH), help="config file (default %(default)s)")
+    doc.add_argument("--json", action="store_true", help="the checks as one JSON object")
+    doc.add_argument("--interactive", action="store_true", help="also: scan a code now, LED and buzzer self-test")
+    doc.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
+    doc.set_defaults(handler=cmd_doctor)
     return parser
 
 

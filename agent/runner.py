@@ -23,12 +23,17 @@ from typing import BinaryIO, TextIO
 
 from agent.config import Config, FeedbackConfig, ScannerConfig, StdinScannerConfig
 from agent.feedback import ConsoleFeedback, NoFeedback
-from agent.ledger import Ledger
+from agent.ledger import Ledger, connect
+from agent.notify import Notifier, Watchdog, pipeline_healthy
 from agent.output import DecisionPrinter
 from agent.pipeline import Context, Pipeline, Sink
 from agent.sources.stdin import StdinSource
 
 log = logging.getLogger(__name__)
+
+#: The pipeline refreshes its progress every second when idle; this long
+#: without progress means it is stuck, and the watchdog pings stop.
+PIPELINE_STALL_S = 10.0
 
 
 class Runner:
@@ -74,18 +79,39 @@ class Runner:
         sources = [self.make_source(s) for s in cfg.scanners]
         log.info("scan-agent up: %s, ledger %s, movement %s", cfg.source, cfg.ledger.path, cfg.station.movement)
         pipeline.start()
+        notifier, watchdog = Notifier(), None
         try:
             for source in sources:
                 source.start(pipeline.submit)
+            # systemd: ready only now that config, ledger and sources are up.
+            notifier.ready(f"scanning, movement {cfg.station.movement}")
+            watchdog = self.start_watchdog(notifier, pipeline)
             while not self.stop_requested.wait(0.1):
                 if all(source.done.is_set() for source in sources):
                     break
         finally:
+            notifier.stopping()
+            if watchdog is not None:
+                watchdog.stop()
             for source in sources:
                 source.stop()
             pipeline.stop()
             ledger.close()
+            notifier.close()
         return 0
+
+    def start_watchdog(self, notifier: Notifier, pipeline: Pipeline) -> Watchdog | None:
+        """Ping systemd's watchdog while the pipeline and the database are healthy."""
+        interval = notifier.watchdog_interval()
+        if interval is None:
+            return None
+        # Its own connection: the pipeline's belongs to the pipeline thread.
+        probe = connect(self.config.ledger.path)
+        watchdog = Watchdog(
+            notifier, interval, lambda: pipeline_healthy(pipeline, probe, stall_s=PIPELINE_STALL_S), on_stop=probe.close
+        )
+        watchdog.start()
+        return watchdog
 
     def make_source(self, scanner: ScannerConfig) -> StdinSource:
         """The source object for one ``[[scanners]]`` entry."""

@@ -1,0 +1,387 @@
+"""``scan-agent doctor``: is this kiosk ready? One line per check, a fix for each failure.
+
+    $ scan-agent doctor
+    ✓ config              /etc/scan-agent/agent.toml
+    ✓ ledger              1234 scans, integrity ok, hash chain intact
+    ✗ scanner counter     /dev/scanner/honeywell-serial is not there
+                          fix: plug the scanner in (or check `ls -l /dev/scanner/`) ...
+
+Every check is a small function returning a :class:`Check`; ``run_checks``
+collects them. Scanner presence is one function per ``[[scanners]]`` kind in
+:data:`SCANNER_PRESENCE`, so each source kind adds its own.
+
+>>> Check("disk", "ok", "2.1 GB free").line()
+'✓ disk                2.1 GB free'
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import sqlite3
+import ssl
+import stat
+import sys
+import time
+import tomllib
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import config as config_mod
+from agent import ledger as ledger_mod
+from agent.clock import Clock
+
+SYMBOLS = {"ok": "✓", "fail": "✗", "warn": "!", "skip": "-"}
+MIN_FREE_BYTES = 200 * 1024 * 1024
+MIN_FREE_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report. ``status`` is ok, fail, warn (reported, not a failure) or skip."""
+
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+    def line(self) -> str:
+        text = f"{SYMBOLS[self.status]} {self.name:<19} {self.detail}"
+        if self.fix and self.status in ("fail", "warn"):
+            text += f"\n  {'':<19} fix: {self.fix}"
+        return text
+
+
+# -- config ------------------------------------------------------------------
+
+
+def check_config(path: Path) -> tuple[Check, config_mod.Config | None]:
+    if not path.exists():
+        return Check(
+            "config", "fail", f"no config at {path}", "run scripts/install.sh, then scan-agent provision"
+        ), None
+    try:
+        cfg = config_mod.load(path)
+    except config_mod.ConfigError as problem:
+        return Check("config", "fail", str(problem), f"edit {path} as the message says"), None
+    return Check("config", "ok", str(path)), cfg
+
+
+def check_secret_permissions(config_path: Path, raw: dict[str, Any]) -> list[Check]:
+    """The config must not be world-readable; key and password files owner-only."""
+    checks = []
+    if config_path.exists() and config_path.stat().st_mode & stat.S_IROTH:
+        checks.append(
+            Check("config permissions", "warn", f"{config_path} is readable by every user", f"chmod 0640 {config_path}")
+        )
+    mqtt = raw.get("mqtt", {}) if isinstance(raw.get("mqtt"), dict) else {}
+    for key in ("key_file", "password_file"):
+        name = mqtt.get(key)
+        if not isinstance(name, str) or not Path(name).exists():
+            continue
+        if Path(name).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            checks.append(
+                Check(f"{key} permissions", "warn", f"{name} is readable by group or others", f"chmod 0600 {name}")
+            )
+    if not checks:
+        checks.append(Check("secret permissions", "ok", "config not world-readable; key files owner-only"))
+    return checks
+
+
+# -- ledger, disk, clock -----------------------------------------------------
+
+
+def check_ledger(path: Path) -> Check:
+    if str(path) == ":memory:":
+        return Check("ledger", "skip", "in memory: nothing to check")
+    if not path.exists():
+        return Check("ledger", "ok", f"{path} not created yet (the agent creates it on first start)")
+    try:
+        # Read-only: the doctor must never change the ledger.
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn.row_factory = sqlite3.Row
+        try:
+            integrity = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+            chain = ledger_mod.verify(conn) if integrity == ["ok"] else None
+        finally:
+            conn.close()
+    except sqlite3.Error as problem:
+        return Check("ledger", "fail", f"{path}: {problem}", "check the file's owner (scan-agent) and the disk")
+    keep = f"stop the agent, copy {path} somewhere safe (never delete it) and call support"
+    if integrity != ["ok"]:
+        return Check("ledger", "fail", f"SQLite integrity_check: {'; '.join(integrity[:3])}", keep)
+    if not chain.ok:
+        return Check("ledger", "fail", f"hash chain broken at {chain.problem}", keep)
+    return Check("ledger", "ok", f"{chain.rows} scans, integrity ok, hash chain intact")
+
+
+def check_disk(path: Path, min_free: int = MIN_FREE_BYTES) -> Check:
+    where = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
+    usage = shutil.disk_usage(where)
+    detail = f"{usage.free / 1e9:.1f} GB free of {usage.total / 1e9:.1f} GB at {where}"
+    if usage.free < min_free or usage.free < usage.total * MIN_FREE_FRACTION:
+        return Check("disk", "fail", detail, "free space: sudo journalctl --vacuum-size=100M; remove old files")
+    return Check("disk", "ok", detail)
+
+
+def check_clock(clock: Clock | None = None) -> Check:
+    if (clock or Clock()).synchronised():
+        return Check("clock", "ok", "synchronised (NTP)")
+    return Check(
+        "clock",
+        "fail",
+        "not synchronised: scans are stamped clock_synced=false",
+        "sudo timedatectl set-ntp true; check the network reaches an NTP server (timedatectl timesync-status)",
+    )
+
+
+# -- scanners ----------------------------------------------------------------
+
+
+def _stdin_present(scanner) -> Check:
+    # Always there; but under systemd stdin is empty, so an agent whose only
+    # scanner is stdin ends at once: worth a warning on a kiosk.
+    return Check(
+        f"scanner {scanner.name}",
+        "warn",
+        "standard input: fine from a terminal, but under systemd it is empty and the agent stops at once",
+        "name the kiosk's scanner under [[scanners]] (device /dev/scanner/..., see hardware.md)",
+    )
+
+
+#: kind -> presence check for one ``[[scanners]]`` entry. Each source kind adds
+#: its own, e.g. ``"serial": lambda s: present if Path(s.device).exists()``.
+SCANNER_PRESENCE: dict[str, Callable[[Any], Check]] = {
+    "stdin": _stdin_present,
+}
+
+
+def check_scanners(scanners: Iterable) -> list[Check]:
+    checks = []
+    for scanner in scanners:
+        present = SCANNER_PRESENCE.get(scanner.kind)
+        if present is None:
+            checks.append(Check(f"scanner {scanner.name}", "fail", f"no presence check for kind {scanner.kind!r}"))
+            continue
+        try:
+            checks.append(present(scanner))
+        except Exception as problem:  # a check that crashes is a failed check, not a crashed doctor
+            checks.append(Check(f"scanner {scanner.name}", "fail", f"check failed: {problem}"))
+    return checks
+
+
+def device_present(name: str, path: str | Path, fix: str) -> Check:
+    """Presence of a device node, for the per-kind checks (``/dev/scanner/...``)."""
+    p = Path(path)
+    if p.exists():
+        target = f" -> {p.resolve()}" if p.is_symlink() else ""
+        return Check(name, "ok", f"{p}{target}")
+    return Check(name, "fail", f"{p} is not there", fix)
+
+
+# -- broker ------------------------------------------------------------------
+
+
+def check_broker(
+    host: str,
+    port: int,
+    *,
+    topic: str,
+    tls: bool = False,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    timeout: float = 10.0,
+) -> Check:
+    """Connect (TLS handshake when ``tls``), publish one QoS 1 message on ``topic``
+    and wait for its PUBACK. The check passes only on a successful PUBACK."""
+    import paho.mqtt.client as mqtt
+
+    name = "broker"
+    where = f"{host}:{port}"
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"scan-agent-doctor-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+    )
+    if username:
+        client.username_pw_set(username, password)
+    if tls:
+        client.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file)
+    events: queue.Queue = queue.Queue()
+    client.on_connect = lambda c, u, flags, rc, props: events.put(("connack", rc))
+    client.on_publish = lambda c, u, mid, rc, props: events.put(("puback", rc))
+    client.on_disconnect = lambda c, u, flags, rc, props: events.put(("disconnect", rc))
+    try:
+        client.connect(host, port, keepalive=30)
+    except ssl.SSLError as problem:
+        return Check(
+            name,
+            "fail",
+            f"TLS handshake with {where} failed: {problem.reason or problem}",
+            "check ca_file is the regional CA, the device certificate is installed (scan-agent provision "
+            "--install-cert) and the clock is right",
+        )
+    except (OSError, ValueError) as problem:
+        return Check(
+            name, "fail", f"cannot reach {where}: {problem}", "check the network, [mqtt] host/port and firewall"
+        )
+    client.loop_start()
+    try:
+        kind, rc = _next_event(events, timeout)
+        if kind != "connack":
+            return Check(name, "fail", f"{where} closed the connection ({rc})", _auth_fix(tls))
+        if rc.is_failure:
+            return Check(name, "fail", f"{where} refused the connection: {rc}", _auth_fix(tls))
+        payload = json.dumps({"doctor": time.time()})
+        client.publish(topic, payload, qos=1)
+        kind, rc = _next_event(events, timeout)
+        if kind != "puback":
+            return Check(name, "fail", f"no PUBACK from {where} on {topic} ({kind}: {rc})", "check the broker's log")
+        if rc.is_failure:
+            return Check(
+                name, "fail", f"{where} refused a publish on {topic}: {rc}", f"ask for the ACL to allow {topic}"
+            )
+        return Check(name, "ok", f"{where}{' TLS' if tls else ''}, QoS 1 publish on {topic} acknowledged")
+    except TimeoutError:
+        return Check(name, "fail", f"no answer from {where} within {timeout:.0f} s", "check the broker is running")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _next_event(events: queue.Queue, timeout: float) -> tuple[str, Any]:
+    try:
+        return events.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError from None
+
+
+def _auth_fix(tls: bool) -> str:
+    if tls:
+        return "check the device certificate matches what the broker expects (scan-agent provision --install-cert)"
+    return "check [mqtt] username/password"
+
+
+def check_mqtt_from_config(raw: dict[str, Any], device_id: str, timeout: float = 10.0) -> Check:
+    """The broker check with the ``[mqtt]`` settings (read from the TOML: the
+    uplink's MqttConfig owns these keys)."""
+    mqtt = raw.get("mqtt", {}) if isinstance(raw.get("mqtt"), dict) else {}
+    if not mqtt.get("enabled"):
+        return Check("broker", "skip", "[mqtt] enabled = false: events stay in the ledger")
+    password = None
+    if mqtt.get("password_file"):
+        try:
+            password = Path(mqtt["password_file"]).read_text().strip()
+        except OSError as problem:
+            return Check("broker", "fail", f"password_file: {problem}", "check [mqtt] password_file")
+    prefix = str(mqtt.get("topic_prefix", "scan-agent")).rstrip("/")
+    return check_broker(
+        str(mqtt.get("host", "localhost")),
+        int(mqtt.get("port", 8883 if mqtt.get("tls") else 1883)),
+        topic=f"{prefix}/{device_id}/doctor",
+        tls=bool(mqtt.get("tls")),
+        ca_file=mqtt.get("ca_file"),
+        cert_file=mqtt.get("cert_file"),
+        key_file=mqtt.get("key_file"),
+        username=mqtt.get("username"),
+        password=password,
+        timeout=timeout,
+    )
+
+
+# -- interactive -------------------------------------------------------------
+
+
+def check_scan_now(cfg: config_mod.Config, timeout: float = 20.0, prompt=None) -> Check:
+    """Start the configured sources and wait for any one read (the service must be stopped)."""
+    from agent.runner import Runner
+
+    prompt = prompt or (lambda text: print(text, file=sys.stderr, flush=True))
+    reads: queue.Queue = queue.Queue()
+    runner = Runner(cfg)
+    sources = []
+    try:
+        for scanner in cfg.scanners:
+            source = runner.make_source(scanner)
+            source.start(reads.put)
+            sources.append(source)
+        prompt(f"scan any code now ({timeout:.0f} s)...")
+        read = reads.get(timeout=timeout)
+    except queue.Empty:
+        return Check(
+            "scan now", "fail", f"no read within {timeout:.0f} s", "check the scanner's mode (firmware_config/)"
+        )
+    except Exception as problem:
+        return Check("scan now", "fail", f"cannot start sources: {problem}", "sudo systemctl stop scan-agent first")
+    finally:
+        for source in sources:
+            source.stop()
+    return Check("scan now", "ok", f"read {len(read.raw)} bytes from {read.source_id}")
+
+
+def check_feedback_selftest(cfg: config_mod.Config, ask=input) -> Check:
+    """Hook: run the feedback backend's ``self_test()`` (LEDs, buzzer) and ask
+    the technician whether it showed. Backends without one are skipped."""
+    from agent.runner import make_feedback
+
+    sink = make_feedback(cfg.feedback)
+    self_test = getattr(sink, "self_test", None)
+    if self_test is None:
+        return Check("LEDs and buzzer", "skip", f"feedback backend {cfg.feedback.backend!r} has no self-test")
+    self_test()
+    if ask("did the LEDs light and the buzzer sound? [y/N] ").strip().lower().startswith("y"):
+        return Check("LEDs and buzzer", "ok", "seen and heard")
+    return Check("LEDs and buzzer", "fail", "not seen or heard", "check the wiring in hardware.md and [feedback] pins")
+
+
+# -- the report --------------------------------------------------------------
+
+
+def run_checks(
+    config_path: Path,
+    *,
+    interactive: bool = False,
+    broker_timeout: float = 10.0,
+    scan_timeout: float = 20.0,
+) -> list[Check]:
+    config_check, cfg = check_config(config_path)
+    checks = [config_check]
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        raw = {}
+    checks += check_secret_permissions(config_path, raw)
+    # With a bad config, check the rest against what the agent would default to.
+    effective = cfg or config_mod.Config()
+    checks.append(check_ledger(effective.ledger.path))
+    checks.append(check_disk(effective.ledger.path))
+    checks.append(check_clock())
+    checks += check_scanners(effective.scanners)
+    station = raw.get("station", {}) if isinstance(raw.get("station"), dict) else {}
+    checks.append(
+        check_mqtt_from_config(raw, str(station.get("device_id", effective.station.device_id)), broker_timeout)
+    )
+    if interactive:
+        checks.append(check_scan_now(effective, scan_timeout))
+        checks.append(check_feedback_selftest(effective))
+    return checks
+
+
+def report(checks: list[Check], as_json: bool = False) -> str:
+    if as_json:
+        return json.dumps(
+            {"ok": not any(c.failed for c in checks), "checks": [asdict(c) for c in checks]}, ensure_ascii=False
+        )
+    failed = sum(c.failed for c in checks)
+    lines = [c.line() for c in checks]
+    lines.append(f"{failed} check{'s' if failed != 1 else ''} failed" if failed else "all checks passed")
+    return "\n".join(lines)

@@ -1,0 +1,298 @@
+"""Give a kiosk its identity: a device key, a CSR for the regional CA, the config.
+
+    scan-agent provision --device-id kiosk-0042 --site site-07 --broker mqtt.region.example:8883 --ca region-ca.pem
+    (send the printed CSR to the regional CA; it returns a certificate)
+    scan-agent provision --install-cert kiosk-0042.crt
+
+Files, all in ``--dir`` (default ``/etc/scan-agent``):
+
+- ``device.key``  EC P-256 private key, mode 0600, owned by the agent's user.
+  Created once and kept: running provision again makes a new CSR for the
+  same key, so a certificate already issued stays valid. Never printed or logged.
+- ``device.csr``  the request (CN = device id), also printed on stdout.
+- ``ca.pem``      the regional CA the broker's and this device's certificates chain to.
+- ``device.crt``  the device certificate, installed only if it is for this
+  key and chains to ``ca.pem``.
+- ``agent.toml``  ``[station]`` device_id/site_id and the ``[mqtt]`` table are
+  (re)written; every other table, and other keys of those two, are kept.
+
+Needs the ``cryptography`` package (``apt install python3-cryptography`` on
+Raspberry Pi OS; the installer's venv sees system packages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import pwd
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DIR = Path("/etc/scan-agent")
+AGENT_USER = "scan-agent"
+DEFAULT_TLS_PORT = 8883
+
+
+class ProvisionError(Exception):
+    """Provisioning refused; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    dir: Path
+
+    @property
+    def key(self) -> Path:
+        return self.dir / "device.key"
+
+    @property
+    def csr(self) -> Path:
+        return self.dir / "device.csr"
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.pem"
+
+    @property
+    def cert(self) -> Path:
+        return self.dir / "device.crt"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "agent.toml"
+
+
+def _crypto():
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError as problem:
+        raise ProvisionError(
+            "provisioning needs the cryptography package: apt install python3-cryptography (or pip install it)"
+        ) from problem
+    return x509, hashes, serialization, ec, NameOID
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` (``[v6]:PORT`` for IPv6); the port defaults to 8883 (MQTT over TLS).
+
+    >>> parse_broker("mqtt.example"), parse_broker("10.0.0.5:9883"), parse_broker("[::1]:8884")
+    (('mqtt.example', 8883), ('10.0.0.5', 9883), ('::1', 8884))
+    """
+    host, port = text, DEFAULT_TLS_PORT
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = _port(rest.removeprefix(":"), text)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = _port(port_text, text)
+    if not host:
+        raise ProvisionError(f"--broker {text!r}: no host; give HOST or HOST:PORT")
+    return host, port
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ProvisionError(f"--broker {whole!r}: port {text!r} is not a number from 1 to 65535")
+    return int(text)
+
+
+def provision(
+    device_id: str, site_id: str, broker: str, ca_file: str | Path, directory: str | Path = DEFAULT_DIR
+) -> str:
+    """Create (or reuse) the key, write CSR, CA copy and config; return the CSR in PEM."""
+    x509, hashes, serialization, ec, NameOID = _crypto()
+    if not device_id.strip() or not site_id.strip():
+        raise ProvisionError("--device-id and --site must not be empty")
+    host, port = parse_broker(broker)
+    paths = Paths(Path(directory))
+    ca_pem = _read_ca(ca_file)
+    paths.dir.mkdir(parents=True, exist_ok=True)
+
+    if paths.key.exists():
+        key = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        # O_EXCL + 0600 at creation: the key is never readable by others, not even briefly.
+        fd = os.open(paths.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+    os.chmod(paths.key, 0o600)
+    _own(paths.key, AGENT_USER, AGENT_USER)
+
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .sign(key, hashes.SHA256())
+    )
+    csr_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    _write(paths.csr, csr_pem.encode(), 0o644)
+    _write(paths.ca, ca_pem, 0o644)
+
+    write_config(
+        paths.config,
+        station={"device_id": device_id, "site_id": site_id},
+        mqtt={
+            "enabled": True,
+            "host": host,
+            "port": port,
+            "tls": True,
+            "ca_file": str(paths.ca),
+            "cert_file": str(paths.cert),
+            "key_file": str(paths.key),
+        },
+    )
+    return csr_pem
+
+
+def install_cert(cert_file: str | Path, directory: str | Path = DEFAULT_DIR) -> str:
+    """Check ``cert_file`` is for this device's key and chains to ``ca.pem``, then
+    install it as ``device.crt``. Returns a one-line description."""
+    x509, _, serialization, _, NameOID = _crypto()
+    paths = Paths(Path(directory))
+    for needed in (paths.key, paths.ca):
+        if not needed.exists():
+            raise ProvisionError(f"{needed} is missing: run scan-agent provision --device-id ... first")
+    try:
+        chain = x509.load_pem_x509_certificates(Path(cert_file).read_bytes())
+    except (OSError, ValueError) as problem:
+        raise ProvisionError(f"{cert_file}: not a PEM certificate ({problem})") from problem
+    leaf, intermediates = chain[0], chain[1:]
+    key = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if leaf.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
+        raise ProvisionError(
+            f"{cert_file} is for another key, not this device's {paths.key}: "
+            "send the CSR printed by scan-agent provision (also in device.csr) to the CA"
+        )
+    ca = x509.load_pem_x509_certificates(paths.ca.read_bytes())
+    if not _chains(leaf, intermediates, ca):
+        raise ProvisionError(
+            f"{cert_file} does not chain to the regional CA in {paths.ca}: ask the right CA to sign it"
+        )
+    now = datetime.now(UTC)
+    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        raise ProvisionError(
+            f"{cert_file} is valid {leaf.not_valid_before_utc:%Y-%m-%d} to {leaf.not_valid_after_utc:%Y-%m-%d}, "
+            f"not now ({now:%Y-%m-%d}): check the clock, or get a current certificate"
+        )
+    _write(paths.cert, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain), 0o644)
+    names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn = names[0].value if names else "?"
+    return f"installed {paths.cert}: CN={cn}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}"
+
+
+def _chains(leaf, intermediates: list, roots: list) -> bool:
+    """True if ``leaf`` is signed by a root, directly or through ``intermediates``."""
+    current, pool = leaf, list(intermediates)
+    for _ in range(len(intermediates) + 1):
+        for root in roots:
+            if _issued_by(current, root):
+                return True
+        parent = next((c for c in pool if _issued_by(current, c)), None)
+        if parent is None:
+            return False
+        pool.remove(parent)
+        current = parent
+    return False
+
+
+def _issued_by(cert, issuer) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except Exception:  # InvalidSignature, or a key type that cannot have signed it
+        return False
+    return True
+
+
+def _read_ca(ca_file: str | Path) -> bytes:
+    x509 = _crypto()[0]
+    try:
+        data = Path(ca_file).read_bytes()
+        x509.load_pem_x509_certificates(data)
+    except (OSError, ValueError) as problem:
+        raise ProvisionError(f"--ca {ca_file}: not a readable PEM CA certificate ({problem})") from problem
+    return data
+
+
+def write_config(path: Path, *, station: dict[str, Any], mqtt: dict[str, Any]) -> None:
+    """Set ``station`` keys and the whole ``[mqtt]`` table (keeping its other keys)
+    in the TOML at ``path``; other tables keep their text, comments included."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as problem:
+        raise ProvisionError(f"{path}: not valid TOML ({problem}); fix or remove it first") from problem
+    tables = {
+        "station": {**data.get("station", {}), **station},
+        "mqtt": {**data.get("mqtt", {}), **mqtt},
+    }
+    kept = _without_tables(text, set(tables))
+    new = kept.rstrip("\n") + "\n\n" if kept.strip() else ""
+    new += "\n".join(_table(name, values) for name, values in tables.items())
+    assert tomllib.loads(new)["mqtt"]["host"] == mqtt["host"]  # what we wrote reads back
+    _write(path, new.encode(), 0o640)
+    _own(path, "root", AGENT_USER)
+
+
+def _without_tables(text: str, names: set[str]) -> str:
+    """The TOML text minus the ``[name]`` tables in ``names`` (header to next header)."""
+    out, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            header = stripped.split("#")[0].strip()
+            skipping = header.strip("[]").strip() in names and not header.startswith("[[")
+        if not skipping:
+            out.append(line)
+    return "".join(out)
+
+
+def _table(name: str, values: dict[str, Any]) -> str:
+    return f"[{name}]\n" + "".join(f"{key} = {_value(v)}\n" for key, v in values.items()) + "\n"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_value(v)}" for k, v in value.items()) + " }"
+    raise ProvisionError(f"cannot write {value!r} to TOML")
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` atomically with ``data`` at ``mode``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.chmod(tmp, mode)  # O_CREAT's mode is masked by the umask
+    os.replace(tmp, path)
+
+
+def _own(path: Path, user: str, group: str) -> None:
+    """chown when running as root and the names exist (not so on a build machine)."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(KeyError):
+        os.chown(path, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)

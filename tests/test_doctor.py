@@ -1,0 +1,265 @@
+"""scan-agent doctor: each check passes on a good kiosk and fails, with a fix
+line, on the fault it exists for. Brokers are real mosquittos started here."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent import codes, doctor
+from agent.ledger import Ledger
+from agent.read import Read
+from tests.support.agent import run_agent
+from tests.support.mosquitto import Mosquitto
+from tests.support.net import free_port
+from tests.support.pki import TestCA
+
+# Started as root, mosquitto drops to the "mosquitto" user, which cannot read
+# pytest's 0700 tmp dirs where the ACL and certificates are. Not root: ignored.
+STAY_ROOT = "user root\n"
+
+
+@dataclass(frozen=True)
+class SerialLike:
+    """A [[scanners]] entry of a kind this branch does not have yet."""
+
+    name: str
+    device: str
+    kind: str = "serial"
+    movement: str | None = None
+
+
+def fill_ledger(path: Path, n: int = 3) -> None:
+    ledger = Ledger.open(path, device_id="k", site_id="s")
+    for i in range(n):
+        read = Read(f"8123456789012345678{i}".encode(), "stdin", "stdin")
+        ledger.decide_and_record(read, "dispense", codes.parse(read.raw))
+    ledger.close()
+
+
+def write_config(tmp_path: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[station]\ndevice_id = "kiosk-0042"\n[ledger]\npath = "{tmp_path / "ledger.db"}"\n{extra}')
+    cfg.chmod(0o640)
+    return cfg
+
+
+# -- scanners --------------------------------------------------------------
+
+
+def test_missing_scanner_fails_with_a_fix(tmp_path, monkeypatch):
+    present = tmp_path / "ttyACM0"
+    present.touch()
+    monkeypatch.setitem(
+        doctor.SCANNER_PRESENCE,
+        "serial",
+        lambda s: doctor.device_present(f"scanner {s.name}", s.device, "plug the scanner in; ls -l /dev/scanner/"),
+    )
+    here, gone = doctor.check_scanners([SerialLike("dock", str(present)), SerialLike("counter", "/dev/scanner/none")])
+    assert here.status == "ok"
+    assert gone.failed and "/dev/scanner/none is not there" in gone.detail
+    assert "fix: plug the scanner in" in gone.line()
+
+
+def test_a_kind_without_a_presence_check_fails():
+    (check,) = doctor.check_scanners([SerialLike("x", "/dev/x", kind="telepathy")])
+    assert check.failed and "telepathy" in check.detail
+
+
+# -- broker ----------------------------------------------------------------
+
+
+def test_unreachable_broker_fails_with_a_fix():
+    check = doctor.check_broker("127.0.0.1", free_port(), topic="t/doctor", timeout=5)
+    assert check.failed
+    assert "cannot reach 127.0.0.1" in check.detail
+    assert check.fix and "fix: check the network" in check.line()
+
+
+def test_broker_passes_with_a_test_publish_acknowledged(broker):
+    check = doctor.check_broker("127.0.0.1", broker.port, topic="scan-agent/kiosk-0042/doctor", timeout=10)
+    assert check.status == "ok", check
+    assert "acknowledged" in check.detail
+
+
+def test_broker_wiring_from_the_mqtt_table(broker):
+    raw = {"mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "topic_prefix": "region7"}}
+    check = doctor.check_mqtt_from_config(raw, "kiosk-0042", timeout=10)
+    assert check.status == "ok" and "region7/kiosk-0042/doctor" in check.detail
+    assert doctor.check_mqtt_from_config({"mqtt": {"enabled": False}}, "k").status == "skip"
+
+
+def test_publish_refused_by_the_acl_fails(tmp_path):
+    acl = tmp_path / "acl"
+    acl.write_text("topic write allowed/#\n")
+    b = Mosquitto(tmp_path, extra_conf=f"{STAY_ROOT}acl_file {acl}\n")
+    b.start()
+    try:
+        ok = doctor.check_broker("127.0.0.1", b.port, topic="allowed/doctor", timeout=10)
+        refused = doctor.check_broker("127.0.0.1", b.port, topic="scan-agent/kiosk-0042/doctor", timeout=10)
+    finally:
+        b.stop()
+    assert ok.status == "ok", ok
+    assert refused.failed and "refused a publish" in refused.detail and "ACL" in refused.fix
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    """A mosquitto that wants TLS with a client certificate from the test CA."""
+    ca = TestCA(tmp_path, "Region CA")
+    cert, key = ca.server_cert("localhost")
+    port = free_port()
+    b = Mosquitto(
+        tmp_path,
+        listener=False,
+        extra_conf=(
+            f"{STAY_ROOT}listener {port} 127.0.0.1\nallow_anonymous true\ncafile {ca.cert_path}\ncertfile {cert}\n"
+            f"keyfile {key}\nrequire_certificate true\nuse_identity_as_username true\n"
+        ),
+    )
+    b.start(wait_port=port)
+    b.port = port
+    yield b, ca
+    b.stop()
+
+
+def test_tls_broker_passes_with_a_provisioned_device(tmp_path, tls_broker):
+    broker, ca = tls_broker
+    etc = tmp_path / "etc"
+    made = run_agent(
+        "provision", "--device-id", "kiosk-0042", "--site", "s", "--broker", f"localhost:{broker.port}",
+        "--ca", str(ca.cert_path), "--dir", str(etc),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    signed = tmp_path / "signed.crt"
+    signed.write_bytes(ca.sign_csr(made.stdout))
+    assert run_agent("provision", "--install-cert", str(signed), "--dir", str(etc)).returncode == 0
+    raw = tomllib.loads((etc / "agent.toml").read_text())
+    check = doctor.check_mqtt_from_config(raw, "kiosk-0042", timeout=10)
+    assert check.status == "ok", check
+    assert "TLS" in check.detail
+
+
+def test_tls_with_the_wrong_ca_fails_the_handshake(tmp_path, tls_broker):
+    broker, ca = tls_broker
+    other = TestCA(tmp_path, "Other CA")
+    cert, key = ca.client_cert("kiosk-0042")
+    check = doctor.check_broker(
+        "localhost", broker.port, topic="t", tls=True, ca_file=str(other.cert_path),
+        cert_file=str(cert), key_file=str(key), timeout=10,
+    )  # fmt: skip
+    assert check.failed and "TLS handshake" in check.detail and "ca_file" in check.fix
+
+
+def test_tls_without_a_client_certificate_fails(tmp_path, tls_broker):
+    broker, ca = tls_broker
+    check = doctor.check_broker("localhost", broker.port, topic="t", tls=True, ca_file=str(ca.cert_path), timeout=10)
+    assert check.failed, check
+
+
+# -- ledger, config, permissions ------------------------------------------
+
+
+def test_ledger_intact_then_tampered(tmp_path):
+    db = tmp_path / "ledger.db"
+    fill_ledger(db)
+    check = doctor.check_ledger(db)
+    assert check.status == "ok" and "3 scans" in check.detail
+    conn = sqlite3.connect(db)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute("UPDATE scans SET code = '81234567890123456799' WHERE id = 2")
+    conn.commit()
+    conn.close()
+    broken = doctor.check_ledger(db)
+    assert broken.failed and "hash chain broken" in broken.detail and "never delete" in broken.fix
+
+
+def test_secret_files_readable_by_others_warn_without_failing(tmp_path):
+    cfg = write_config(tmp_path)
+    key = tmp_path / "device.key"
+    key.write_text("x")
+    key.chmod(0o644)
+    cfg.chmod(0o644)
+    checks = doctor.check_secret_permissions(cfg, {"mqtt": {"key_file": str(key)}})
+    assert {c.name for c in checks} == {"config permissions", "key_file permissions"}
+    assert all(c.status == "warn" and c.fix.startswith("chmod") for c in checks)
+    key.chmod(0o600)
+    cfg.chmod(0o640)
+    assert [c.status for c in doctor.check_secret_permissions(cfg, {"mqtt": {"key_file": str(key)}})] == ["ok"]
+
+
+def test_disk_below_the_minimum_fails(tmp_path):
+    assert doctor.check_disk(tmp_path / "ledger.db", min_free=1).status == "ok"
+    low = doctor.check_disk(tmp_path / "ledger.db", min_free=1 << 62)
+    assert low.failed and low.fix
+
+
+def test_doctor_cli_table_and_json(tmp_path):
+    fill_ledger(tmp_path / "ledger.db")
+    cfg = write_config(tmp_path)
+    done = run_agent("doctor", "--config", str(cfg), "--json")
+    report = json.loads(done.stdout)
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert by_name["config"]["status"] == "ok"
+    assert by_name["ledger"]["status"] == "ok"
+    assert by_name["scanner console"]["status"] == "warn", "stdin is no scanner for a systemd service"
+    assert by_name["broker"]["status"] == "skip"
+    failed = [c for c in report["checks"] if c["status"] == "fail"]
+    assert all(c["fix"] for c in failed), "every failure has a fix"
+    assert report["ok"] is (not failed)
+    assert done.returncode == (1 if failed else 0)
+    table = run_agent("doctor", "--config", str(cfg)).stdout.decode()
+    assert "✓ config" in table and "✓ ledger" in table
+
+
+def test_doctor_cli_fails_on_a_bad_config(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[station]\nmovement = "sell"\n')
+    done = run_agent("doctor", "--config", str(cfg))
+    assert done.returncode == 1
+    out = done.stdout.decode()
+    assert "✗ config" in out and "'sell' is not allowed" in out and "fix: edit" in out
+    missing = run_agent("doctor", "--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 1 and "no config at" in missing.stdout.decode()
+
+
+def test_interactive_scan_now_reads_a_code(tmp_path):
+    cfg = write_config(tmp_path)
+    done = run_agent("doctor", "--config", str(cfg), "--interactive", "--json", input=b"81234567890123456789\n")
+    by_name = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert by_name["scan now"]["status"] == "ok", by_name["scan now"]
+    assert b"scan any code now" in done.stderr
+    assert by_name["LEDs and buzzer"]["status"] == "skip", "console feedback has no self-test (yet)"
+
+
+def test_interactive_scan_now_times_out(tmp_path):
+    cfg = write_config(tmp_path)
+    check = doctor.check_scan_now(doctor.config_mod.load(cfg), timeout=0.5, prompt=lambda text: None)
+    assert check.failed and "no read within" in check.detail
+
+
+def test_doctor_cli_on_a_provisioned_kiosk_reaches_the_tls_broker(tmp_path, tls_broker):
+    broker, ca = tls_broker
+    etc = tmp_path / "etc"
+    made = run_agent(
+        "provision", "--device-id", "kiosk-0042", "--site", "s", "--broker", f"localhost:{broker.port}",
+        "--ca", str(ca.cert_path), "--dir", str(etc),
+    )  # fmt: skip
+    signed = tmp_path / "signed.crt"
+    signed.write_bytes(ca.sign_csr(made.stdout))
+    assert run_agent("provision", "--install-cert", str(signed), "--dir", str(etc)).returncode == 0
+    done = run_agent("doctor", "--config", str(etc / "agent.toml"), "--json")
+    by_name = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert by_name["broker"]["status"] == "ok", by_name["broker"]
+    assert by_name["secret permissions"]["status"] == "ok", "provision leaves no secret readable by others"
+    if by_name["config"]["status"] == "fail":
+        # agent.config learns the [mqtt] keys (host, port, tls, ...) with the uplink work.
+        assert "[mqtt]" in by_name["config"]["detail"]
+        pytest.skip("agent.config does not know the [mqtt] connection keys on this branch yet")
+    assert by_name["config"]["status"] == "ok"
