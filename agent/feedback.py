@@ -85,7 +85,11 @@ class Feedback:
             after = self.states()
             if after != before:
                 log.info("device state %s %s%s", name, "on" if on else "off", f" ({cause})" if cause else "")
-                self.show_states(after)
+                try:
+                    self.show_states(after)
+                except Exception:
+                    # The caller (uplink, a source) must not fall over because an LED did.
+                    log.exception("could not show device states %s", ", ".join(sorted(after)))
 
     def states(self) -> frozenset[str]:
         """The states on now (``ready`` whenever there is no fault)."""

@@ -60,6 +60,7 @@ class GpioFeedback(Feedback):
             self._close_devices()
             raise
         self._generation = 0
+        self._closed = False
         self._busy_until = dict.fromkeys(LEDS, 0.0)  # monotonic end of the LED's pattern track
         self._showing: dict[str, Step | None] = dict.fromkeys(LEDS)
         self._agenda = _Agenda()
@@ -73,6 +74,8 @@ class GpioFeedback(Feedback):
         if pattern is None or pattern.silent:
             return
         with self.lock:
+            if self._closed:
+                return
             self._generation += 1
             generation = self._generation
             now = time.monotonic()
@@ -130,6 +133,8 @@ class GpioFeedback(Feedback):
     # Device states -------------------------------------------------------------
 
     def show_states(self, states: frozenset[str]) -> None:
+        if self._closed:
+            return  # a late word from the uplink after shutdown
         now = time.monotonic()
         for led_name in self.leds:
             if self._busy_until[led_name] <= now:
@@ -162,6 +167,7 @@ class GpioFeedback(Feedback):
         self._agenda.stop()
         with self.lock:
             self._generation += 1
+            self._closed = True
             self._close_devices()
 
     def _close_devices(self) -> None:

@@ -267,3 +267,12 @@ def test_default_looks_show_each_state_on_its_own_led():
     amber = [DEFAULT_LOOKS[s]["amber"] for s in ("scanner_missing", "backlog", "broker_offline")]
     assert len(set(amber)) == 3  # three amber states, three rhythms
     assert all(step.n is None for look in DEFAULT_LOOKS.values() for step in look.values())
+
+
+def test_a_late_state_or_verdict_after_close_is_ignored(make, factory):
+    fb = make(states=QUICK_LOOKS)
+    fb.close()
+    fb.set_state("broker_offline", True)  # the uplink may still speak during shutdown
+    fb.play("accepted")
+    assert fb.is_on("broker_offline")
+    assert not pin(factory, "amber").state and not pin(factory, "green").state
