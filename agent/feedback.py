@@ -60,9 +60,7 @@ class Feedback:
     def decided(self, decision: Decision) -> None:
         """Called by the pipeline right after each commit."""
         with self.lock:
-            if decision.verdict == "fault":
-                self.set_state("fault", True, cause=LEDGER)
-            elif LEDGER in self._causes["fault"]:
+            if decision.verdict != "fault" and LEDGER in self._causes["fault"]:
                 # A decision was committed, so the ledger writes again.
                 self.set_state("fault", False, cause=LEDGER)
             name = pattern_for(decision)
@@ -70,6 +68,9 @@ class Feedback:
                 # On disk, but the station needs help: the operator must not hear "all good".
                 name = "fault"
             self.play(name, decision)
+            if decision.verdict == "fault":
+                # After the pattern, so that the fault look waits beneath it.
+                self.set_state("fault", True, cause=LEDGER)
 
     def set_state(self, name: str, on: bool, *, cause: str = "") -> None:
         """Turn device state ``name`` on or off for ``cause``; safe from any thread."""

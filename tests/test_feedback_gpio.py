@@ -163,18 +163,21 @@ def test_fault_state_suppresses_the_accept_pattern(make, factory):
 
 
 def test_a_fault_decision_holds_fault_until_the_ledger_commits_again(make, factory):
-    fb = make()
+    fb = make(states=QUICK_LOOKS)
     d = decisions()
     fb.decided(d["fault"])
     assert fb.is_on("fault") and not fb.is_on("ready")
     assert fb.causes("fault") == ["ledger"]
     settle("fault")
+    # The whole fault pattern on red, then the fault look (blinking) beneath it.
+    assert_runs(pin(factory, "red"), EXPECTED["fault"]["red"][:5], prefix=True)
+    assert len(runs(pin(factory, "red"))) > 6
     for device in PINS:
         pin(factory, device).clear_states()
     fb.decided(d["accepted"])  # committed: the ledger writes again, so this is a real accept
     settle("accepted")
     assert not fb.is_on("fault")
-    assert_runs(pin(factory, "green"), [(T, 0.3), (F, None)])
+    assert_runs(pin(factory, "green"), [(T, 0.3), (F, 0.2), (T, 0.05)], prefix=True)  # then the ready blip
     assert_runs(pin(factory, "buzzer"), [(T, 0.08), (F, None)])
 
 
