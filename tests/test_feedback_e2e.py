@@ -13,6 +13,7 @@ from gpiozero import Device
 
 from agent.config import parse_toml
 from agent.runner import Runner
+from tests.support.agent import run_agent
 from tests.support.gpio import assert_runs, mock_factory
 from tests.support.net import wait_until
 
@@ -81,3 +82,29 @@ buzzer_pin = 12
     assert_runs(amber, [(T, 0.25), (F, 0.15), (T, 0.25), (F, None)])
     # beep; (double read: nothing); long low tone; two medium beeps. Gaps are the test's own pace.
     assert_runs(buzzer, [(T, 0.08), (F, None), (T, 0.8), (F, None), (T, 0.25), (F, 0.15), (T, 0.25), (F, None)])
+
+
+def test_scan_agent_run_with_the_gpio_backend_starts_and_stops_cleanly(tmp_path):
+    """The real command line, gpiozero choosing its mock factory from the environment."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[ledger]\npath = "{tmp_path / "l.db"}"\n[feedback]\nbackend = "gpio"\nbuzzer = "tonal"\n')
+    done = run_agent(
+        "run",
+        "--config",
+        str(cfg),
+        input=b"81234567890123456789\n6901234567892\n",
+        GPIOZERO_PIN_FACTORY="mock",
+        GPIOZERO_MOCK_PIN_CLASS="mockpwmpin",
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert [line.split()[0] for line in done.stdout.decode().splitlines()] == ["accepted", "rejected"]
+    assert b"Traceback" not in done.stderr
+
+
+def test_scan_agent_run_says_what_is_wrong_without_gpio(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[ledger]\npath = "{tmp_path / "l.db"}"\n[feedback]\nbackend = "gpio"\n')
+    done = run_agent("run", "--config", str(cfg), input=b"", GPIOZERO_PIN_FACTORY="no-such-factory")
+    assert done.returncode == 2
+    assert b'bad config: [feedback] backend = "gpio": cannot drive the pins' in done.stderr
+    assert not (tmp_path / "l.db").exists()  # refused before touching the ledger
