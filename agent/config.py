@@ -18,10 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from agent.ledger import MOVEMENTS
+from agent.patterns import (
+    DEFAULT_LOOKS,
+    DEFAULT_PATTERNS,
+    PATTERN_NAMES,
+    STATES,
+    Pattern,
+    Step,
+    read_look,
+    read_pattern,
+)
 
 DEFAULT_PATH = Path("/etc/scan-agent/agent.toml")
 SYSTEM_LEDGER = Path("/var/lib/scan-agent/ledger.db")
-FEEDBACK_BACKENDS = ("console", "none")
+FEEDBACK_BACKENDS = ("console", "gpio", "none")
+BUZZER_KINDS = ("active", "tonal", "none")
 
 
 class ConfigError(ValueError):
@@ -64,7 +75,24 @@ ScannerConfig = StdinScannerConfig
 
 @dataclass(frozen=True)
 class FeedbackConfig:
+    """How decisions and device states are shown. Pins are BCM numbers (``gpio`` backend).
+
+    ``patterns`` and ``states`` hold the defaults of :mod:`agent.patterns` with the
+    config's own tables replacing whole entries. ``backlog_alert_s``: events older than
+    this still undelivered show the ``backlog`` state.
+    """
+
     backend: str = "console"
+    green_pin: int = 23
+    red_pin: int = 24
+    amber_pin: int = 25
+    buzzer_pin: int = 18
+    buzzer: str = "active"
+    active_high: bool = True
+    buzzer_active_high: bool = True
+    backlog_alert_s: float = 900.0
+    patterns: dict[str, Pattern] = field(default_factory=lambda: dict(DEFAULT_PATTERNS))
+    states: dict[str, dict[str, Step]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_LOOKS.items()})
 
 
 @dataclass(frozen=True)
@@ -198,9 +226,44 @@ _SCANNER_KINDS = {
 
 
 def _feedback(t: Table) -> FeedbackConfig:
-    feedback = FeedbackConfig(backend=t.choice("backend", "console", FEEDBACK_BACKENDS))
+    d = FeedbackConfig()
+    pins = {name: t.integer(f"{name}_pin", getattr(d, f"{name}_pin"), low=0, high=27) for name in _PINS}
+    buzzer = t.choice("buzzer", d.buzzer, BUZZER_KINDS)
+    used = [name for name in _PINS if name != "buzzer" or buzzer != "none"]
+    for index, name in enumerate(used):
+        twin = next((other for other in used[:index] if pins[other] == pins[name]), None)
+        if twin is not None:
+            t.fail(f"{name}_pin", f"GPIO {pins[name]} is also {twin}_pin; each device needs its own pin")
+    buzzer_active_high = t.get("buzzer_active_high", d.buzzer_active_high, bool)
+    if buzzer == "tonal" and not buzzer_active_high:
+        t.fail("buzzer_active_high", "a tonal buzzer is driven by PWM through a transistor and must be active high")
+    patterns = dict(d.patterns)
+    table = t.table("patterns")
+    for name in list(table.data):
+        if name not in PATTERN_NAMES:
+            table.fail(name, f"not a pattern; allowed: {', '.join(PATTERN_NAMES)}")
+        patterns[name] = read_pattern(table.table(name))
+    states = dict(d.states)
+    table = t.table("states")
+    for name in list(table.data):
+        if name not in STATES:
+            table.fail(name, f"not a device state; allowed: {', '.join(STATES)}")
+        states[name] = read_look(table.table(name))
+    feedback = FeedbackConfig(
+        backend=t.choice("backend", "console", FEEDBACK_BACKENDS),
+        buzzer=buzzer,
+        active_high=t.get("active_high", d.active_high, bool),
+        buzzer_active_high=buzzer_active_high,
+        backlog_alert_s=t.number("backlog_alert_s", d.backlog_alert_s, low=1.0, high=7 * 86400.0),
+        patterns=patterns,
+        states=states,
+        **{f"{name}_pin": pin for name, pin in pins.items()},
+    )
     t.finish()
     return feedback
+
+
+_PINS = ("green", "red", "amber", "buzzer")
 
 
 def _mqtt(t: Table) -> MqttConfig:

@@ -21,8 +21,9 @@ import threading
 from dataclasses import replace
 from typing import BinaryIO, TextIO
 
-from agent.config import Config, FeedbackConfig, ScannerConfig, StdinScannerConfig
-from agent.feedback import ConsoleFeedback, NoFeedback
+from agent.config import Config, ConfigError, FeedbackConfig, ScannerConfig, StdinScannerConfig
+from agent.feedback import ConsoleFeedback, Feedback, NoFeedback
+from agent.host_ack import host_ack_for
 from agent.ledger import Ledger, connect
 from agent.notify import Notifier, Watchdog, pipeline_healthy
 from agent.output import DecisionPrinter
@@ -53,12 +54,15 @@ class Runner:
         self.stdin = stdin
         self.stop_requested = threading.Event()
         self.pipeline: Pipeline | None = None
+        self.feedback: Feedback | None = None
 
     def request_stop(self) -> None:
         self.stop_requested.set()
 
     def run(self) -> int:
         cfg = self.config
+        self.feedback = feedback = make_feedback(cfg.feedback)
+        host_ack = host_ack_for(cfg.scanners, in_fault=lambda: feedback.is_on("fault"))
         ledger = Ledger.open(
             cfg.ledger.path,
             device_id=cfg.station.device_id,
@@ -66,7 +70,9 @@ class Runner:
             double_read_window_s=cfg.codes.double_read_window_s,
             split_packs=cfg.codes.split_packs,
         )
-        sinks: list[Sink] = [make_feedback(cfg.feedback)]
+        sinks: list[Sink] = [feedback]
+        if host_ack:
+            sinks.append(host_ack)
         if self.out is not None:
             sinks.append(DecisionPrinter(self.out, as_json=self.as_json))
         self.pipeline = pipeline = Pipeline(
@@ -97,6 +103,7 @@ class Runner:
                 source.stop()
             pipeline.stop()
             ledger.close()
+            feedback.close()
             notifier.close()
         return 0
 
@@ -120,9 +127,16 @@ class Runner:
         raise ValueError(f"no source for scanner kind {scanner.kind!r}")
 
 
-def make_feedback(config: FeedbackConfig) -> Sink:
+def make_feedback(config: FeedbackConfig) -> Feedback:
     if config.backend == "console":
         return ConsoleFeedback()
+    if config.backend == "gpio":
+        from agent.gpio_feedback import GpioFeedback  # gpiozero only where it is used
+
+        try:
+            return GpioFeedback(config)
+        except Exception as problem:  # gpiozero: no pin factory here, pin in use, ...
+            raise ConfigError(f'[feedback] backend = "gpio": cannot drive the pins: {problem}') from problem
     return NoFeedback()
 
 

@@ -1,0 +1,157 @@
+"""Scan in to accept feedback out: from a scan entering the agent to the first pin change
+of the accept pattern, the SQLite commit (WAL, synchronous=FULL, a real file) included.
+
+    .venv/bin/python bench/feedback_latency.py [--scans 1000] [--gap 0.1] [--buzzer active|tonal]
+
+Pins are gpiozero's MockFactory pins that stamp each change with time.monotonic(), so the
+figure is the agent's own work: queue hand-off, parse, decide, commit (fsync), the sinks,
+and the gpiozero pin write. ``ENTRIES`` holds the ways a scan can enter: ``read`` submits
+a Read to the pipeline as a source does the moment it has the terminator byte; a serial
+entry (write the terminator to a socat pty and time from that write) slots in beside it.
+The ready blip on green is turned off so that only the accept pattern changes pins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import ClassVar
+
+from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+from agent.config import FeedbackConfig
+from agent.gpio_feedback import GpioFeedback
+from agent.ledger import Ledger
+from agent.pipeline import Pipeline
+from agent.read import Read
+
+
+class StampedPin(MockPWMPin):
+    """A mock pin that records ``(monotonic time, state)`` of every change for the bench."""
+
+    changes: ClassVar[list[tuple[float, object, float]]] = []
+    changed = threading.Condition()
+
+    def _change_state(self, value):
+        now = time.monotonic()
+        changed = super()._change_state(value)
+        if changed:
+            with StampedPin.changed:
+                StampedPin.changes.append((now, self, value))
+                StampedPin.changed.notify_all()
+        return changed
+
+
+class Committed:
+    """A sink placed before the feedback: when the pipeline came back from the commit."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def decided(self, decision) -> None:
+        self.times.append(time.monotonic())
+
+
+def enter_as_read(pipeline: Pipeline, raw: bytes) -> float:
+    """One scan enters as a source hands it over; returns the entry time."""
+    now = time.monotonic()
+    pipeline.submit(Read(raw + b"\r", "bench", "bench", t_first=now, t_last=now, scanner="bench"))
+    return now
+
+
+ENTRIES: dict[str, Callable[[Pipeline, bytes], float]] = {"read": enter_as_read}
+
+
+def first_on_after(t0: float, pins: set, timeout: float = 5.0) -> float:
+    """Time of the first change to "on" of one of ``pins`` at or after ``t0``."""
+    deadline = time.monotonic() + timeout
+    with StampedPin.changed:
+        while True:
+            hits = [t for t, pin, value in StampedPin.changes if t >= t0 and pin in pins and value]
+            if hits:
+                return min(hits)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the accept pattern never changed a pin")
+            StampedPin.changed.wait(left)
+
+
+def machine() -> str:
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
+    except OSError:
+        pass
+    # x86 names the CPU in "model name"; a Raspberry Pi names the board in "Model".
+    cpu = fields.get("model name") or fields.get("model") or "unknown CPU"
+    cpus = sum(1 for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("processor"))
+    cpu = f"{cpu} x{cpus}"
+    return f"{platform.platform()}, {cpu}, Python {platform.python_version()}"
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scans", type=int, default=1000)
+    ap.add_argument("--gap", type=float, default=0.1, help="seconds between scans (the beep is 0.08 s)")
+    ap.add_argument("--buzzer", choices=("active", "tonal"), default="active")
+    ap.add_argument("--entry", choices=tuple(ENTRIES), default="read")
+    ap.add_argument("--dir", default="/var/tmp", help="where the temporary ledger file goes (a real disk)")
+    args = ap.parse_args()
+
+    factory = MockFactory(pin_class=StampedPin)
+    config = replace(FeedbackConfig(backend="gpio"), buzzer=args.buzzer, states={})
+    feedback = GpioFeedback(config, pin_factory=factory)
+    pins = {factory.pin(config.green_pin), factory.pin(config.buzzer_pin)}
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        ledger = Ledger.open(Path(tmp) / "ledger.db", device_id="bench", site_id="bench", double_read_window_s=0)
+        committed = Committed()
+        pipeline = Pipeline(ledger, sinks=[committed, feedback])
+        pipeline.start()
+        enter = ENTRIES[args.entry]
+        total, commit, after = [], [], []
+        for n in range(args.scans):
+            raw = b"8%019d" % (1_000_000_000 + n)
+            t0 = enter(pipeline, raw)
+            t_pin = first_on_after(t0, pins)
+            while len(committed.times) < n + 1:
+                time.sleep(0.0005)
+            t_commit = committed.times[n]
+            total.append(t_pin - t0)
+            commit.append(t_commit - t0)
+            after.append(t_pin - t_commit)
+            time.sleep(args.gap)
+        pipeline.stop()
+        ledger.close()
+    feedback.close()
+
+    print(f"bench/feedback_latency.py  {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"machine: {machine()}")
+    print(f"ledger: real file in {args.dir} (WAL, synchronous=FULL); buzzer {args.buzzer}; entry {args.entry}")
+    print(f"{args.scans} scans, {args.gap} s apart, all accepted")
+    print(f"{'ms':>28} {'p50':>7} {'p99':>7} {'max':>7}")
+    for name, values in (
+        ("entry -> commit returned", commit),
+        ("commit -> first pin change", after),
+        ("entry -> first pin change", total),
+    ):
+        ms = [v * 1000 for v in values]
+        print(f"{name:>28} {pct(ms, 50):7.3f} {pct(ms, 99):7.3f} {max(ms):7.3f}")
+    print(f"target p99 <= 2 ms entry -> first pin change: {'met' if pct(total, 99) <= 0.002 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
