@@ -16,6 +16,7 @@ from agent.sources.barcodes import FrameDecoder
 from agent.sources.camera import CameraSource
 from agent.sources.frames import ImageFiles, Picamera2Frames
 from tests.support.frames import Frame, barcode, blank, code128, gs1_datamatrix, save_frames
+from tests.support.net import wait_until
 
 TRACE = "81234567890123456789"
 OTHER = "81234567890000000017"
@@ -268,3 +269,37 @@ def test_a_decoder_that_raises_is_logged_and_the_camera_keeps_going(caplog):
     camera.stop()
     assert "zxing hiccup" in caplog.text
     assert len(reads) == 1
+
+
+class FailingCamera:
+    """A camera that fails (as when unplugged) after a few frames the first time it is opened."""
+
+    finite = False
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.picture = trace_frame()
+
+    def frames(self, stop):
+        self.opened += 1
+        for _ in range(3 if self.opened == 1 else 1000):
+            if stop.is_set():
+                return
+            time.sleep(0.005)
+            yield self.picture
+        if self.opened == 1:
+            raise OSError("camera unplugged")
+
+
+def test_a_camera_that_fails_is_logged_and_opened_again(caplog):
+    failing = FailingCamera()
+    camera = CameraSource(failing)
+    reads = []
+    with caplog.at_level(logging.ERROR):
+        camera.start(reads.append)
+        wait_until(lambda: failing.opened == 2 and camera.stats.decoded > 10, timeout=20, what="camera reopened")
+    camera.stop()
+    assert "camera camera failed: camera unplugged; opening it again in 1 s" in caplog.text
+    assert not camera.done.is_set()
+    assert camera.stats.captured > 3  # frames flow again after the reopen
+    assert len(reads) == 1  # the pack stayed in view across the failure: still one scan

@@ -206,8 +206,8 @@ class CameraSource:
                     log.error("camera %s failed: %s; opening it again in %.0f s", self.name, problem, wait)
                     self._stop.wait(wait)
                     continue
-                if getattr(self.frames, "finite", False):
-                    return  # a replay that ended has ended for good
+                if self._stop.is_set() or getattr(self.frames, "finite", False):
+                    return  # stopped, or a replay that ended has ended for good
                 log.warning("camera %s stopped delivering frames; opening it again", self.name)
                 self._stop.wait(RETRY_S[0])
         finally:
