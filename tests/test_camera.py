@@ -219,10 +219,11 @@ def test_images_backend_loops_until_stopped(tmp_path):
 
 
 def test_camera_source_on_images_submits_reads_and_ends(tmp_path):
-    pictures = [trace_frame(seed=n) for n in range(4)] + [blank()] * 3
-    pictures += [Frame(seed=n).place(gs1_datamatrix(GS1), at=(300, 200), angle=15).noise(4).luma() for n in range(4)]
+    # Each code held for 10 frames, so a busy machine that drops some still agrees on two.
+    pictures = [trace_frame(seed=n) for n in range(10)] + [blank()] * 3
+    pictures += [Frame(seed=n).place(gs1_datamatrix(GS1), at=(300, 200), angle=15).noise(4).luma() for n in range(10)]
     save_frames(tmp_path, pictures)
-    camera = CameraSource(ImageFiles(tmp_path, fps=60, loop=False), name="dock")
+    camera = CameraSource(ImageFiles(tmp_path, fps=30, loop=False), name="dock")
     reads = []
     camera.start(reads.append)
     assert camera.done.wait(30)

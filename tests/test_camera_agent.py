@@ -89,7 +89,7 @@ def test_scan_agent_run_decides_codes_seen_by_a_camera_end_to_end(tmp_path):
         return Frame(seed=n).place(barcode("6901234567892", "EAN13"), at=(320, 240)).noise(5).luma()
 
     gap = [blank()] * 6
-    frames = held(trace, 8) + gap + held(gs1, 8) + gap + held(ean, 8) + gap + held(trace, 8)
+    frames = held(trace, 10) + gap + held(gs1, 10) + gap + held(ean, 10) + gap + held(trace, 10)
     (tmp_path / "frames").mkdir()
     save_frames(tmp_path / "frames", frames)
     config = tmp_path / "agent.toml"
@@ -113,6 +113,7 @@ loop = false
 fps = 20
 formats = ["Code128", "DataMatrix", "EAN13"]
 rearm_frames = 3
+agree_window_s = 2  # generous: a busy test machine may decode only a few of the frames
 """
     )
     run = run_agent("run", "--config", str(config), "--json", timeout=60)
@@ -126,7 +127,7 @@ rearm_frames = 3
     ], run.stderr.decode()
     assert decisions[0]["code"] == TRACE and decisions[1]["code"] == "(01)04012345678901(21)SN0001"
     assert {d["source"] for d in decisions} == {"camera:cart"}
-    assert "images replayed: 50 frames" in run.stderr.decode()
+    assert "images replayed: 58 frames" in run.stderr.decode()
     export = run_agent("ledger", "export", "--db", str(tmp_path / "ledger.db"), "--format", "jsonl")
     rows = [json.loads(line) for line in export.stdout.decode().splitlines()]
     assert [row["symbology"] for row in rows] == ["]C0", "]d2", "]E0", "]C0"]

@@ -219,14 +219,13 @@ class CameraSource:
             while (taken := self._slot.take()) is not None:
                 _, now, frame = taken
                 try:
-                    reads = self.process(frame, now)
+                    for read in self.process(frame, now):
+                        self._submit(read)
                 except Exception:
+                    # Nothing raises out of this thread: one bad frame must not end the camera.
                     errors += 1
                     if errors == 1 or errors % 1000 == 0:
                         log.exception("camera %s: decoding a frame failed (%d so far)", self.name, errors)
-                    continue
-                for read in reads:
-                    self._submit(read)
         finally:
             if not self._stop.is_set() and getattr(self.frames, "finite", False):
                 log.info(
