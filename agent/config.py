@@ -69,8 +69,34 @@ class StdinScannerConfig:
     kind: str = "stdin"
 
 
+@dataclass(frozen=True)
+class CameraScannerConfig:
+    """A camera whose frames zxing-cpp decodes (README "Camera" has every key)."""
+
+    name: str = "camera"
+    movement: str | None = None
+    backend: str = "picamera2"
+    path: str = ""
+    camera: int = 0
+    loop: bool = True
+    fps: float = 30.0
+    width: int = 640
+    height: int = 480
+    formats: tuple[str, ...] = ("Code128", "DataMatrix")
+    agree_frames: int = 2
+    agree_window_s: float = 0.5
+    rearm_frames: int = 30
+    rearm_s: float = 1.0
+    roi: tuple[float, float, float, float] | None = None
+    try_rotate: bool = True
+    try_downscale: bool = False
+    try_invert: bool = False
+    binarizer: str = "LocalAverage"
+    kind: str = "camera"
+
+
 #: Every ``[[scanners]]`` entry is one of these; each has ``kind``, ``name`` and ``movement``.
-ScannerConfig = StdinScannerConfig
+ScannerConfig = StdinScannerConfig | CameraScannerConfig
 
 
 @dataclass(frozen=True)
@@ -219,9 +245,61 @@ def _stdin_scanner(t: Table, name: str, movement: str | None) -> StdinScannerCon
     return StdinScannerConfig(name=name, movement=movement)
 
 
+def _camera_scanner(t: Table, name: str, movement: str | None) -> CameraScannerConfig:
+    from agent.sources.barcodes import BINARIZERS, format_flags  # zxing-cpp only when a camera is configured
+
+    d = CameraScannerConfig()
+    backend = t.choice("backend", d.backend, ("picamera2", "images"))
+    path = t.text("path", d.path)
+    if backend == "images" and not path.strip():
+        t.fail("path", 'the images backend needs a directory or glob of image files, e.g. "/srv/frames/*.png"')
+    formats = t.get("formats", list(d.formats), list)
+    if not formats or not all(isinstance(f, str) for f in formats):
+        t.fail(
+            "formats",
+            f'{formats!r} is not allowed; allowed: a non-empty list of zxing-cpp format names, e.g. ["Code128"]',
+        )
+    try:
+        format_flags(formats)
+    except ValueError as problem:
+        t.fail("formats", f"{problem}; e.g. Code128, DataMatrix, EAN13, QRCode")
+    roi = t.get("roi", None, list)
+    if roi is not None:
+        fractions = all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in roi)
+        if len(roi) != 4 or not fractions or roi[2] <= 0 or roi[3] <= 0 or roi[0] + roi[2] > 1 or roi[1] + roi[3] > 1:
+            t.fail(
+                "roi",
+                f"{roi!r} is not allowed; allowed: [x, y, width, height] as fractions of the frame, "
+                "e.g. [0.25, 0.25, 0.5, 0.5]",
+            )
+        roi = tuple(float(v) for v in roi)
+    return CameraScannerConfig(
+        name=name,
+        movement=movement,
+        backend=backend,
+        path=path,
+        camera=t.integer("camera", d.camera, 0, 16),
+        loop=t.get("loop", d.loop, bool),
+        fps=t.number("fps", d.fps, low=0.0, high=240.0),
+        width=t.integer("width", d.width, 64, 4096),
+        height=t.integer("height", d.height, 64, 4096),
+        formats=tuple(formats),
+        agree_frames=t.integer("agree_frames", d.agree_frames, 1, 30),
+        agree_window_s=t.number("agree_window_s", d.agree_window_s, low=0.0, high=10.0),
+        rearm_frames=t.integer("rearm_frames", d.rearm_frames, 1, 100_000),
+        rearm_s=t.number("rearm_s", d.rearm_s, low=0.0, high=3600.0),
+        roi=roi,
+        try_rotate=t.get("try_rotate", d.try_rotate, bool),
+        try_downscale=t.get("try_downscale", d.try_downscale, bool),
+        try_invert=t.get("try_invert", d.try_invert, bool),
+        binarizer=t.choice("binarizer", d.binarizer, BINARIZERS),
+    )
+
+
 # kind -> reader of the kind's own keys (the common ones are read above).
 _SCANNER_KINDS = {
     "stdin": _stdin_scanner,
+    "camera": _camera_scanner,
 }
 
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import replace
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from agent.config import Config, ConfigError, FeedbackConfig, ScannerConfig, StdinScannerConfig
+from agent.config import CameraScannerConfig, Config, ConfigError, FeedbackConfig, ScannerConfig, StdinScannerConfig
 from agent.feedback import ConsoleFeedback, Feedback, NoFeedback
 from agent.host_ack import host_ack_for
 from agent.ledger import Ledger, connect
@@ -29,6 +29,9 @@ from agent.notify import Notifier, Watchdog, pipeline_healthy
 from agent.output import DecisionPrinter
 from agent.pipeline import Context, Pipeline, Sink
 from agent.sources.stdin import StdinSource
+
+if TYPE_CHECKING:
+    from agent.sources.camera import CameraSource
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +123,14 @@ class Runner:
         watchdog.start()
         return watchdog
 
-    def make_source(self, scanner: ScannerConfig) -> StdinSource:
+    def make_source(self, scanner: ScannerConfig) -> StdinSource | CameraSource:
         """The source object for one ``[[scanners]]`` entry."""
         if isinstance(scanner, StdinScannerConfig):
             return StdinSource(self.stdin, name=scanner.name, movement=scanner.movement)
+        if isinstance(scanner, CameraScannerConfig):
+            from agent.sources.camera import CameraSource  # numpy and zxing-cpp only when a camera is configured
+
+            return CameraSource.from_config(scanner)
         raise ValueError(f"no source for scanner kind {scanner.kind!r}")
 
 
