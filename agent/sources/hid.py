@@ -411,19 +411,24 @@ class HidSource:
         self.devices: dict[str, _Open] = {}
         self._skip: dict[str, tuple[int, int]] = {}  # nodes that are not ours, by (inode, ctime)
         self._stopping = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r = self._wake_w = -1  # a pipe made by start(), to wake the reader for stop()
         self._thread: threading.Thread | None = None
         self._last_problem = ""
 
     def start(self, submit: Callable[[Read], None]) -> None:
+        self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, args=(submit,), name=f"hid:{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        os.write(self._wake_w, b"x")
         if self._thread is not None:
+            os.write(self._wake_w, b"x")
             self._thread.join(5)
+            if not self._thread.is_alive():
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+            self._thread = None
 
     def _run(self, submit: Callable[[Read], None]) -> None:
         watch = DirWatch([self.input_dir, self.input_dir / "by-id"])
@@ -440,8 +445,6 @@ class HidSource:
             for path in list(self.devices):
                 self._drop(path, submit, "agent stopping")
             watch.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
 
     def _step(self, watch: DirWatch, submit: Callable[[Read], None], next_check: float) -> float:
         deadlines = [d for d in (o.decoder.deadline() for o in self.devices.values()) if d is not None]

@@ -78,21 +78,26 @@ class SerialSource:
         self._serial: serial.Serial | None = None
         self._write_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r = self._wake_w = -1  # a pipe made by start(), to wake the reader for stop()
         self._thread: threading.Thread | None = None
         self._last_problem = ""
 
     # -- the source interface -------------------------------------------------
 
     def start(self, submit: Callable[[Read], None]) -> None:
+        self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, args=(submit,), name=f"serial:{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        os.write(self._wake_w, b"x")
         if self._thread is not None:
+            os.write(self._wake_w, b"x")
             self._thread.join(5)
+            if not self._thread.is_alive():
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+            self._thread = None
 
     def reply(self, data: bytes) -> None:
         """Send ``data`` to the scanner (host-ACK). Never raises: a scanner that
@@ -129,8 +134,6 @@ class SerialSource:
                     self._close()
         finally:
             watch.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
 
     def _open(self) -> serial.Serial | None:
         path = self._find()
