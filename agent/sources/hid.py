@@ -438,8 +438,10 @@ class HidSource:
             while not self._stopping.is_set():
                 try:
                     next_check = self._step(watch, submit, next_check)
-                except Exception:  # a reader thread must never die
-                    log.exception("hid scanner %s: unexpected failure; carrying on", self.name)
+                except Exception as problem:  # a reader thread must never die
+                    if repr(problem) != self._last_problem:  # once per distinct failure, not in a loop
+                        self._last_problem = repr(problem)
+                        log.exception("hid scanner %s: unexpected failure; carrying on", self.name)
                     time.sleep(0.1)
         finally:
             for path in list(self.devices):
@@ -542,6 +544,12 @@ class HidSource:
             if problem.errno in (errno.EACCES, errno.EPERM):
                 # udev may not have set the permissions yet; an IN_ATTRIB will bring us back.
                 self._problem(f"cannot open {path}: {problem.strerror}")
+            elif problem.errno not in (errno.ENOENT, errno.ENODEV):
+                self._skip[path] = stamp  # not an input device we can use; look again if it changes
+            return
+        except Exception as problem:  # whatever a driver answers, the reader carries on
+            log.warning("hid scanner %s: cannot read device info of %s: %s", self.name, path, problem)
+            self._skip[path] = stamp
             return
         if not self.match.matches(device.info):
             device.close()
