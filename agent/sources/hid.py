@@ -41,6 +41,7 @@ from evdev import InputEvent
 from evdev import ecodes as e
 
 from agent.read import Read
+from agent.sources.aim import symbology
 from agent.sources.identity import usb_identity
 from agent.sources.keymaps import KEYPAD, LAYOUTS
 from agent.sources.watch import DirWatch
@@ -505,6 +506,7 @@ class HidSource:
                 typed.raw,
                 self.kind,
                 opened.identity,
+                symbology=symbology(typed.raw),
                 t_first=typed.t_first,
                 t_last=typed.t_last,
                 movement=self.movement,
