@@ -226,3 +226,20 @@ def test_a_node_that_is_not_an_input_device_is_skipped_quietly(inputs, reads, ca
         wait_until(lambda: scanner.grabbed, 2, what="grabbed")
     finally:
         source.stop()
+
+
+def test_a_by_id_link_made_after_the_node_still_selects_it(inputs, reads):
+    # udev makes /dev/input/eventN first and the by-id link a moment later.
+    scanner = inputs.plug("event5", NEWLAND)
+    link = Path(inputs.dir) / "by-id" / "usb-Newland_FM430_NLS0001-event-kbd"
+    source = start(inputs, reads, match=DeviceMatch(path=str(link)))
+    try:
+        threading.Event().wait(0.3)
+        assert not scanner.grabbed
+        link.parent.mkdir()
+        link.symlink_to("../event5")
+        wait_until(lambda: scanner.grabbed, 2, what="grabbed once its link appeared")
+        scanner.type_keys(keys(CODE))
+        wait_until(lambda: reads, 2, what="a read")
+    finally:
+        source.stop()

@@ -33,7 +33,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -376,7 +376,6 @@ class _Open:
     device: InputDeviceLike
     decoder: KeyDecoder
     identity: str
-    key: tuple[int, int] = field(default=(0, 0))
 
 
 class HidSource:
@@ -410,7 +409,7 @@ class HidSource:
         self.opener = opener
         self.done = threading.Event()
         self.devices: dict[str, _Open] = {}
-        self._skip: dict[str, tuple[int, int]] = {}  # nodes that are not ours, by (inode, ctime)
+        self._skip: dict[str, tuple] = {}  # nodes that are not ours, by (inode, ctime, links)
         self._stopping = threading.Event()
         self._wake_r = self._wake_w = -1  # a pipe made by start(), to wake the reader for stop()
         self._thread: threading.Thread | None = None
@@ -432,7 +431,7 @@ class HidSource:
             self._thread = None
 
     def _run(self, submit: Callable[[Read], None]) -> None:
-        watch = DirWatch([self.input_dir, self.input_dir / "by-id"])
+        watch = DirWatch([self.input_dir, self.input_dir / "by-id", self.input_dir / "by-path"])
         try:
             self._rescan()
             next_check = time.monotonic() + RECHECK_S
@@ -529,7 +528,9 @@ class HidSource:
                 st = node.stat()
             except OSError:
                 continue
-            stamp = (st.st_ino, st.st_ctime_ns)
+            # A node is looked at again when it is replaced or udev gives it a new link
+            # (a by-id link named in `path` may appear after the node itself).
+            stamp = (st.st_ino, st.st_ctime_ns, links.get(path, ()))
             if self._skip.get(path) == stamp:
                 continue
             self._try_open(path, links.get(path, ()), stamp)
@@ -539,7 +540,7 @@ class HidSource:
         else:
             self._problem(f"no input device matches {self.match}; waiting for one to be plugged in")
 
-    def _try_open(self, path: str, links: tuple[str, ...], stamp: tuple[int, int]) -> None:
+    def _try_open(self, path: str, links: tuple[str, ...], stamp: tuple) -> None:
         try:
             device = self.opener(path, links)
         except OSError as problem:
@@ -568,7 +569,7 @@ class HidSource:
         decoder = KeyDecoder(
             self.layout, key_timeout=self.key_timeout, tab_terminates=self.tab_terminates, name=self.name
         )
-        self.devices[path] = _Open(device, decoder, device.info.identity, stamp)
+        self.devices[path] = _Open(device, decoder, device.info.identity)
         log.info("hid scanner %s: grabbed %s %r as %s", self.name, path, device.info.name, device.info.identity)
 
     def _drop(self, path: str, submit: Callable[[Read], None], reason: str) -> None:
