@@ -243,3 +243,21 @@ def test_a_by_id_link_made_after_the_node_still_selects_it(inputs, reads):
         wait_until(lambda: reads, 2, what="a read")
     finally:
         source.stop()
+
+
+def test_the_real_evdev_opener_on_a_node_that_is_not_an_input_device(tmp_path, reads, caplog):
+    # The one part of EvdevDevice this machine can run: evdev refusing a
+    # non-input node (ENOTTY) is skipped, not retried in a loop, not fatal.
+    caplog.set_level(logging.INFO, logger="agent.sources.hid")
+    input_dir = tmp_path / "input"
+    input_dir.mkdir()
+    (input_dir / "event3").symlink_to("/dev/null")
+    source = HidSource(DeviceMatch(vendor_id=0x1EAB), name="real", input_dir=input_dir)
+    source.start(reads.append)
+    try:
+        threading.Event().wait(1.5)
+        assert source._thread.is_alive() and not source.devices
+        assert str(input_dir / "event3") in source._skip
+        assert caplog.text.count("no input device matches") == 1
+    finally:
+        source.stop()

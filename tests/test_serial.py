@@ -8,6 +8,8 @@ import random
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent import codes
 from agent.ledger import Ledger, verify
@@ -77,6 +79,19 @@ def test_without_read_timeout_nothing_expires():
     framer = LineFramer("cr")
     framer.feed(b"8123", 0.0)
     assert framer.expire(1e9) is None and framer.deadline() is None
+
+
+@given(
+    scans=st.lists(st.text("0123456789", min_size=1, max_size=30), max_size=20),
+    terminator=st.sampled_from(["\r", "\n", "\r\n"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=700), max_size=10),
+)
+def test_any_terminator_and_any_chunking_give_back_exactly_the_scans(scans, terminator, cuts):
+    wire = "".join(s + terminator for s in scans).encode()
+    points = sorted({min(c, len(wire)) for c in cuts})
+    chunks = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)], strict=True)]
+    got = [raw.rstrip(b"\r\n").decode() for raw in frames(LineFramer("any"), *chunks)]
+    assert got == scans
 
 
 # -- on a real pty ------------------------------------------------------------------
@@ -232,6 +247,19 @@ def test_unplug_and_replug_reopens_within_2_s_and_decides(pty_pair, pipeline, ca
         ("rejected", "wrong_length", "8123"),  # the cut-off scan is recorded, not lost
         ("accepted", None, OTHER),
     ]
+
+
+def test_a_port_another_reader_holds_is_not_shared(pty_pair, caplog):
+    first = open_source(pty_pair, [].append)
+    second = SerialSource(str(pty_pair.host), name="second")
+    second.start([].append)
+    try:
+        threading.Event().wait(1.5)  # a few retries
+        assert not second.connected.is_set()
+        assert caplog.text.lower().count("could not exclusively lock") == 1
+    finally:
+        second.stop()
+        first.stop()
 
 
 def test_port_by_glob(tmp_path, pty_pair):
