@@ -445,7 +445,7 @@ class HidSource:
                     time.sleep(0.1)
         finally:
             for path in list(self.devices):
-                self._drop(path, submit, "agent stopping")
+                self._drop(path, submit, "released", level=logging.INFO)
             watch.close()
 
     def _step(self, watch: DirWatch, submit: Callable[[Read], None], next_check: float) -> float:
@@ -572,7 +572,7 @@ class HidSource:
         self.devices[path] = _Open(device, decoder, device.info.identity)
         log.info("hid scanner %s: grabbed %s %r as %s", self.name, path, device.info.name, device.info.identity)
 
-    def _drop(self, path: str, submit: Callable[[Read], None], reason: str) -> None:
+    def _drop(self, path: str, submit: Callable[[Read], None], reason: str, level: int = logging.WARNING) -> None:
         opened = self.devices.pop(path)
         typed = opened.decoder.flush()
         if typed is not None:
@@ -581,7 +581,7 @@ class HidSource:
             opened.device.ungrab()
         with contextlib.suppress(OSError):
             opened.device.close()
-        log.warning("hid scanner %s: %s %s", self.name, opened.identity, reason)
+        log.log(level, "hid scanner %s: %s (%s) %s", self.name, opened.identity, path, reason)
 
     def _links(self) -> dict[str, tuple[str, ...]]:
         """Node path -> the stable by-id / by-path links pointing at it."""
