@@ -21,13 +21,24 @@ import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from agent.config import CameraScannerConfig, Config, ConfigError, FeedbackConfig, ScannerConfig, StdinScannerConfig
+from agent.config import (
+    CameraScannerConfig,
+    Config,
+    ConfigError,
+    FeedbackConfig,
+    HidScannerConfig,
+    ScannerConfig,
+    SerialScannerConfig,
+    StdinScannerConfig,
+)
 from agent.feedback import ConsoleFeedback, Feedback, NoFeedback
 from agent.host_ack import host_ack_for
 from agent.ledger import Ledger, connect
 from agent.notify import Notifier, Watchdog, pipeline_healthy
 from agent.output import DecisionPrinter
 from agent.pipeline import Context, Pipeline, Sink
+from agent.sources.hid import DeviceMatch, HidSource
+from agent.sources.serial import SerialSource
 from agent.sources.stdin import StdinSource
 
 if TYPE_CHECKING:
@@ -123,7 +134,7 @@ class Runner:
         watchdog.start()
         return watchdog
 
-    def make_source(self, scanner: ScannerConfig) -> StdinSource | CameraSource:
+    def make_source(self, scanner: ScannerConfig) -> StdinSource | SerialSource | HidSource | CameraSource:
         """The source object for one ``[[scanners]]`` entry."""
         if isinstance(scanner, StdinScannerConfig):
             return StdinSource(self.stdin, name=scanner.name, movement=scanner.movement)
@@ -131,6 +142,33 @@ class Runner:
             from agent.sources.camera import CameraSource  # numpy and zxing-cpp only when a camera is configured
 
             return CameraSource.from_config(scanner)
+        if isinstance(scanner, SerialScannerConfig):
+            return SerialSource(
+                scanner.port,
+                name=scanner.name,
+                movement=scanner.movement,
+                baudrate=scanner.baudrate,
+                bytesize=scanner.bytesize,
+                parity=scanner.parity,
+                stopbits=scanner.stopbits,
+                terminator=scanner.terminator,
+                read_timeout=None if scanner.read_timeout_ms is None else scanner.read_timeout_ms / 1000,
+            )
+        if isinstance(scanner, HidScannerConfig):
+            return HidSource(
+                DeviceMatch(
+                    vendor_id=scanner.vendor_id,
+                    product_id=scanner.product_id,
+                    serial=scanner.serial,
+                    name_pattern=scanner.name_pattern,
+                    path=scanner.path,
+                ),
+                name=scanner.name,
+                movement=scanner.movement,
+                layout=scanner.layout,
+                key_timeout=scanner.key_timeout_ms / 1000,
+                tab_terminates=scanner.tab_terminates,
+            )
         raise ValueError(f"no source for scanner kind {scanner.kind!r}")
 
 

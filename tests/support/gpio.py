@@ -37,7 +37,7 @@ def runs(pin) -> list[tuple[bool, float | None]]:
 
 
 def assert_runs(
-    pin, expected: list[tuple[bool, float | None]], tolerance: float = 0.1, *, prefix: bool = False
+    pin, expected: list[tuple[bool, float | None]], tolerance: float = 0.15, *, prefix: bool = False
 ) -> None:
     """``pin``'s runs are ``expected``: same states in order, each duration within ``tolerance``
     seconds (``None`` in ``expected``: any duration, or still going). With ``prefix``, only
