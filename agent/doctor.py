@@ -16,6 +16,7 @@ collects them. Scanner presence is one function per ``[[scanners]]`` kind in
 
 from __future__ import annotations
 
+import glob
 import json
 import queue
 import shutil
@@ -157,10 +158,63 @@ def _stdin_present(scanner) -> Check:
     )
 
 
-#: kind -> presence check for one ``[[scanners]]`` entry. Each source kind adds
-#: its own, e.g. ``"serial": lambda s: present if Path(s.device).exists()``.
+def _serial_present(scanner) -> Check:
+    matches = sorted(glob.glob(scanner.port)) if glob.has_magic(scanner.port) else [scanner.port]
+    return device_present(
+        f"scanner {scanner.name}",
+        matches[0] if matches else scanner.port,
+        "plug the scanner in and set it to USB serial (CDC) mode (scripts/config-sheet); check `ls /dev/serial/by-id/`",
+    )
+
+
+def _hid_present(scanner, input_dir: str = "/dev/input") -> Check:
+    from agent.sources.hid import DeviceMatch, EvdevDevice
+
+    match = DeviceMatch(scanner.vendor_id, scanner.product_id, scanner.serial, scanner.name_pattern, scanner.path)
+    seen = []
+    for node in sorted(Path(input_dir).glob("event*")):
+        try:
+            device = EvdevDevice(str(node))
+        except Exception:  # not readable, or not an input device: not ours either way
+            continue
+        try:
+            if match.matches(device.info):
+                return Check(f"scanner {scanner.name}", "ok", f"{node}: {device.info.name} ({device.info.identity})")
+            seen.append(device.info.name)
+        finally:
+            device.close()
+    others = f"; keyboards here: {', '.join(seen)}" if seen else ""
+    return Check(
+        f"scanner {scanner.name}",
+        "fail",
+        f"no input device matches {match}{others}",
+        "plug the scanner in; compare its ids with `cat /proc/bus/input/devices` and the [[scanners]] selectors",
+    )
+
+
+def _camera_present(scanner) -> Check:
+    name = f"scanner {scanner.name}"
+    if scanner.backend == "images":
+        files = sorted(glob.glob(str(Path(scanner.path) / "*") if Path(scanner.path).is_dir() else scanner.path))
+        if files:
+            return Check(name, "ok", f"{len(files)} image files at {scanner.path}")
+        return Check(name, "fail", f"no image files at {scanner.path}", "point [[scanners]] path at frames to replay")
+    try:
+        import picamera2  # noqa: F401
+    except ImportError:
+        return Check(name, "fail", "picamera2 is not installed", "sudo apt install python3-picamera2 (see install.sh)")
+    nodes = glob.glob("/dev/video*") + glob.glob("/dev/media*")
+    if nodes:
+        return Check(name, "ok", f"camera devices: {', '.join(sorted(nodes)[:3])}")
+    return Check(name, "fail", "no /dev/video* or /dev/media* device", "check the camera ribbon; `rpicam-hello --list`")
+
+
+#: kind -> presence check for one ``[[scanners]]`` entry.
 SCANNER_PRESENCE: dict[str, Callable[[Any], Check]] = {
     "stdin": _stdin_present,
+    "serial": _serial_present,
+    "hid": _hid_present,
+    "camera": _camera_present,
 }
 
 

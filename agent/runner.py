@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 #: The pipeline refreshes its progress every second when idle; this long
 #: without progress means it is stuck, and the watchdog pings stop.
 PIPELINE_STALL_S = 10.0
+PRESENCE_GRACE_S = 2.0
 
 
 class Runner:
@@ -106,9 +108,14 @@ class Runner:
             # systemd: ready only now that config, ledger and sources are up.
             notifier.ready(f"scanning, movement {cfg.station.movement}")
             watchdog = self.start_watchdog(notifier, pipeline)
+            # Devices get a moment to be found before they count as missing.
+            presence_due = time.monotonic() + PRESENCE_GRACE_S
             while not self.stop_requested.wait(0.1):
                 if all(source.done.is_set() for source in sources):
                     break
+                if time.monotonic() >= presence_due:
+                    report_presence(sources, feedback)
+                    presence_due += 1.0
         finally:
             notifier.stopping()
             if watchdog is not None:
@@ -170,6 +177,12 @@ class Runner:
                 tab_terminates=scanner.tab_terminates,
             )
         raise ValueError(f"no source for scanner kind {scanner.kind!r}")
+
+
+def report_presence(sources: list, feedback: Feedback) -> None:
+    """Show ``scanner_missing`` while any scanner's device is gone (one cause per scanner)."""
+    for source in sources:
+        feedback.set_state("scanner_missing", not source.present(), cause=source.name)
 
 
 def make_feedback(config: FeedbackConfig) -> Feedback:

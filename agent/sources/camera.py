@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("picamera2", "images")
 RETRY_S = (1.0, 2.0, 5.0, 10.0)  # waits before reopening a failed camera
+PRESENT_S = 3.0  # no frame for this long: the camera counts as missing
 
 
 @dataclass
@@ -110,6 +111,7 @@ class CameraSource:
         self.done = threading.Event()
         self._stop = threading.Event()
         self._slot = LatestFrame(self.stats)
+        self.last_frame_at = float("-inf")
         self._threads: list[threading.Thread] = []
         self._submit: Callable[[Read], None] | None = None
 
@@ -159,6 +161,10 @@ class CameraSource:
         for thread in self._threads:
             thread.start()
 
+    def present(self) -> bool:
+        """True while frames arrive (or a finished replay, which has nothing left to miss)."""
+        return self.done.is_set() or time.monotonic() - self.last_frame_at < PRESENT_S
+
     def stop(self) -> None:
         self._stop.set()
         self._slot.close()
@@ -195,7 +201,8 @@ class CameraSource:
             while not self._stop.is_set():
                 try:
                     for frame in self.frames.frames(self._stop):
-                        self._slot.put(frame, time.monotonic())
+                        self.last_frame_at = time.monotonic()
+                        self._slot.put(frame, self.last_frame_at)
                         failures = 0
                 except CameraUnavailable as problem:
                     log.error("camera %s cannot start: %s", self.name, problem)

@@ -415,6 +415,10 @@ class HidSource:
         self._thread: threading.Thread | None = None
         self._last_problem = ""
 
+    def present(self) -> bool:
+        """True while at least one matching device is open and grabbed."""
+        return bool(self.devices)
+
     def start(self, submit: Callable[[Read], None]) -> None:
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, args=(submit,), name=f"hid:{self.name}", daemon=True)

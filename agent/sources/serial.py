@@ -100,6 +100,9 @@ class SerialSource:
                 os.close(self._wake_w)
             self._thread = None
 
+    def present(self) -> bool:
+        return self.connected.is_set()
+
     def reply(self, data: bytes) -> None:
         """Send ``data`` to the scanner (host-ACK). Never raises: a scanner that
         is not connected just misses its beep, and the log says so."""

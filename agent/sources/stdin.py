@@ -50,6 +50,9 @@ class StdinSource:
         if self._thread is not None:
             self._thread.join(2.0)
 
+    def present(self) -> bool:
+        return True
+
     def _run(self, submit: Callable[[Read], None]) -> None:
         try:
             for line in self._lines():
