@@ -153,7 +153,7 @@ def scan_and_wait(pipeline, path, n):
 
 
 def test_set_command_changes_movement_operator_bill_for_later_scans(station):
-    pipeline, uplink, commander, path = station
+    pipeline, _uplink, commander, path = station
     reply = commander.send("set", {"movement": "receive", "operator": "op-9", "bill": "PO-42"})
     assert reply["ok"] is True and reply["command"] == "set"
     row = scan_and_wait(pipeline, path, 1)
@@ -175,7 +175,7 @@ def test_set_command_changes_movement_operator_bill_for_later_scans(station):
     ],
 )
 def test_bad_commands_get_an_error_reply_and_change_nothing(station, name, payload, error):
-    pipeline, uplink, commander, path = station
+    pipeline, _uplink, commander, path = station
     reply = commander.send(name, payload)
     assert reply["ok"] is False and error in reply["error"]
     row = scan_and_wait(pipeline, path, 2)
@@ -183,7 +183,7 @@ def test_bad_commands_get_an_error_reply_and_change_nothing(station, name, paylo
 
 
 def test_a_retained_command_is_refused(station):
-    pipeline, uplink, commander, path = station
+    _pipeline, uplink, commander, _path = station
     reply = commander.send("set", {"movement": "destroy"}, retain=True)
     assert reply["ok"] is True  # live delivery of a retained publish arrives without the retain flag
     # A retained command must not replay on every reconnect: a new session sees it retained.
