@@ -70,11 +70,19 @@ class Outbox:
     def mark_delivered(self, scan_ids: Iterable[int], reason_code: int = 0) -> None:
         """Record delivery (a PUBACK with a success reason code) in one transaction. Idempotent."""
         ts = iso(datetime.now(UTC))
-        with self.conn:
+        # The connection is in autocommit mode (isolation_level=None), where
+        # ``with conn`` opens no transaction: without BEGIN every row would be
+        # its own fsync'd commit.
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
             self.conn.executemany(
                 "INSERT OR IGNORE INTO deliveries (scan_id, ts, reason_code) VALUES (?, ?, ?)",
                 [(scan_id, ts, reason_code) for scan_id in scan_ids],
             )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     def depth(self) -> int:
         """How many events are not delivered yet (every delivery has an outbox row)."""

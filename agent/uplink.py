@@ -28,6 +28,7 @@ import collections
 import contextlib
 import json
 import logging
+import queue
 import random
 import sqlite3
 import ssl
@@ -58,6 +59,10 @@ MAX_COMMAND_BYTES = 4096
 MAX_FIELD_CHARS = 64
 #: First reconnect delay; doubles up to ``backoff_max_s``.
 BACKOFF_MIN_S = 0.5
+#: Backlog rows read from the ledger at a time.
+READ_AHEAD = 500
+#: uplink-net looks for new events to send at least this often.
+PUMP_S = 0.05
 #: A connection that lasted this long resets the backoff.
 STABLE_S = 10.0
 #: Even with nothing to retry, walk the whole outbox this often (a safety net).
@@ -152,18 +157,25 @@ class Uplink:
         self._closing = threading.Event()  # the uplink thread: stop
         self._wake = threading.Event()
         self._live: collections.deque[int] = collections.deque(maxlen=10_000)
-        self._acks: collections.deque[tuple[int, mqtt.ReasonCode]] = collections.deque()
+        self._refusals: collections.deque[tuple[int, mqtt.ReasonCode]] = collections.deque()
         self._commands: collections.deque[mqtt.MQTTMessage] = collections.deque()
-        self._inflight: dict[int, int] = {}  # paho mid -> scan id
-        self._inflight_ids: set[int] = set()
+        self._inflight: dict[int, int] = {}  # paho mid -> scan id: the window (uplink-net only)
+        # Encoded events ready to send, (scan id, payload); live ones go first.
+        self._ready_live: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._ready: collections.deque[tuple[int, bytes]] = collections.deque()
+        # Scan ids ready, in flight, or acknowledged but not yet recorded: never sent twice at once.
+        self._busy: set[int] = set()
         self._held: dict[int, float] = {}  # scan id refused by the broker -> monotonic retry time
-        self._cursor = 0
+        self._ahead: collections.deque[sqlite3.Row] = collections.deque()  # backlog rows read ahead
+        self._cursor = 0  # the backlog has been read up to this scan id
+        self._caught_up = False
         self._rescan_at = 0.0
+        self._to_record: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._backoff = BACKOFF_MIN_S
         self._connected_at = 0.0
         self._last_failure_log = float("-inf")
-        self._outbox: Outbox | None = None
-        self._threads: list[threading.Thread] = []
+        self._outbox: Outbox | None = None  # the uplink thread's connection
+        self._threads: dict[str, threading.Thread] = {}
 
     # -- the pipeline's side: must return at once ----------------------------
 
@@ -183,10 +195,15 @@ class Uplink:
     def start(self) -> None:
         """Start connecting and draining in the background; returns at once."""
         self._outbox = Outbox.open(self.db_path)
-        for name, target in (("uplink-net", self._network), ("uplink", self._work)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        recorder = Outbox.open(self.db_path)
+        for name, target, args in (
+            ("uplink-net", self._network, ()),
+            ("uplink", self._work, ()),
+            ("uplink-record", self._record, (recorder,)),
+        ):
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
             thread.start()
-            self._threads.append(thread)
+            self._threads[name] = thread
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Wait up to ``grace_s`` for PUBACKs in flight, say ``offline``, disconnect."""
@@ -196,7 +213,9 @@ class Uplink:
         self._closing.set()
         self._wake.set()
         if self._threads:
-            self._threads[1].join(grace_s + 5)
+            self._threads["uplink"].join(grace_s + 5)
+            self._to_record.put(None)  # record what was acknowledged, then stop
+            self._threads["uplink-record"].join(10)
         if self.connected:
             info = self.client.publish(self.topics.status, "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
@@ -204,7 +223,7 @@ class Uplink:
         self._stopping.set()
         self.client.disconnect()
         if self._threads:
-            self._threads[0].join(5)
+            self._threads["uplink-net"].join(5)
         if self._outbox is not None:
             self._outbox.close()
 
@@ -260,7 +279,10 @@ class Uplink:
                 log.warning("MQTT broker %s:%d unreachable: %s", cfg.host, cfg.port, problem)
             else:
                 while not self._stopping.is_set():
-                    if self.client.loop(timeout=0.5) != mqtt.MQTT_ERR_SUCCESS:
+                    if self._connected.is_set() and not self._closing.is_set():
+                        self._pump()
+                    # Short timeout: new live events wait at most this long.
+                    if self.client.loop(timeout=PUMP_S) != mqtt.MQTT_ERR_SUCCESS:
                         break
             if self._connected.is_set() and time.monotonic() - self._connected_at >= STABLE_S:
                 # Only a connection that held resets the backoff: a broker that
@@ -283,7 +305,7 @@ class Uplink:
         self._connected_at = time.monotonic()
         client.publish(self.topics.status, "online", qos=1, retain=True)
         client.subscribe(self.topics.commands, qos=1)
-        self._rescan_at = 0.0  # walk the outbox again from the oldest
+        self._rescan_at = 0.0  # walk the outbox again from the oldest (paho resends its own window)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         # Drain only once the broker has answered status and subscription: a
@@ -300,9 +322,38 @@ class Uplink:
             log.warning("MQTT disconnected: %s; events stay in the outbox", reason_code)
         self._connected.clear()
 
+    def _pump(self) -> None:
+        """Fill the window from the ready events (on uplink-net, so paho is used from one thread)."""
+        room = self.config.max_inflight - len(self._inflight)
+        while room > 0:
+            if self._ready_live:
+                scan_id, payload = self._ready_live.popleft()
+            elif self._ready:
+                scan_id, payload = self._ready.popleft()
+            else:
+                break
+            info = self.client.publish(self.topics.events, payload, qos=1)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                log.warning("paho refused event (scan id %d): %s", scan_id, mqtt.error_string(info.rc))
+                self._busy.discard(scan_id)  # sent again on the next walk of the outbox
+                continue
+            # Any other result (success, no connection, connection lost): paho
+            # holds the message and sends it again after reconnecting.
+            self._inflight[info.mid] = scan_id
+            self.published += 1
+            room -= 1
+        if len(self._ready) < self.config.max_inflight:
+            self._wake.set()  # the uplink thread prepares more
+
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._acks.append((mid, reason_code))
-        self._wake.set()
+        scan_id = self._inflight.pop(mid, None)
+        if scan_id is None:
+            return  # a status, health or reply message
+        if reason_code.is_failure:
+            self._refusals.append((scan_id, reason_code))
+            self._wake.set()
+        else:
+            self._to_record.put((scan_id, reason_code.value))  # stays busy until recorded
 
     def _on_message(self, client, userdata, message) -> None:
         self._commands.append(message)
@@ -316,12 +367,12 @@ class Uplink:
             self._wake.wait(0.5)
             self._wake.clear()
             try:
-                self._settle_acks()
+                self._settle_refusals()
                 if self._closing.is_set():
                     return
                 self._run_commands()
                 if self.connected:
-                    self._fill_window()
+                    self._prepare()
                     if time.monotonic() >= next_health:
                         next_health = time.monotonic() + self.config.health_interval_s
                         self._send(self.topics.health, self.health())
@@ -332,24 +383,40 @@ class Uplink:
                 log.exception("uplink error; carrying on")
                 self._closing.wait(1.0)
 
-    def _settle_acks(self) -> None:
-        """Turn PUBACKs into delivery records (one transaction per batch)."""
-        delivered: dict[int, list[int]] = {}
-        while self._acks:
-            mid, reason = self._acks.popleft()
-            scan_id = self._inflight.pop(mid, None)
-            if scan_id is None:
-                continue  # a status, health or reply message
-            self._inflight_ids.discard(scan_id)
-            if reason.is_failure:
-                self._refused(scan_id, reason)
+    def _settle_refusals(self) -> None:
+        while self._refusals:
+            scan_id, reason = self._refusals.popleft()
+            self._refused(scan_id, reason)
+            self._busy.discard(scan_id)
+
+    def _record(self, outbox: Outbox) -> None:
+        """Thread uplink-record: write deliveries in batches (group commit), off the send path."""
+        stop = False
+        while not stop:
+            batch = [self._to_record.get()]
+            while True:
+                try:
+                    batch.append(self._to_record.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            done = [item for item in batch if item is not None]
+            by_code: dict[int, list[int]] = {}
+            for scan_id, code in done:
+                by_code.setdefault(code, []).append(scan_id)
+            try:
+                for code, scan_ids in by_code.items():
+                    outbox.mark_delivered(scan_ids, code)
+            except sqlite3.Error as problem:
+                # Not recorded, so not delivered: the rows are sent again later.
+                log.error("could not record %d deliveries: %s; they will be sent again", len(done), problem)
             else:
-                delivered.setdefault(reason.value, []).append(scan_id)
-        for code, scan_ids in delivered.items():
-            self._outbox.mark_delivered(scan_ids, code)
-            self.delivered += len(scan_ids)
-        if delivered:
-            self.last_puback = iso(datetime.now(UTC))
+                self.delivered += len(done)
+                if done:
+                    self.last_puback = iso(datetime.now(UTC))
+            for scan_id, _ in done:
+                self._busy.discard(scan_id)
+        outbox.close()
 
     def _refused(self, scan_id: int, reason: mqtt.ReasonCode) -> None:
         self.failures += 1
@@ -368,49 +435,49 @@ class Uplink:
                 self.failures,
             )
 
-    def _fill_window(self) -> None:
-        """Publish live events first, then the backlog oldest first, up to ``max_inflight``."""
-        free = self.config.max_inflight - len(self._inflight)
+    def _prepare(self) -> None:
+        """Encode the next events for uplink-net: live ones first, then the backlog oldest first."""
         live: list[int] = []
-        while self._live and len(live) < free:
+        while self._live:
             scan_id = self._live.popleft()
-            if scan_id not in self._inflight_ids and scan_id not in self._held:
+            if scan_id not in self._busy and scan_id not in self._held:
                 live.append(scan_id)
         for row in self._outbox.rows(live):
-            free -= self._publish(row)
+            self._make_ready(row, self._ready_live)
         now = time.monotonic()
         due = [scan_id for scan_id, at in self._held.items() if at <= now]
         if due or now >= self._rescan_at:
+            # Walk the outbox from the oldest again: refused rows now due, and
+            # anything else not delivered (a safety net; rows busy are skipped).
             for scan_id in due:
                 del self._held[scan_id]
-            self._cursor = 0
+            self._cursor, self._caught_up = 0, False
+            self._ahead.clear()
             self._rescan_at = now + RESCAN_S
-        while free > 0:
-            top = self._outbox.conn.execute("SELECT MAX(scan_id) FROM outbox").fetchone()[0] or 0
-            limit = min(free + len(self._inflight_ids) + len(self._held), 2000)
-            rows = self._outbox.pending(self._cursor, limit)
-            for row in rows:
-                self._cursor = row["id"]
-                if row["id"] in self._inflight_ids or row["id"] in self._held:
-                    continue
-                free -= self._publish(row)
-                if free <= 0:
+        while len(self._ready) < 2 * self.config.max_inflight:
+            if not self._ahead:
+                if self._caught_up:
+                    return  # new events arrive through decided()
+                self._read_ahead()
+                if not self._ahead:
                     return
-            if len(rows) < limit:
-                # Caught up: nothing undelivered beyond here except what is in flight.
-                self._cursor = max(self._cursor, top)
-                return
+            row = self._ahead.popleft()
+            if row["id"] not in self._busy and row["id"] not in self._held:
+                self._make_ready(row, self._ready)
 
-    def _publish(self, row: sqlite3.Row) -> int:
-        info = self.client.publish(self.topics.events, encode(event_from_row(row)), qos=1)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            log.warning("could not queue event (scan id %d): %s", row["id"], mqtt.error_string(info.rc))
-            return 0
-        # NO_CONN: paho keeps the message and sends it after reconnecting.
-        self._inflight[info.mid] = row["id"]
-        self._inflight_ids.add(row["id"])
-        self.published += 1
-        return 1
+    def _make_ready(self, row: sqlite3.Row, ready: collections.deque) -> None:
+        self._busy.add(row["id"])
+        ready.append((row["id"], encode(event_from_row(row))))
+
+    def _read_ahead(self) -> None:
+        top = self._outbox.conn.execute("SELECT MAX(scan_id) FROM outbox").fetchone()[0] or 0
+        rows = self._outbox.pending(self._cursor, READ_AHEAD)
+        self._ahead.extend(rows)
+        if rows:
+            self._cursor = rows[-1]["id"]
+        if len(rows) < READ_AHEAD:
+            # Caught up: every event recorded after ``top`` comes through decided().
+            self._cursor, self._caught_up = max(self._cursor, top), True
 
     def _send(self, topic: str, body: dict, properties: Properties | None = None) -> None:
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
