@@ -173,6 +173,7 @@ class Uplink:
         self._to_record: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._backoff = BACKOFF_MIN_S
         self._connected_at = 0.0
+        self._probing = True
         self._last_failure_log = float("-inf")
         self._outbox: Outbox | None = None  # the uplink thread's connection
         self._threads: dict[str, threading.Thread] = {}
@@ -306,6 +307,7 @@ class Uplink:
         client.publish(self.topics.status, "online", qos=1, retain=True)
         client.subscribe(self.topics.commands, qos=1)
         self._rescan_at = 0.0  # walk the outbox again from the oldest (paho resends its own window)
+        self._probing = True
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         # Drain only once the broker has answered status and subscription: a
@@ -324,7 +326,9 @@ class Uplink:
 
     def _pump(self) -> None:
         """Fill the window from the ready events (on uplink-net, so paho is used from one thread)."""
-        room = self.config.max_inflight - len(self._inflight)
+        # One event first on each connection: a broker that refuses it and then
+        # drops us (mosquitto on an ACL denial) still gets its refusal out.
+        room = (1 if self._probing else self.config.max_inflight) - len(self._inflight)
         while room > 0:
             if self._ready_live:
                 scan_id, payload = self._ready_live.popleft()
@@ -349,6 +353,7 @@ class Uplink:
         scan_id = self._inflight.pop(mid, None)
         if scan_id is None:
             return  # a status, health or reply message
+        self._probing = False
         if reason_code.is_failure:
             self._refusals.append((scan_id, reason_code))
             self._wake.set()
