@@ -67,7 +67,9 @@ PUMP_S = 0.05
 STABLE_S = 10.0
 #: Even with nothing to retry, walk the whole outbox this often (a safety net).
 RESCAN_S = 60.0
-COMMANDS = ("set", "health", "reload")
+COMMANDS = ("set", "health", "reload", "resend")
+#: At most this many events per ``resend`` command.
+MAX_RESEND = 10_000
 
 
 @dataclass(frozen=True)
@@ -584,3 +586,21 @@ class Uplink:
             return self.reload()
         except ValueError as problem:
             raise CommandError(f"config not reloaded: {problem}") from None
+
+    def _cmd_resend(self, body: dict) -> dict:
+        """Send events ``from_seq``..``to_seq`` again, delivered or not: how the back end
+        recovers events a broker acknowledged and then lost (it sees the gap in ``seq``)."""
+        first, last = body.get("from_seq"), body.get("to_seq", body.get("from_seq"))
+        if set(body) - {"from_seq", "to_seq"} or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (first, last)
+        ):
+            raise CommandError("resend takes from_seq and optionally to_seq, whole numbers >= 1")
+        if last < first or last - first + 1 > MAX_RESEND:
+            raise CommandError(f"resend: to_seq must be from from_seq to from_seq + {MAX_RESEND - 1}")
+        rows = self._outbox.by_seq(self.device_id, first, last)
+        queued = 0
+        for row in rows:
+            if row["id"] not in self._busy:
+                self._make_ready(row, self._ready_live)
+                queued += 1
+        return {"from_seq": first, "to_seq": last, "found": len(rows), "queued": queued}

@@ -245,6 +245,21 @@ def test_health_on_request_and_as_heartbeat(station, broker):
     heartbeat.stop()
 
 
+def test_resend_command_sends_delivered_events_again(station, broker):
+    pipeline, _uplink, commander, path = station
+    events = Subscriber(broker.port, f"{BASE}/events").start()
+    for n in range(5):
+        scan_and_wait(pipeline, path, 10 + n)
+    wait_until(lambda: depth(path) == 0 and len(events.events()) == 5, what="delivered once")
+    reply = commander.send("resend", {"from_seq": 2, "to_seq": 3})
+    assert reply["ok"] is True and reply["result"]["found"] == 2
+    wait_until(lambda: len(events.events()) == 7, what="two sent again")
+    assert sorted(e["seq"] for e in events.events()) == [1, 2, 2, 3, 3, 4, 5]
+    bad = commander.send("resend", {"from_seq": 3, "to_seq": 1})
+    assert bad["ok"] is False and "to_seq" in bad["error"]
+    events.stop()
+
+
 def test_mqtt_311_delivers_and_answers_with_correlation_field(tmp_path, broker):
     path = tmp_path / "ledger.db"
     sub = Subscriber(broker.port, f"{BASE}/events").start()
