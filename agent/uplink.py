@@ -162,9 +162,9 @@ class Uplink:
         self._refusals: collections.deque[tuple[int, mqtt.ReasonCode]] = collections.deque()
         self._commands: collections.deque[mqtt.MQTTMessage] = collections.deque()
         self._inflight: dict[int, int] = {}  # paho mid -> scan id: the window (uplink-net only)
-        # Encoded events ready to send, (scan id, payload); live ones go first.
-        self._ready_live: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._ready: collections.deque[tuple[int, bytes]] = collections.deque()
+        # Rows ready to send (encoded by uplink-net at send time); live ones go first.
+        self._ready_live: collections.deque[sqlite3.Row] = collections.deque()
+        self._ready: collections.deque[sqlite3.Row] = collections.deque()
         # Scan ids ready, in flight, or acknowledged but not yet recorded: never sent twice at once.
         self._busy: set[int] = set()
         self._held: dict[int, float] = {}  # scan id refused by the broker -> monotonic retry time
@@ -287,11 +287,12 @@ class Uplink:
                     # Short timeout: new live events wait at most this long.
                     if self.client.loop(timeout=PUMP_S) != mqtt.MQTT_ERR_SUCCESS:
                         break
-            if self._connected.is_set() and time.monotonic() - self._connected_at >= STABLE_S:
+            if self._connected_at and time.monotonic() - self._connected_at >= STABLE_S:
                 # Only a connection that held resets the backoff: a broker that
                 # accepts and then drops us at once (e.g. on an ACL denial) must
                 # not be hammered.
                 self._backoff = BACKOFF_MIN_S
+            self._connected_at = 0.0
             self._connected.clear()
             if self._stopping.is_set():
                 return
@@ -331,14 +332,18 @@ class Uplink:
         # One event first on each connection: a broker that refuses it and then
         # drops us (mosquitto on an ACL denial) still gets its refusal out.
         room = (1 if self._probing else self.config.max_inflight) - len(self._inflight)
+        now = datetime.now(UTC)
         while room > 0:
             if self._ready_live:
-                scan_id, payload = self._ready_live.popleft()
+                row = self._ready_live.popleft()
             elif self._ready:
-                scan_id, payload = self._ready.popleft()
+                row = self._ready.popleft()
             else:
                 break
-            info = self.client.publish(self.topics.events, payload, qos=1)
+            scan_id = row["id"]
+            # Encoded here, on the thread that sends, so that the send path never
+            # waits for another thread to hand back the GIL.
+            info = self.client.publish(self.topics.events, encode(event_from_row(row, now)), qos=1)
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 log.warning("paho refused event (scan id %d): %s", scan_id, mqtt.error_string(info.rc))
                 self._busy.discard(scan_id)  # sent again on the next walk of the outbox
@@ -474,7 +479,7 @@ class Uplink:
 
     def _make_ready(self, row: sqlite3.Row, ready: collections.deque) -> None:
         self._busy.add(row["id"])
-        ready.append((row["id"], encode(event_from_row(row))))
+        ready.append(row)
 
     def _read_ahead(self) -> None:
         top = self._outbox.conn.execute("SELECT MAX(scan_id) FROM outbox").fetchone()[0] or 0
