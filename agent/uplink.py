@@ -61,6 +61,8 @@ MAX_FIELD_CHARS = 64
 BACKOFF_MIN_S = 0.5
 #: Backlog rows read from the ledger at a time.
 READ_AHEAD = 500
+#: uplink-record gathers PUBACKs this long before committing them.
+RECORD_GATHER_S = 0.02
 #: uplink-net looks for new events to send at least this often.
 PUMP_S = 0.05
 #: A connection that lasted this long resets the backoff.
@@ -406,6 +408,9 @@ class Uplink:
         stop = False
         while not stop:
             batch = [self._to_record.get()]
+            # Gather for a moment: one fsync'd commit per batch, not per PUBACK.
+            # The rows stay busy meanwhile, so nothing is sent twice.
+            self._closing.wait(RECORD_GATHER_S)
             while True:
                 try:
                     batch.append(self._to_record.get_nowait())
