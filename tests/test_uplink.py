@@ -140,7 +140,7 @@ def test_live_events_are_not_starved_by_a_backlog(tmp_path, broker):
     fill_ledger(path, 3000)
     sub = Subscriber(broker.port, f"{BASE}/events").start()
     pipeline = Pipeline(Ledger.open(path, device_id="kiosk-1", site_id="site-1"))
-    uplink = make_uplink(path, broker.port, pipeline, max_inflight=10)
+    uplink = make_uplink(path, broker.port, pipeline, max_inflight=2)
     pipeline.start()
     uplink.start()
     wait_until(lambda: sub.events(), timeout=10, what="backlog draining")
