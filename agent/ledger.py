@@ -359,26 +359,6 @@ class Ledger:
         ).fetchone()
         return Earlier(**dict(row))
 
-    # -- for the uplink and the inspectors --------------------------------
-
-    def pending(self, after_id: int = 0, limit: int = 100) -> list[sqlite3.Row]:
-        """Undelivered outbox scans with ``id > after_id``, oldest first."""
-        return self.conn.execute(_PENDING, (after_id, limit)).fetchall()
-
-    def mark_delivered(self, scan_ids: list[int], reason_code: int = 0) -> None:
-        """Record delivery (a successful PUBACK) of these scans' events. Idempotent."""
-        ts = iso(self.clock.now())
-        with self.conn:
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO deliveries (scan_id, ts, reason_code) VALUES (?, ?, ?)",
-                [(i, ts, reason_code) for i in scan_ids],
-            )
-
-    def outbox_depth(self) -> int:
-        return self.conn.execute(
-            "SELECT COUNT(*) FROM outbox WHERE scan_id NOT IN (SELECT scan_id FROM deliveries)"
-        ).fetchone()[0]
-
 
 class Checkpointer:
     """Copies the WAL back into the database on its own thread and connection.
@@ -532,8 +512,3 @@ def export_rows(conn: sqlite3.Connection, since: str | None = None) -> Iterator[
 
 
 _INSERT_SCAN = f"INSERT INTO scans ({', '.join(HASHED)}, hash) VALUES ({', '.join(':' + c for c in HASHED)}, :hash)"
-_PENDING = """
-SELECT scans.* FROM outbox JOIN scans ON scans.id = outbox.scan_id
-WHERE outbox.scan_id > ? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_id = outbox.scan_id)
-ORDER BY outbox.scan_id LIMIT ?
-"""

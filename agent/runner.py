@@ -22,6 +22,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
+from agent import config as config_file
 from agent.config import (
     CameraScannerConfig,
     Config,
@@ -41,6 +42,7 @@ from agent.pipeline import Context, Pipeline, Sink
 from agent.sources.hid import DeviceMatch, HidSource
 from agent.sources.serial import SerialSource
 from agent.sources.stdin import StdinSource
+from agent.uplink import Uplink
 
 if TYPE_CHECKING:
     from agent.sources.camera import CameraSource
@@ -99,8 +101,11 @@ class Runner:
             accept_gs1=cfg.codes.accept_gs1,
         )
         sources = [self.make_source(s) for s in cfg.scanners]
+        uplink = self.make_uplink(pipeline, sources) if cfg.mqtt.enabled else None
         log.info("scan-agent up: %s, ledger %s, movement %s", cfg.source, cfg.ledger.path, cfg.station.movement)
         pipeline.start()
+        if uplink is not None:
+            uplink.start()  # connects in the background; scans never wait for it
         notifier, watchdog = Notifier(), None
         try:
             for source in sources:
@@ -123,6 +128,8 @@ class Runner:
             for source in sources:
                 source.stop()
             pipeline.stop()
+            if uplink is not None:
+                uplink.stop()
             ledger.close()
             feedback.close()
             notifier.close()
@@ -140,6 +147,46 @@ class Runner:
         )
         watchdog.start()
         return watchdog
+
+    def make_uplink(self, pipeline: Pipeline, sources: list) -> Uplink:
+        """The MQTT uplink, as a pipeline sink, with its command hooks."""
+        cfg = self.config
+        names = [s.name for s in cfg.scanners]
+        uplink = Uplink(
+            cfg.mqtt,
+            db_path=cfg.ledger.path,
+            device_id=cfg.station.device_id,
+            site_id=cfg.station.site_id,
+            set_context=pipeline.set_context,
+            reload=self.reload_config,
+            scanners=lambda: {n: s.present() for n, s in zip(names, sources, strict=True)},
+            on_state=None if self.feedback is None else self.feedback.set_state,
+            backlog_alert_s=cfg.feedback.backlog_alert_s,
+        )
+        pipeline.sinks.append(uplink)
+        return uplink
+
+    def reload_config(self) -> dict:
+        """Re-read the config file: apply what can change live, name what needs a restart."""
+        if self.pipeline is None or self.config.source in ("built-in default", "<string>"):
+            raise ValueError("the agent runs on the built-in default; there is no config file to re-read")
+        new = config_file.load(self.config.source)
+        old = self.config
+        applied = {}
+        for key in ("movement", "operator"):
+            if getattr(new.station, key) != getattr(old.station, key):
+                applied[key] = getattr(new.station, key)
+        if applied:
+            self.pipeline.set_context(**applied)
+        restart = [
+            section
+            for section in ("codes", "ledger", "scanners", "feedback", "mqtt")
+            if getattr(new, section) != getattr(old, section)
+        ]
+        if replace(new.station, movement=old.station.movement, operator=old.station.operator) != old.station:
+            restart.insert(0, "station")
+        self.config = replace(new, station=replace(old.station, **applied))
+        return {"applied": applied, "needs_restart": restart}
 
     def make_source(self, scanner: ScannerConfig) -> StdinSource | SerialSource | HidSource | CameraSource:
         """The source object for one ``[[scanners]]`` entry."""

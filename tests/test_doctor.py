@@ -19,10 +19,6 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.net import free_port
 from tests.support.pki import TestCA
 
-# Started as root, mosquitto drops to the "mosquitto" user, which cannot read
-# pytest's 0700 tmp dirs where the ACL and certificates are. Not root: ignored.
-STAY_ROOT = "user root\n"
-
 
 @dataclass(frozen=True)
 class SerialLike:
@@ -97,7 +93,7 @@ def test_broker_wiring_from_the_mqtt_table(broker):
 def test_publish_refused_by_the_acl_fails(tmp_path):
     acl = tmp_path / "acl"
     acl.write_text("topic write allowed/#\n")
-    b = Mosquitto(tmp_path, extra_conf=f"{STAY_ROOT}acl_file {acl}\n")
+    b = Mosquitto(tmp_path, extra_conf=f"acl_file {acl}\n")
     b.start()
     try:
         ok = doctor.check_broker("127.0.0.1", b.port, topic="allowed/doctor", timeout=10)
@@ -118,7 +114,7 @@ def tls_broker(tmp_path):
         tmp_path,
         listener=False,
         extra_conf=(
-            f"{STAY_ROOT}listener {port} 127.0.0.1\nallow_anonymous true\ncafile {ca.cert_path}\ncertfile {cert}\n"
+            f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {ca.cert_path}\ncertfile {cert}\n"
             f"keyfile {key}\nrequire_certificate true\nuse_identity_as_username true\n"
         ),
     )

@@ -7,6 +7,7 @@ import pytest
 
 from agent import codes, ledger
 from agent.ledger import Ledger, LedgerError, row_hash, verify
+from agent.outbox import Outbox
 from agent.read import Read
 
 A = "81234567890123456789"
@@ -203,7 +204,7 @@ def test_a_full_bill_rejects_further_codes(db, scanner, monkeypatch):
 @pytest.mark.parametrize("table", ["scans", "outbox", "deliveries"])
 def test_tables_are_append_only(db, scanner, table):
     d = scanner.scan(A)
-    db.mark_delivered([d.scan_id])
+    Outbox(db.conn).mark_delivered([d.scan_id])
     key = "id" if table == "scans" else "scan_id"
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         db.conn.execute(f"UPDATE {table} SET {key} = 99 WHERE {key} = ?", (d.scan_id,))
@@ -213,11 +214,18 @@ def test_tables_are_append_only(db, scanner, table):
 
 def test_pending_and_delivery(db, scanner):
     ids = [scanner.scan(code).scan_id for code in (A, B, "junk")]
-    assert [r["id"] for r in db.pending()] == ids
-    db.mark_delivered(ids[:2])
-    db.mark_delivered(ids[:1])  # twice is fine
-    assert [r["id"] for r in db.pending()] == ids[2:]
-    assert db.outbox_depth() == 1
+    outbox = Outbox(db.conn)
+    assert [r["id"] for r in outbox.pending()] == ids
+    assert outbox.oldest_pending_ts() == db.conn.execute("SELECT ts FROM scans WHERE id = ?", (ids[0],)).fetchone()[0]
+    outbox.mark_delivered(ids[:2])
+    outbox.mark_delivered(ids[:1])  # twice is fine
+    assert [r["id"] for r in outbox.pending()] == ids[2:]
+    assert outbox.depth() == 1
+    assert outbox.oldest_pending_ts() == db.conn.execute("SELECT ts FROM scans WHERE id = ?", (ids[2],)).fetchone()[0]
+    outbox.mark_delivered(ids[2:])
+    assert outbox.oldest_pending_ts() is None and outbox.depth() == 0
+    later = scanner.scan("81234567890123456000")
+    assert outbox.oldest_pending_ts() == later.ts
 
 
 def test_hash_chain_links_every_row(db, scanner):
