@@ -20,8 +20,6 @@ GS1 DataMatrix, empty frames, all blurred and noisy) it prints:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import threading
 import time
@@ -36,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.sources.barcodes import FrameDecoder  # noqa: E402
 from agent.sources.camera import CameraSource  # noqa: E402
+from bench.machine import describe  # noqa: E402
 from tests.support.frames import Frame, code128, gs1_datamatrix  # noqa: E402
 
 SIZES = ((640, 480), (1280, 720))
@@ -118,23 +117,12 @@ def through_source(frames: list, seconds: float, lockstep: bool) -> tuple[float,
     return elapsed / max(decoded, 1), camera
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure")
     args = parser.parse_args()
     print(f"# bench/camera.py  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"# {platform.platform()}, Python {platform.python_version()}, zxing-cpp {version('zxing-cpp')}")
-    print(f"# CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} cores")
+    print(f"# {describe()}, zxing-cpp {version('zxing-cpp')}")
     print()
     print("| frames | bare fps | bare ms/frame | source fps | source ms/frame | ratio | free-running fps | dropped |")
     print("|---|---|---|---|---|---|---|---|")

@@ -7,30 +7,20 @@ probe costs.
 
 from __future__ import annotations
 
-import platform
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from agent import codes
 from agent.doctor import check_ledger
 from agent.ledger import Ledger, connect
 from agent.notify import pipeline_healthy
 from agent.read import Read
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    for key in ("model name", "hardware", "model"):  # x86, then Raspberry Pi
-        for line in lines:
-            if line.lower().split(":")[0].strip() == key:
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+from bench.machine import describe
 
 
 def build(path: Path, rows: int) -> None:
@@ -49,7 +39,7 @@ class Idle:
 
 def main() -> None:
     sizes = [int(a) for a in sys.argv[1:]] or [10_000, 100_000]
-    print(f"machine: {platform.platform()}, {cpu_model()}, python {platform.python_version()}")
+    print(f"machine: {describe()}")
     print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     with tempfile.TemporaryDirectory() as tmp:
         for rows in sizes:

@@ -16,7 +16,6 @@ Prints both rates (events/s), the ratio uplink/bare (target >= 0.6) and the mach
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import threading
@@ -33,21 +32,12 @@ from agent.config import MqttConfig  # noqa: E402
 from agent.events import encode, event_from_row  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
 from agent.uplink import Topics, Uplink  # noqa: E402
+from bench.machine import describe  # noqa: E402
 from tests.support.backlog import fill_ledger  # noqa: E402
 from tests.support.mosquitto import Mosquitto  # noqa: E402
 from tests.support.net import wait_until  # noqa: E402
 
 QUEUE_BOUND = 20_000
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def bare_loop(port: int, topic: str, payloads: list[bytes], inflight: int) -> float:
@@ -126,7 +116,7 @@ def main() -> None:
 
     bare_rate, drain_rate = args.events / bare, args.events / drain
     print(f"date:     {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"machine:  {platform.platform()}, {cpu_model()}, python {platform.python_version()}")
+    print(f"machine:  {describe()}")
     print(f"events:   {args.events} ({size:.0f} bytes each), QoS 1, MQTT v5, window {args.inflight}, local mosquitto")
     print(f"bare paho publish loop: {bare:7.2f} s  {bare_rate:8.0f} events/s  (CPU {bare_cpu:.2f} s)")
     print(f"uplink outbox drain:    {drain:7.2f} s  {drain_rate:8.0f} events/s  (CPU {drain_cpu:.2f} s)")

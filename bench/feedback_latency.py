@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from agent.config import FeedbackConfig
@@ -32,6 +34,7 @@ from agent.gpio_feedback import GpioFeedback
 from agent.ledger import Ledger
 from agent.pipeline import Pipeline
 from agent.read import Read
+from bench.machine import describe
 
 
 class StampedPin(MockPWMPin):
@@ -84,21 +87,6 @@ def first_on_after(t0: float, pins: set, timeout: float = 5.0) -> float:
             StampedPin.changed.wait(left)
 
 
-def machine() -> str:
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip().lower(), value.strip())
-    except OSError:
-        pass
-    # x86 names the CPU in "model name"; a Raspberry Pi names the board in "Model".
-    cpu = fields.get("model name") or fields.get("model") or "unknown CPU"
-    cpus = sum(1 for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("processor"))
-    cpu = f"{cpu} x{cpus}"
-    return f"{platform.platform()}, {cpu}, Python {platform.python_version()}"
-
-
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -139,7 +127,7 @@ def main() -> None:
     feedback.close()
 
     print(f"bench/feedback_latency.py  {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(f"ledger: real file in {args.dir} (WAL, synchronous=FULL); buzzer {args.buzzer}; entry {args.entry}")
     print(f"{args.scans} scans, {args.gap} s apart, all accepted")
     print(f"{'ms':>28} {'p50':>7} {'p99':>7} {'max':>7}")

@@ -13,14 +13,16 @@ from pathlib import Path
 
 
 def describe() -> str:
-    cpu = "unknown CPU"
+    """Architecture, CPU (or, on a Raspberry Pi, the board), cores, Python."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
+    # x86 names the CPU in "model name"; a Raspberry Pi names the board in "Model".
+    cpu = fields.get("model name") or fields.get("model") or fields.get("hardware") or platform.processor() or "?"
     return f"{platform.machine()} · {cpu} · {os.cpu_count()} cores · Python {platform.python_version()}"
 
 

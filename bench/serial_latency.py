@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from agent.ledger import Ledger  # noqa: E402
 from agent.pipeline import Pipeline  # noqa: E402
 from agent.sources.serial import SerialSource  # noqa: E402
+from bench.machine import describe  # noqa: E402
 from tests.support.pty import PtyPair  # noqa: E402
 
 
@@ -45,18 +45,6 @@ class Stopwatch:
         self.at = time.perf_counter()
         self.verdict = decision.verdict
         self.event.set()
-
-
-def cpu_model() -> str:
-    try:
-        fields = dict(
-            (key.strip().lower(), value.strip())
-            for key, _, value in (line.partition(":") for line in Path("/proc/cpuinfo").read_text().splitlines())
-        )
-    except OSError:
-        fields = {}
-    # x86 says "model name"; a Raspberry Pi says "Model" (the board) and "Hardware".
-    return fields.get("model name") or fields.get("model") or fields.get("hardware") or platform.processor() or "?"
 
 
 def run(scans: int, memory: bool, baudrate: int) -> list[float]:
@@ -107,7 +95,7 @@ def main() -> None:
     print(f"bench/serial_latency.py: {args.scans} scans, ledger {'in memory' if args.memory else 'on disk'}")
     print(f"  terminator written -> decision committed: p50 {q[49]:.2f} ms  p90 {q[89]:.2f} ms  p99 {q[98]:.2f} ms")
     print(f"  min {ms[0]:.2f} ms  max {ms[-1]:.2f} ms  mean {statistics.fmean(ms):.2f} ms")
-    print(f"  machine: {platform.platform()}, {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"  machine: {describe()}")
     print(f"  date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
 
 
