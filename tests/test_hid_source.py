@@ -114,7 +114,7 @@ def test_unplug_is_survived_and_a_replugged_scanner_is_decided_within_2_s(inputs
         wait_until(lambda: not source.devices, 2, what="device dropped")
         wait_until(lambda: decided, 2, what="the cut-off scan recorded")
         assert decided[0].verdict == "rejected" and decided[0].reason == "wrong_length"
-        assert source._thread.is_alive()
+        assert source._reader.is_alive()
 
         replugged = inputs.plug("event7", NEWLAND)  # the kernel gives it a new node
         wait_until(lambda: replugged.grabbed, 2, what="replugged scanner grabbed within 2 s")
@@ -256,7 +256,7 @@ def test_the_real_evdev_opener_on_a_node_that_is_not_an_input_device(tmp_path, r
     source.start(reads.append)
     try:
         threading.Event().wait(1.5)
-        assert source._thread.is_alive() and not source.devices
+        assert source._reader.is_alive() and not source.devices
         assert str(input_dir / "event3") in source._skip
         assert caplog.text.count("no input device matches") == 1
     finally:

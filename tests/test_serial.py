@@ -205,7 +205,7 @@ def test_ten_thousand_random_byte_strings_and_every_code_around_them_decided(pty
         )
     finally:
         os.close(fd)
-    assert source._thread.is_alive()
+    assert source._reader.is_alive()
     source.stop()
     decisions = pipeline.sink.decisions
     accepted = [d.text for d in decisions if d.verdict == "accepted"]
@@ -230,7 +230,7 @@ def test_unplug_and_replug_reopens_within_2_s_and_decides(pty_pair, pipeline, ca
     wait_until(lambda: not source.connected.is_set(), 2, what="loss noticed")
     threading.Event().wait(1.5)  # stays unplugged a while: must not spin or spam the log
     assert caplog.text.count("no port matches") == 1
-    assert source._thread.is_alive()
+    assert source._reader.is_alive()
 
     pty_pair.start()  # cable in
     assert source.connected.wait(2), "not reopened within 2 s"

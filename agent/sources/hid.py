@@ -44,6 +44,7 @@ from agent.read import Read
 from agent.sources.aim import symbology
 from agent.sources.identity import usb_identity
 from agent.sources.keymaps import KEYPAD, LAYOUTS
+from agent.sources.reader import ReaderThread
 from agent.sources.watch import DirWatch
 
 log = logging.getLogger(__name__)
@@ -410,9 +411,7 @@ class HidSource:
         self.done = threading.Event()
         self.devices: dict[str, _Open] = {}
         self._skip: dict[str, tuple] = {}  # nodes that are not ours, by (inode, ctime, links)
-        self._stopping = threading.Event()
-        self._wake_r = self._wake_w = -1  # a pipe made by start(), to wake the reader for stop()
-        self._thread: threading.Thread | None = None
+        self._reader = ReaderThread(f"hid:{name}")
         self._last_problem = ""
 
     def present(self) -> bool:
@@ -420,26 +419,17 @@ class HidSource:
         return bool(self.devices)
 
     def start(self, submit: Callable[[Read], None]) -> None:
-        self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=self._run, args=(submit,), name=f"hid:{self.name}", daemon=True)
-        self._thread.start()
+        self._reader.start(self._run, submit)
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            os.write(self._wake_w, b"x")
-            self._thread.join(5)
-            if not self._thread.is_alive():
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-            self._thread = None
+        self._reader.stop()
 
     def _run(self, submit: Callable[[Read], None]) -> None:
         watch = DirWatch([self.input_dir, self.input_dir / "by-id", self.input_dir / "by-path"])
         try:
             self._rescan()
             next_check = time.monotonic() + RECHECK_S
-            while not self._stopping.is_set():
+            while not self._reader.stopping.is_set():
                 try:
                     next_check = self._step(watch, submit, next_check)
                 except Exception as problem:  # a reader thread must never die
@@ -456,7 +446,7 @@ class HidSource:
         deadlines = [d for d in (o.decoder.deadline() for o in self.devices.values()) if d is not None]
         wait = max(0.0, min([next_check, *deadlines]) - time.monotonic())
         fds = {o.device.fileno(): path for path, o in self.devices.items()}
-        readable = [self._wake_r, *fds]
+        readable = [self._reader.wake_fd, *fds]
         if watch.fileno() >= 0:
             readable.append(watch.fileno())
         ready, _, _ = select.select(readable, [], [], wait)

@@ -30,6 +30,7 @@ from agent.read import Read
 from agent.sources.aim import symbology
 from agent.sources.framing import MAX_LINE, Frame, LineFramer
 from agent.sources.identity import usb_identity
+from agent.sources.reader import ReaderThread
 from agent.sources.watch import DirWatch
 
 log = logging.getLogger(__name__)
@@ -78,27 +79,16 @@ class SerialSource:
         self.source_id = port
         self._serial: serial.Serial | None = None
         self._write_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._wake_r = self._wake_w = -1  # a pipe made by start(), to wake the reader for stop()
-        self._thread: threading.Thread | None = None
+        self._reader = ReaderThread(f"serial:{name}")
         self._last_problem = ""
 
     # -- the source interface -------------------------------------------------
 
     def start(self, submit: Callable[[Read], None]) -> None:
-        self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=self._run, args=(submit,), name=f"serial:{self.name}", daemon=True)
-        self._thread.start()
+        self._reader.start(self._run, submit)
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            os.write(self._wake_w, b"x")
-            self._thread.join(5)
-            if not self._thread.is_alive():
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-            self._thread = None
+        self._reader.stop()
 
     def present(self) -> bool:
         return self.connected.is_set()
@@ -121,7 +111,7 @@ class SerialSource:
     def _run(self, submit: Callable[[Read], None]) -> None:
         watch = DirWatch([Path(self.port).parent])
         try:
-            while not self._stopping.is_set():
+            while not self._reader.stopping.is_set():
                 try:
                     port = self._open()
                 except Exception as problem:  # a reader thread must never die
@@ -141,7 +131,7 @@ class SerialSource:
 
     def _wait_for_change(self, watch: DirWatch) -> None:
         """Sleep until the port's directory changes, :meth:`stop` is called, or ``RECHECK_S`` passes."""
-        waiting = [self._wake_r] + ([watch.fileno()] if watch.fileno() >= 0 else [])
+        waiting = [self._reader.wake_fd] + ([watch.fileno()] if watch.fileno() >= 0 else [])
         ready, _, _ = select.select(waiting, [], [], RECHECK_S)
         if watch.fileno() in ready:
             watch.drain()
@@ -176,10 +166,10 @@ class SerialSource:
         framer = LineFramer(self.terminator, read_timeout=self.read_timeout)
         fd = port.fileno()
         try:
-            while not self._stopping.is_set():
+            while not self._reader.stopping.is_set():
                 deadline = framer.deadline()
                 wait = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-                ready, _, _ = select.select([fd, self._wake_r], [], [], wait)
+                ready, _, _ = select.select([fd, self._reader.wake_fd], [], [], wait)
                 now = time.monotonic()
                 if fd not in ready:
                     frame = framer.expire(now)
