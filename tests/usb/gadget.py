@@ -233,13 +233,12 @@ class ScannerGadget:
 
     def unplug(self) -> None:
         """Unbind: to the host, the cable was pulled."""
+        self._close_tty()
         _write(self.dir / "UDC", "\n")
 
     def remove(self) -> None:
         """Unplug and take the gadget apart (configfs wants it in reverse order)."""
-        if self._tty_fd is not None:
-            os.close(self._tty_fd)
-            self._tty_fd = None
+        self._close_tty()
         if not self.dir.exists():
             return
         with contextlib.suppress(OSError):
@@ -293,10 +292,16 @@ class ScannerGadget:
     def send(self, data: bytes) -> None:
         """Write bytes on the serial function; they come out of the host's ``/dev/ttyACMn``."""
         if self._tty_fd is None:
-            # Kept open: closing a gadget tty may drop bytes the host has not read yet.
+            # Kept open while plugged in: closing a gadget tty may drop bytes the host has not read yet.
             self._tty_fd = os.open(self.ttygs, os.O_WRONLY | os.O_NOCTTY)
             tty.setraw(self._tty_fd)  # no CR/LF translation: the bytes go out as written
         _write_all(self._tty_fd, data)
+
+    def _close_tty(self) -> None:
+        # An unplug hangs the gadget tty up: writes on the old descriptor fail with EIO.
+        if self._tty_fd is not None:
+            os.close(self._tty_fd)
+            self._tty_fd = None
 
     # -- the host side ----------------------------------------------------------
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
+import select
+import threading
 import time
 from pathlib import Path
 
@@ -21,20 +24,41 @@ def trace_codes(count: int, batch: int) -> list[str]:
 
 
 class Bystander:
-    """Another reader of an event device (as a console or a second program would be), not grabbing."""
+    """Another reader of an event device (as a console or a second program would be), not grabbing.
+
+    It reads on its own thread from the moment it is made: the kernel keeps
+    only a small buffer per reader and drops all but the newest event when it
+    overflows.
+    """
 
     def __init__(self, path: Path) -> None:
         self.device = evdev.InputDevice(str(path))
+        self.events: list[evdev.InputEvent] = []
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
 
-    def key_events(self) -> list[evdev.InputEvent]:
-        """Every key event that reached this reader since the last call."""
-        keys = []
+    def _read(self) -> None:
+        fd = self.device.fd
         while True:
+            ready, _, _ = select.select([fd, self._stop_r], [], [])
+            if self._stop_r in ready:
+                return
             try:
-                events = list(self.device.read())
+                self.events += self.device.read()
             except BlockingIOError:
-                return keys
-            keys += [e for e in events if e.type == evdev.ecodes.EV_KEY]
+                continue
+            except OSError:  # the device went away
+                return
+
+    def key_events(self, settle: float = 0.5) -> list[evdev.InputEvent]:
+        """Every key event (and any overflow marker) that reached this reader so far."""
+        time.sleep(settle)  # let the reader thread catch up
+        return [
+            e
+            for e in self.events
+            if e.type == evdev.ecodes.EV_KEY or (e.type == evdev.ecodes.EV_SYN and e.code == evdev.ecodes.SYN_DROPPED)
+        ]
 
     def can_grab(self) -> bool:
         """False while someone else (the agent) holds the grab."""
@@ -48,6 +72,10 @@ class Bystander:
         return True
 
     def close(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join(5)
+        os.close(self._stop_r)
+        os.close(self._stop_w)
         self.device.close()
 
 

@@ -30,7 +30,8 @@ def test_crlf_codes_arrive_once_each(make_gadget, agent_factory):
     assert [d["code"] for d in decisions] == codes, agent.log_text()
     assert {d["verdict"] for d in decisions} == {"accepted"}
     assert agent.quiet(1.0) == [], "a CR LF made a second (empty) scan"
-    assert {d["source"] for d in decisions} == {"1eab:1d06:NLS0101"}
+    # The USB serial number names the scanner (as VID:PID:serial or its by-id link).
+    assert all("NLS0101" in d["source"] for d in decisions), decisions[0]["source"]
 
 
 def test_unplug_and_replug_twenty_times(make_gadget, agent_factory):
