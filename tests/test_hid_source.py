@@ -188,3 +188,76 @@ def test_device_match_selectors():
 def test_identity_without_usb_serial_uses_the_usb_port():
     info = DeviceInfo("/dev/input/event5", "Scanner", 0x0C2E, 0x0B61, "", "usb-0000:01:00.0-1.2/input0")
     assert info.identity == "0c2e:0b61@usb-0000:01:00.0-1.2/input0"
+
+
+def test_an_input_directory_that_appears_later_is_watched(tmp_path, reads):
+    inputs = StandInInputs(tmp_path / "later")
+    inputs.dir.rmdir()
+    inputs.dir.parent.rmdir()  # neither it nor its parent exists when the source starts
+    source = start(inputs, reads)
+    try:
+        threading.Event().wait(0.2)
+        inputs.dir.mkdir(parents=True)
+        scanner = inputs.plug("event5", NEWLAND)
+        wait_until(lambda: scanner.grabbed, 2, what="grabbed after the directory appeared")
+        scanner.type_keys(keys(CODE))
+        wait_until(lambda: reads, 2, what="a read")
+        assert reads[0].raw == CODE.encode() + b"\n"
+    finally:
+        source.stop()
+
+
+def test_a_node_that_is_not_an_input_device_is_skipped_quietly(inputs, reads, caplog):
+    (Path(inputs.dir) / "event9").touch()  # exists, but the opener cannot make a device of it
+    calls = []
+
+    def opener(path, links):
+        calls.append(path)
+        if path.endswith("event9"):
+            raise OSError(25, "Inappropriate ioctl for device")
+        return inputs.open(path, links)
+
+    source = HidSource(DeviceMatch(vendor_id=0x1EAB), input_dir=inputs.dir, opener=opener)
+    source.start(reads.append)
+    try:
+        threading.Event().wait(2.5)  # two periodic re-checks
+        assert calls.count(str(Path(inputs.dir) / "event9")) == 1
+        scanner = inputs.plug("event5", NEWLAND)
+        wait_until(lambda: scanner.grabbed, 2, what="grabbed")
+    finally:
+        source.stop()
+
+
+def test_a_by_id_link_made_after_the_node_still_selects_it(inputs, reads):
+    # udev makes /dev/input/eventN first and the by-id link a moment later.
+    scanner = inputs.plug("event5", NEWLAND)
+    link = Path(inputs.dir) / "by-id" / "usb-Newland_FM430_NLS0001-event-kbd"
+    source = start(inputs, reads, match=DeviceMatch(path=str(link)))
+    try:
+        threading.Event().wait(0.3)
+        assert not scanner.grabbed
+        link.parent.mkdir()
+        link.symlink_to("../event5")
+        wait_until(lambda: scanner.grabbed, 2, what="grabbed once its link appeared")
+        scanner.type_keys(keys(CODE))
+        wait_until(lambda: reads, 2, what="a read")
+    finally:
+        source.stop()
+
+
+def test_the_real_evdev_opener_on_a_node_that_is_not_an_input_device(tmp_path, reads, caplog):
+    # The one part of EvdevDevice this machine can run: evdev refusing a
+    # non-input node (ENOTTY) is skipped, not retried in a loop, not fatal.
+    caplog.set_level(logging.INFO, logger="agent.sources.hid")
+    input_dir = tmp_path / "input"
+    input_dir.mkdir()
+    (input_dir / "event3").symlink_to("/dev/null")
+    source = HidSource(DeviceMatch(vendor_id=0x1EAB), name="real", input_dir=input_dir)
+    source.start(reads.append)
+    try:
+        threading.Event().wait(1.5)
+        assert source._thread.is_alive() and not source.devices
+        assert str(input_dir / "event3") in source._skip
+        assert caplog.text.count("no input device matches") == 1
+    finally:
+        source.stop()

@@ -8,6 +8,8 @@ import random
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent import codes
 from agent.ledger import Ledger, verify
@@ -79,6 +81,19 @@ def test_without_read_timeout_nothing_expires():
     assert framer.expire(1e9) is None and framer.deadline() is None
 
 
+@given(
+    scans=st.lists(st.text("0123456789", min_size=1, max_size=30), max_size=20),
+    terminator=st.sampled_from(["\r", "\n", "\r\n"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=700), max_size=10),
+)
+def test_any_terminator_and_any_chunking_give_back_exactly_the_scans(scans, terminator, cuts):
+    wire = "".join(s + terminator for s in scans).encode()
+    points = sorted({min(c, len(wire)) for c in cuts})
+    chunks = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)], strict=True)]
+    got = [raw.rstrip(b"\r\n").decode() for raw in frames(LineFramer("any"), *chunks)]
+    assert got == scans
+
+
 # -- on a real pty ------------------------------------------------------------------
 
 
@@ -118,7 +133,20 @@ def test_framing_on_a_pty(pty_pair, terminator, suffix):
         threading.Event().wait(0.2)  # room for a spurious empty third read to show up
         assert [codes.parse(r.raw).code for r in reads] == [CODE, OTHER]
         assert all(r.source_kind == "serial" and r.source_id == str(pty_pair.host) for r in reads)
-        assert all(r.scanner == "counter" for r in reads)
+        assert all(r.scanner == "counter" and r.symbology is None for r in reads)
+    finally:
+        os.close(fd)
+        source.stop()
+
+
+def test_aim_symbology_is_noted_on_the_read(pty_pair):
+    reads = []
+    source = open_source(pty_pair, reads.append)
+    fd = pty_pair.open_device()
+    try:
+        os.write(fd, b"]C0" + CODE.encode() + b"\r")
+        wait_until(lambda: reads, 2, what="a read")
+        assert (reads[0].symbology, reads[0].raw) == ("]C0", b"]C0" + CODE.encode() + b"\r")
     finally:
         os.close(fd)
         source.stop()
@@ -194,6 +222,8 @@ def test_unplug_and_replug_reopens_within_2_s_and_decides(pty_pair, pipeline, ca
     fd = pty_pair.open_device()
     os.write(fd, CODE.encode() + b"\r")
     wait_until(lambda: pipeline.sink.decisions, 2, what="first scan decided")
+    os.write(fd, b"8123")  # and the cable is pulled in the middle of the next scan
+    threading.Event().wait(0.2)  # the bytes reach the reader
     os.close(fd)
 
     pty_pair.kill()  # cable out
@@ -207,12 +237,29 @@ def test_unplug_and_replug_reopens_within_2_s_and_decides(pty_pair, pipeline, ca
     fd = pty_pair.open_device()
     try:
         os.write(fd, OTHER.encode() + b"\r")
-        wait_until(lambda: len(pipeline.sink.decisions) == 2, 2, what="scan after replug decided")
+        wait_until(lambda: len(pipeline.sink.decisions) == 3, 2, what="scan after replug decided")
     finally:
         os.close(fd)
         source.stop()
-    assert [d.verdict for d in pipeline.sink.decisions] == ["accepted", "accepted"]
-    assert pipeline.sink.decisions[1].text == OTHER
+    decided = [(d.verdict, d.reason, d.text) for d in pipeline.sink.decisions]
+    assert decided == [
+        ("accepted", None, CODE),
+        ("rejected", "wrong_length", "8123"),  # the cut-off scan is recorded, not lost
+        ("accepted", None, OTHER),
+    ]
+
+
+def test_a_port_another_reader_holds_is_not_shared(pty_pair, caplog):
+    first = open_source(pty_pair, [].append)
+    second = SerialSource(str(pty_pair.host), name="second")
+    second.start([].append)
+    try:
+        threading.Event().wait(1.5)  # a few retries
+        assert not second.connected.is_set()
+        assert caplog.text.lower().count("could not exclusively lock") == 1
+    finally:
+        second.stop()
+        first.stop()
 
 
 def test_port_by_glob(tmp_path, pty_pair):

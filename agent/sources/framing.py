@@ -111,12 +111,12 @@ class LineFramer:
             return None
         return self._t_last + self.read_timeout
 
-    def reset(self) -> bytes:
-        """Forget the unfinished scan (the port went away); return what was dropped."""
-        partial = bytes(self._buf)
-        self._buf.clear()
+    def flush(self) -> Frame | None:
+        """The unfinished scan now, whatever its age (the port went away); the framer starts afresh."""
+        frame = self._take() if self._buf else None
         self._skipping = self._after_cr = False
-        return partial
+        self._prev = -1
+        return frame
 
     def _ends_scan(self, byte: int) -> bool:
         if self.terminator == "cr":

@@ -33,7 +33,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -41,6 +41,7 @@ from evdev import InputEvent
 from evdev import ecodes as e
 
 from agent.read import Read
+from agent.sources.aim import symbology
 from agent.sources.identity import usb_identity
 from agent.sources.keymaps import KEYPAD, LAYOUTS
 from agent.sources.watch import DirWatch
@@ -375,7 +376,6 @@ class _Open:
     device: InputDeviceLike
     decoder: KeyDecoder
     identity: str
-    key: tuple[int, int] = field(default=(0, 0))
 
 
 class HidSource:
@@ -409,7 +409,7 @@ class HidSource:
         self.opener = opener
         self.done = threading.Event()
         self.devices: dict[str, _Open] = {}
-        self._skip: dict[str, tuple[int, int]] = {}  # nodes that are not ours, by (inode, ctime)
+        self._skip: dict[str, tuple] = {}  # nodes that are not ours, by (inode, ctime, links)
         self._stopping = threading.Event()
         self._wake_r = self._wake_w = -1  # a pipe made by start(), to wake the reader for stop()
         self._thread: threading.Thread | None = None
@@ -431,19 +431,21 @@ class HidSource:
             self._thread = None
 
     def _run(self, submit: Callable[[Read], None]) -> None:
-        watch = DirWatch([self.input_dir, self.input_dir / "by-id"])
+        watch = DirWatch([self.input_dir, self.input_dir / "by-id", self.input_dir / "by-path"])
         try:
             self._rescan()
             next_check = time.monotonic() + RECHECK_S
             while not self._stopping.is_set():
                 try:
                     next_check = self._step(watch, submit, next_check)
-                except Exception:  # a reader thread must never die
-                    log.exception("hid scanner %s: unexpected failure; carrying on", self.name)
+                except Exception as problem:  # a reader thread must never die
+                    if repr(problem) != self._last_problem:  # once per distinct failure, not in a loop
+                        self._last_problem = repr(problem)
+                        log.exception("hid scanner %s: unexpected failure; carrying on", self.name)
                     time.sleep(0.1)
         finally:
             for path in list(self.devices):
-                self._drop(path, submit, "agent stopping")
+                self._drop(path, submit, "released", level=logging.INFO)
             watch.close()
 
     def _step(self, watch: DirWatch, submit: Callable[[Read], None], next_check: float) -> float:
@@ -503,6 +505,7 @@ class HidSource:
                 typed.raw,
                 self.kind,
                 opened.identity,
+                symbology=symbology(typed.raw),
                 t_first=typed.t_first,
                 t_last=typed.t_last,
                 movement=self.movement,
@@ -525,7 +528,9 @@ class HidSource:
                 st = node.stat()
             except OSError:
                 continue
-            stamp = (st.st_ino, st.st_ctime_ns)
+            # A node is looked at again when it is replaced or udev gives it a new link
+            # (a by-id link named in `path` may appear after the node itself).
+            stamp = (st.st_ino, st.st_ctime_ns, links.get(path, ()))
             if self._skip.get(path) == stamp:
                 continue
             self._try_open(path, links.get(path, ()), stamp)
@@ -535,13 +540,19 @@ class HidSource:
         else:
             self._problem(f"no input device matches {self.match}; waiting for one to be plugged in")
 
-    def _try_open(self, path: str, links: tuple[str, ...], stamp: tuple[int, int]) -> None:
+    def _try_open(self, path: str, links: tuple[str, ...], stamp: tuple) -> None:
         try:
             device = self.opener(path, links)
         except OSError as problem:
             if problem.errno in (errno.EACCES, errno.EPERM):
                 # udev may not have set the permissions yet; an IN_ATTRIB will bring us back.
                 self._problem(f"cannot open {path}: {problem.strerror}")
+            elif problem.errno not in (errno.ENOENT, errno.ENODEV):
+                self._skip[path] = stamp  # not an input device we can use; look again if it changes
+            return
+        except Exception as problem:  # whatever a driver answers, the reader carries on
+            log.warning("hid scanner %s: cannot read device info of %s: %s", self.name, path, problem)
+            self._skip[path] = stamp
             return
         if not self.match.matches(device.info):
             device.close()
@@ -558,10 +569,10 @@ class HidSource:
         decoder = KeyDecoder(
             self.layout, key_timeout=self.key_timeout, tab_terminates=self.tab_terminates, name=self.name
         )
-        self.devices[path] = _Open(device, decoder, device.info.identity, stamp)
+        self.devices[path] = _Open(device, decoder, device.info.identity)
         log.info("hid scanner %s: grabbed %s %r as %s", self.name, path, device.info.name, device.info.identity)
 
-    def _drop(self, path: str, submit: Callable[[Read], None], reason: str) -> None:
+    def _drop(self, path: str, submit: Callable[[Read], None], reason: str, level: int = logging.WARNING) -> None:
         opened = self.devices.pop(path)
         typed = opened.decoder.flush()
         if typed is not None:
@@ -570,7 +581,7 @@ class HidSource:
             opened.device.ungrab()
         with contextlib.suppress(OSError):
             opened.device.close()
-        log.warning("hid scanner %s: %s %s", self.name, opened.identity, reason)
+        log.log(level, "hid scanner %s: %s (%s) %s", self.name, opened.identity, path, reason)
 
     def _links(self) -> dict[str, tuple[str, ...]]:
         """Node path -> the stable by-id / by-path links pointing at it."""

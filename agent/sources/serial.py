@@ -27,7 +27,8 @@ from pathlib import Path
 import serial
 
 from agent.read import Read
-from agent.sources.framing import Frame, LineFramer
+from agent.sources.aim import symbology
+from agent.sources.framing import MAX_LINE, Frame, LineFramer
 from agent.sources.identity import usb_identity
 from agent.sources.watch import DirWatch
 
@@ -124,7 +125,7 @@ class SerialSource:
                     port = None
                     self._problem(f"cannot open: {problem}")
                 if port is None:
-                    watch.wait(RECHECK_S)
+                    self._wait_for_change(watch)
                     continue
                 try:
                     self._read(port, submit)
@@ -134,6 +135,13 @@ class SerialSource:
                     self._close()
         finally:
             watch.close()
+
+    def _wait_for_change(self, watch: DirWatch) -> None:
+        """Sleep until the port's directory changes, :meth:`stop` is called, or ``RECHECK_S`` passes."""
+        waiting = [self._wake_r] + ([watch.fileno()] if watch.fileno() >= 0 else [])
+        ready, _, _ = select.select(waiting, [], [], RECHECK_S)
+        if watch.fileno() in ready:
+            watch.drain()
 
     def _open(self) -> serial.Serial | None:
         path = self._find()
@@ -164,7 +172,6 @@ class SerialSource:
     def _read(self, port: serial.Serial, submit: Callable[[Read], None]) -> None:
         framer = LineFramer(self.terminator, read_timeout=self.read_timeout)
         fd = port.fileno()
-        now = time.monotonic()
         try:
             while not self._stopping.is_set():
                 deadline = framer.deadline()
@@ -184,22 +191,24 @@ class SerialSource:
                 for frame in framer.feed(data, now):
                     self._submit(frame, submit)
         finally:
-            dropped_before = framer.dropped
-            partial = framer.reset()
-            if partial:
+            partial = framer.flush()
+            if partial is not None:
                 # Cut off by an unplug: recorded (and rejected) rather than lost.
-                self._submit(Frame(partial, now, now), submit)
-            if dropped_before:
-                log.info("serial scanner %s: %d bytes of overlong lines dropped", self.name, dropped_before)
+                self._submit(partial, submit)
+            if framer.dropped:
+                log.info("serial scanner %s: %d bytes of overlong lines dropped", self.name, framer.dropped)
 
     def _submit(self, frame: Frame, submit: Callable[[Read], None]) -> None:
         if frame.overlong:
-            log.warning("serial scanner %s: line over %d bytes; rest dropped up to the next terminator", self.name, 512)
+            log.warning(
+                "serial scanner %s: line over %d bytes; rest dropped up to the next terminator", self.name, MAX_LINE
+            )
         submit(
             Read(
                 frame.raw,
                 self.kind,
                 self.source_id,
+                symbology=symbology(frame.raw),
                 t_first=frame.t_first,
                 t_last=frame.t_last,
                 movement=self.movement,

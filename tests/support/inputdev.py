@@ -40,6 +40,11 @@ class StandInDevice:
         self.gone = False
         self._events: list[InputEvent] = []
         self._lock = threading.Lock()
+        self.reopen()
+
+    def reopen(self) -> None:
+        """Opened again (each open of a node is a new descriptor)."""
+        self.closed = False
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
 
@@ -119,6 +124,8 @@ class StandInInputs:
             raise OSError(errno.ENOENT, "No such file or directory", path)
         self.opened.append(path)
         device = self.devices[path]
+        if device.closed:
+            device.reopen()
         if links:
             device.info = DeviceInfo(**{**device.info.__dict__, "links": links})
         return device
