@@ -11,6 +11,10 @@ from pathlib import Path
 
 import evdev
 
+#: What the sources log when a device is ready to be read (see :func:`wait_ready`).
+GRABBED = "grabbed {node} "
+OPENED = "opened "
+
 
 def trace_codes(count: int, batch: int) -> list[str]:
     """``count`` distinct, structurally valid 20-digit trace codes; ``batch`` keeps tests apart.
@@ -90,3 +94,21 @@ def wait_held(agent, node_of, timeout: float = 20.0) -> Path:
             raise AssertionError(f"the agent exited ({agent.proc.returncode}):\n{agent.log_text()}")
         time.sleep(0.01)
     raise AssertionError(f"the agent did not open {node_of()} within {timeout} s:\n{agent.log_text()}")
+
+
+def wait_ready(agent, node_of, says: str, since: int = 0, timeout: float = 20.0) -> Path:
+    """Wait until the agent has the node ``node_of()`` open and has logged ``says`` (after log line
+    ``since``) about it: ``"grabbed {node}"`` for a keyboard, ``"opened"`` for a serial port.
+
+    Having the node open is not enough to start typing: keys that arrive between the
+    agent's open() and its EVIOCSCLOCKID ioctl are flushed by the kernel (the event clock
+    changes), and pyserial flushes the input buffer right after opening a port.
+    """
+    node = wait_held(agent, node_of, timeout)
+    text = says.format(node=node)
+    deadline = time.monotonic() + timeout
+    while not any(text in line for line in agent.log[since:]):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the agent did not log {text!r} within {timeout} s:\n{agent.log_text()}")
+        time.sleep(0.005)
+    return node

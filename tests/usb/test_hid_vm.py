@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.usb.conftest import CODES, REPLUGS
-from tests.usb.scanning import Bystander, trace_codes, wait_held
+from tests.usb.scanning import GRABBED, Bystander, trace_codes, wait_ready
 
 pytestmark = pytest.mark.usb_vm
 
@@ -32,8 +32,7 @@ def assert_decided(decisions: list[dict], codes: list[str], agent) -> None:
 def test_every_typed_code_is_decided_and_nobody_else_sees_the_keys(make_gadget, agent_factory, interval_ms):
     scanner = make_gadget("nls", serial="NLS0001")
     agent = agent_factory(hid_scanner("counter", "vendor_id = 0x1EAB"))
-    node = wait_held(agent, scanner.event_device)
-    time.sleep(0.5)  # the grab follows the open
+    node = wait_ready(agent, scanner.event_device, GRABBED)
     bystander = Bystander(node)
     try:
         assert not bystander.can_grab(), "the agent opened the scanner but does not hold its grab"
@@ -53,9 +52,8 @@ def test_two_scanners_typing_at_once_do_not_mix(make_gadget, agent_factory):
     left = make_gadget("left", serial="NLS0011")
     right = make_gadget("right", serial="NLS0012")
     agent = agent_factory(hid_scanner("left", 'serial = "NLS0011"') + hid_scanner("right", 'serial = "NLS0012"'))
-    wait_held(agent, left.event_device)
-    wait_held(agent, right.event_device)
-    time.sleep(0.5)
+    wait_ready(agent, left.event_device, GRABBED)
+    wait_ready(agent, right.event_device, GRABBED)
     count = max(CODES // 4, 10)
     codes = {left: trace_codes(count, 21), right: trace_codes(count, 22)}
     typists = [threading.Thread(target=g.type_codes, args=(codes[g],), kwargs={"interval": 0.001}) for g in codes]
@@ -74,7 +72,7 @@ def test_two_scanners_typing_at_once_do_not_mix(make_gadget, agent_factory):
 def test_unplug_and_replug_twenty_times(make_gadget, agent_factory):
     scanner = make_gadget("nls", serial="NLS0021")
     agent = agent_factory(hid_scanner("counter", 'serial = "NLS0021"'))
-    wait_held(agent, scanner.event_device)
+    wait_ready(agent, scanner.event_device, GRABBED)
     codes = trace_codes(REPLUGS + 1, 31)
     late = []
     for i, code in enumerate(codes[:-1]):
@@ -82,9 +80,10 @@ def test_unplug_and_replug_twenty_times(make_gadget, agent_factory):
         scanner.wait_gone()
         time.sleep(0.2)  # unplugged for a moment, as a person would
         assert agent.alive, agent.log_text()
+        since = len(agent.log)
         replugged = time.monotonic()
         scanner.plug()
-        wait_held(agent, scanner.event_device, timeout=10)
+        wait_ready(agent, scanner.event_device, GRABBED, since, timeout=10)
         scanner.type_codes([code])
         d = agent.next(timeout=10)
         if d is None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from evdev import ecodes
 
-from tests.usb.scanning import Bystander, trace_codes, wait_held
+from tests.usb.scanning import GRABBED, Bystander, trace_codes, wait_ready
 
 pytestmark = pytest.mark.usb_vm
 
@@ -29,8 +27,7 @@ def test_selection_picks_the_right_device(make_gadget, agent_factory, selector, 
     keyboard = make_gadget("other", **other)
     scanner = make_gadget("scanner", **NEWLAND, serial="NLS0201")
     agent = agent_factory(f'[[scanners]]\nkind = "hid"\nname = "counter"\n{selector}\nkey_timeout_ms = 500\n')
-    wait_held(agent, scanner.event_device)
-    time.sleep(0.5)
+    wait_ready(agent, scanner.event_device, GRABBED)
     keyboard_node = keyboard.event_device()
     assert not agent.holds(keyboard_node), "the agent opened the unrelated keyboard"
     bystander = Bystander(keyboard_node)

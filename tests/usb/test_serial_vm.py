@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.usb.conftest import CODES, REPLUGS
-from tests.usb.scanning import trace_codes, wait_held
+from tests.usb.scanning import OPENED, trace_codes, wait_ready
 
 pytestmark = pytest.mark.usb_vm
 
@@ -21,7 +21,7 @@ def serial_scanner(serial: str) -> str:
 def test_crlf_codes_arrive_once_each(make_gadget, agent_factory):
     scanner = make_gadget("cdc", serial="NLS0101", hid=False, acm=True)
     agent = agent_factory(serial_scanner("NLS0101"))
-    wait_held(agent, scanner.tty_device)
+    wait_ready(agent, scanner.tty_device, OPENED)
     codes = trace_codes(CODES, 41)
     for code in codes:
         scanner.send(code.encode() + b"\r\n")
@@ -37,7 +37,7 @@ def test_crlf_codes_arrive_once_each(make_gadget, agent_factory):
 def test_unplug_and_replug_twenty_times(make_gadget, agent_factory):
     scanner = make_gadget("cdc", serial="NLS0102", hid=False, acm=True)
     agent = agent_factory(serial_scanner("NLS0102"))
-    wait_held(agent, scanner.tty_device)
+    wait_ready(agent, scanner.tty_device, OPENED)
     codes = trace_codes(REPLUGS + 1, 42)
     late = []
     for i, code in enumerate(codes[:-1]):
@@ -45,9 +45,10 @@ def test_unplug_and_replug_twenty_times(make_gadget, agent_factory):
         scanner.wait_gone()
         time.sleep(0.2)
         assert agent.alive, agent.log_text()
+        since = len(agent.log)
         replugged = time.monotonic()
         scanner.plug()
-        wait_held(agent, scanner.tty_device, timeout=10)
+        wait_ready(agent, scanner.tty_device, OPENED, since, timeout=10)
         scanner.send(code.encode() + b"\r\n")
         d = agent.next(timeout=10)
         assert d is not None, f"replug {i + 1}: {code} never decided; log:\n{agent.log_text()}"
