@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import subprocess
 import time
 import tty
@@ -47,6 +48,8 @@ BOOT_KEYBOARD_DESCRIPTOR = bytes.fromhex(
 )
 
 LEFT_SHIFT = 0x02
+#: Longest wait for the host to take one keyboard report before typing gives up.
+REPORT_TIMEOUT_S = 5.0
 RELEASE = bytes(8)
 
 # US layout: character -> (usage id, shift held).
@@ -273,21 +276,37 @@ class ScannerGadget:
             raise RuntimeError(f"gadget {self.name} has no ACM function")
         return Path(f"/dev/ttyGS{self._ttygs}")
 
-    def type_codes(self, codes: Iterable[str], *, interval: float = 0.001, suffix: str = "\r", keypad=False) -> None:
+    def type_codes(
+        self, codes: Iterable[str], *, interval: float = 0.001, suffix: str = "\r", keypad: bool = False
+    ) -> None:
         """Type each code plus ``suffix``, one report every ``interval`` seconds.
 
-        A write to ``/dev/hidgN`` blocks while the previous report has not been
-        polled by the host, so reports are never lost, only delayed.
+        The gadget takes a report only when the host has polled the previous one,
+        so reports are never lost, only delayed; a host that stops polling for
+        ``REPORT_TIMEOUT_S`` raises :class:`TimeoutError` instead of hanging the test.
         """
-        fd = os.open(self.hidg, os.O_WRONLY)
+        fd = os.open(self.hidg, os.O_WRONLY | os.O_NONBLOCK)
         try:
             for code in codes:
                 for report in keyboard_reports(code + suffix, keypad=keypad):
-                    _write_all(fd, report)
+                    self._put_report(fd, report)
                     if interval:
                         time.sleep(interval)
         finally:
             os.close(fd)
+
+    def _put_report(self, fd: int, report: bytes) -> None:
+        deadline = time.monotonic() + REPORT_TIMEOUT_S
+        while True:
+            try:
+                os.write(fd, report)
+                return
+            except BlockingIOError:
+                pass  # the previous report is still waiting for the host
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.hidg} ({self.name}): the host took no report for {REPORT_TIMEOUT_S} s")
+            select.select([], [fd], [], min(left, 0.05))
 
     def send(self, data: bytes) -> None:
         """Write bytes on the serial function; they come out of the host's ``/dev/ttyACMn``."""

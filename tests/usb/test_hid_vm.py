@@ -56,11 +56,20 @@ def test_two_scanners_typing_at_once_do_not_mix(make_gadget, agent_factory):
     wait_ready(agent, right.event_device, GRABBED)
     count = max(CODES // 4, 10)
     codes = {left: trace_codes(count, 21), right: trace_codes(count, 22)}
-    typists = [threading.Thread(target=g.type_codes, args=(codes[g],), kwargs={"interval": 0.001}) for g in codes]
+    failures: list[BaseException] = []
+
+    def type_all(g):
+        try:
+            g.type_codes(codes[g], interval=0.001)
+        except BaseException as problem:
+            failures.append(problem)
+
+    typists = [threading.Thread(target=type_all, args=(g,)) for g in codes]
     for t in typists:
         t.start()
     for t in typists:
-        t.join()
+        t.join(60 + 2 * count)
+    assert failures == [], failures
     decisions = agent.wait_for(2 * count, timeout=30 + 2 * count)
     assert agent.quiet(1.0) == []
     assert {d["verdict"] for d in decisions} == {"accepted"}, agent.log_text()
