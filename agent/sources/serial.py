@@ -230,7 +230,8 @@ def _identity(path: str, configured: str) -> str:
     try:
         from serial.tools.list_ports_linux import SysFS
 
-        info = SysFS(path)
+        # SysFS finds the device by the node's own name: a by-id link must be resolved first.
+        info = SysFS(os.path.realpath(path))
         if info.vid is not None and info.pid is not None:
             return usb_identity(info.vid, info.pid, info.serial_number, location=info.location or "")
     except Exception:  # not Linux, or sysfs without the usual files
