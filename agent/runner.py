@@ -26,6 +26,7 @@ from agent.feedback import ConsoleFeedback, NoFeedback
 from agent.ledger import Ledger
 from agent.output import DecisionPrinter
 from agent.pipeline import Context, Pipeline, Sink
+from agent.quarantine import prepare
 from agent.sources.stdin import StdinSource
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,16 @@ class Runner:
         self.stdin = stdin
         self.stop_requested = threading.Event()
         self.pipeline: Pipeline | None = None
+        #: Alarms raised at start (e.g. a damaged ledger moved aside), also recorded in the ledger.
+        self.alarms: list[str] = []
 
     def request_stop(self) -> None:
         self.stop_requested.set()
 
     def run(self) -> int:
         cfg = self.config
+        # Raises LedgerDamaged when the ledger is damaged and on_corrupt = "refuse".
+        moved = prepare(cfg.ledger.path, on_corrupt=cfg.ledger.on_corrupt)
         ledger = Ledger.open(
             cfg.ledger.path,
             device_id=cfg.station.device_id,
@@ -61,6 +66,9 @@ class Runner:
             double_read_window_s=cfg.codes.double_read_window_s,
             split_packs=cfg.codes.split_packs,
         )
+        if moved is not None:
+            ledger.record_alarm("ledger_damaged", moved.describe())
+            self.alarms.append(moved.describe())
         sinks: list[Sink] = [make_feedback(cfg.feedback)]
         if self.out is not None:
             sinks.append(DecisionPrinter(self.out, as_json=self.as_json))
