@@ -61,6 +61,9 @@ def test_refuses_moves_aside_and_keeps_refusing(tmp_path, how, figures):
 
     figures.fault = "corrupt database at start (refuse)"
     figures.cycles, figures.sent = 1, 400
+    figures.note = (
+        "damage: one page, scattered pages, header, truncated; moved aside byte-identical, restart refuses too"
+    )
 
 
 def test_new_ledger_when_allowed_with_alarm(tmp_path, figures):
@@ -93,6 +96,7 @@ def test_new_ledger_when_allowed_with_alarm(tmp_path, figures):
 
     figures.fault = "corrupt database at start (new)"
     figures.cycles, figures.sent = 1, 320
+    figures.note = "damaged file and its WAL moved aside byte-identical; alarm row in the new ledger"
 
 
 def test_foreign_database_is_not_taken_over(tmp_path):
