@@ -22,6 +22,7 @@ from agent.ledger import MOVEMENTS
 DEFAULT_PATH = Path("/etc/scan-agent/agent.toml")
 SYSTEM_LEDGER = Path("/var/lib/scan-agent/ledger.db")
 FEEDBACK_BACKENDS = ("console", "none")
+MQTT_PROTOCOLS = ("5", "3.1.1")
 
 
 class ConfigError(ValueError):
@@ -71,7 +72,23 @@ class FeedbackConfig:
 
 @dataclass(frozen=True)
 class MqttConfig:
+    """The uplink to the regional broker (``[mqtt]``); see ``agent/uplink.py``."""
+
     enabled: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    protocol: str = "5"
+    keepalive_s: int = 60
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password_file: str = ""
+    topic_prefix: str = "trace/v1"
+    max_inflight: int = 100
+    health_interval_s: float = 30.0
+    backoff_max_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,7 @@ def parse_toml(text: str, source: str = "<string>") -> Config:
         source=source,
     )
     top.finish()
+    _check_topic_ids(config)
     return config
 
 
@@ -209,9 +227,52 @@ def _feedback(t: Table) -> FeedbackConfig:
 
 
 def _mqtt(t: Table) -> MqttConfig:
-    mqtt = MqttConfig(enabled=t.get("enabled", False, bool))
+    d = MqttConfig()
+    mqtt = MqttConfig(
+        enabled=t.get("enabled", d.enabled, bool),
+        host=t.text("host", d.host, nonempty=True),
+        port=t.integer("port", d.port, 1, 65535),
+        protocol=t.choice("protocol", d.protocol, MQTT_PROTOCOLS),
+        keepalive_s=t.integer("keepalive_s", d.keepalive_s, 5, 3600),
+        tls=t.get("tls", d.tls, bool),
+        ca_file=t.text("ca_file", d.ca_file),
+        cert_file=t.text("cert_file", d.cert_file),
+        key_file=t.text("key_file", d.key_file),
+        username=t.text("username", d.username),
+        password_file=t.text("password_file", d.password_file),
+        topic_prefix=t.text("topic_prefix", d.topic_prefix, nonempty=True),
+        max_inflight=t.integer("max_inflight", d.max_inflight, 1, 65535),
+        health_interval_s=t.number("health_interval_s", d.health_interval_s, low=1.0, high=86400.0),
+        backoff_max_s=t.number("backoff_max_s", d.backoff_max_s, low=1.0, high=3600.0),
+    )
+    prefix = mqtt.topic_prefix
+    if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+        t.fail("topic_prefix", f"{prefix!r} is not allowed; allowed: topic levels without wildcards, e.g. trace/v1")
+    if bool(mqtt.cert_file) != bool(mqtt.key_file):
+        t.fail(
+            "cert_file" if not mqtt.cert_file else "key_file", "cert_file and key_file go together: set both or none"
+        )
+    if (mqtt.ca_file or mqtt.cert_file) and not mqtt.tls:
+        t.fail("tls", "ca_file/cert_file/key_file are set but tls = false; set tls = true (or remove them)")
+    if mqtt.password_file and not mqtt.username:
+        t.fail("password_file", "is set but username is empty; set username too")
+    if mqtt.enabled:
+        for key in ("ca_file", "cert_file", "key_file", "password_file"):
+            path = getattr(mqtt, key)
+            if path and not Path(path).is_file():
+                t.fail(key, f"{path!r}: no such file")
     t.finish()
     return mqtt
+
+
+def _check_topic_ids(config: Config) -> None:
+    """Device and site ids become MQTT topic levels when the uplink is on."""
+    if not config.mqtt.enabled:
+        return
+    for key in ("device_id", "site_id"):
+        value = getattr(config.station, key)
+        if any(c in value for c in "/+#\0"):
+            raise ConfigError(f"[station] {key}: {value!r} is not allowed with [mqtt] on; no '/', '+' or '#'")
 
 
 class Table:

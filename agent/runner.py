@@ -21,6 +21,7 @@ import threading
 from dataclasses import replace
 from typing import BinaryIO, TextIO
 
+from agent import config as config_file
 from agent.config import Config, FeedbackConfig, ScannerConfig, StdinScannerConfig
 from agent.feedback import ConsoleFeedback, NoFeedback
 from agent.ledger import Ledger
@@ -28,6 +29,7 @@ from agent.output import DecisionPrinter
 from agent.pipeline import Context, Pipeline, Sink
 from agent.quarantine import prepare
 from agent.sources.stdin import StdinSource
+from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,11 @@ class Runner:
             accept_gs1=cfg.codes.accept_gs1,
         )
         sources = [self.make_source(s) for s in cfg.scanners]
+        uplink = self.make_uplink(pipeline, sources) if cfg.mqtt.enabled else None
         log.info("scan-agent up: %s, ledger %s, movement %s", cfg.source, cfg.ledger.path, cfg.station.movement)
         pipeline.start()
+        if uplink is not None:
+            uplink.start()  # connects in the background; scans never wait for it
         try:
             for source in sources:
                 source.start(pipeline.submit)
@@ -92,8 +97,49 @@ class Runner:
             for source in sources:
                 source.stop()
             pipeline.stop()
+            if uplink is not None:
+                uplink.stop()
             ledger.close()
         return 0
+
+    def make_uplink(self, pipeline: Pipeline, sources: list) -> Uplink:
+        """The MQTT uplink, as a pipeline sink, with its command hooks."""
+        cfg = self.config
+        names = [s.name for s in cfg.scanners]
+        uplink = Uplink(
+            cfg.mqtt,
+            db_path=cfg.ledger.path,
+            device_id=cfg.station.device_id,
+            site_id=cfg.station.site_id,
+            set_context=pipeline.set_context,
+            reload=self.reload_config,
+            # Sources may say whether their device is there; stdin always is.
+            scanners=lambda: {n: bool(getattr(s, "connected", True)) for n, s in zip(names, sources, strict=True)},
+        )
+        pipeline.sinks.append(uplink)
+        return uplink
+
+    def reload_config(self) -> dict:
+        """Re-read the config file: apply what can change live, name what needs a restart."""
+        if self.pipeline is None or self.config.source in ("built-in default", "<string>"):
+            raise ValueError("the agent runs on the built-in default; there is no config file to re-read")
+        new = config_file.load(self.config.source)
+        old = self.config
+        applied = {}
+        for key in ("movement", "operator"):
+            if getattr(new.station, key) != getattr(old.station, key):
+                applied[key] = getattr(new.station, key)
+        if applied:
+            self.pipeline.set_context(**applied)
+        restart = [
+            section
+            for section in ("codes", "ledger", "scanners", "feedback", "mqtt")
+            if getattr(new, section) != getattr(old, section)
+        ]
+        if replace(new.station, movement=old.station.movement, operator=old.station.operator) != old.station:
+            restart.insert(0, "station")
+        self.config = replace(new, station=replace(old.station, **applied))
+        return {"applied": applied, "needs_restart": restart}
 
     def make_source(self, scanner: ScannerConfig) -> StdinSource:
         """The source object for one ``[[scanners]]`` entry."""

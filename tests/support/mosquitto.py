@@ -9,6 +9,7 @@ broker.stop()
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -26,9 +27,13 @@ class Mosquitto:
         self.port = port or free_port()
         self.conf = self.dir / "mosquitto.conf"
         self.log = self.dir / "mosquitto.log"
+        # As root, mosquitto would drop to its own user and then could not write
+        # its log and persistence here (nor read test keys); keep it as we are.
+        user = "user root\n" if os.geteuid() == 0 else ""
         plain = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n" if listener else ""
         self.conf.write_text(
             "per_listener_settings false\n"
+            f"{user}"
             f"{plain}"
             "persistence true\n"
             f"persistence_location {self.dir}/\n"

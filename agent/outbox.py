@@ -1,0 +1,97 @@
+"""The uplink's view of the ledger: undelivered events out, delivery records in.
+
+It works on its own connection (:func:`agent.ledger.connect`), never on the
+pipeline's, and it only ever reads ``scans``/``outbox`` and inserts into
+``deliveries``: it decides nothing about a scan.
+
+>>> from agent.ledger import Ledger
+>>> from agent.read import Read
+>>> from agent import codes
+>>> import tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "ledger.db")
+>>> ledger = Ledger.open(path, device_id="k", site_id="s")
+>>> for n in range(3):
+...     read = Read(b"8123456789012345678%d" % n, "stdin", "stdin")
+...     _ = ledger.decide_and_record(read, "dispense", codes.parse(read.raw))
+>>> outbox = Outbox.open(path)
+>>> [row["seq"] for row in outbox.pending()]
+[1, 2, 3]
+>>> outbox.mark_delivered([1, 2]); outbox.depth()
+1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.clock import iso
+from agent.ledger import connect
+
+_ROWS = """
+SELECT scans.*, earlier.event_id AS earlier_event_id, earlier.seq AS earlier_seq
+FROM outbox JOIN scans ON scans.id = outbox.scan_id LEFT JOIN scans AS earlier ON earlier.id = scans.earlier_id
+WHERE {where} AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_id = outbox.scan_id)
+ORDER BY outbox.scan_id
+"""
+
+
+class Outbox:
+    """Undelivered events, oldest first, and the record of their delivery."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str | Path | None = None) -> None:
+        self.conn = conn
+        self.path = None if path is None else Path(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Outbox:
+        return cls(connect(path), path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def pending(self, after_id: int = 0, limit: int = 100) -> list[sqlite3.Row]:
+        """Undelivered events' scan rows with ``id > after_id``, oldest first."""
+        query = _ROWS.format(where="outbox.scan_id > ?") + " LIMIT ?"
+        return self.conn.execute(query, (after_id, limit)).fetchall()
+
+    def rows(self, scan_ids: Iterable[int]) -> list[sqlite3.Row]:
+        """The undelivered ones among ``scan_ids`` (for live events), oldest first."""
+        ids = list(scan_ids)
+        if not ids:
+            return []
+        query = _ROWS.format(where=f"outbox.scan_id IN ({','.join('?' * len(ids))})")
+        return self.conn.execute(query, ids).fetchall()
+
+    def mark_delivered(self, scan_ids: Iterable[int], reason_code: int = 0) -> None:
+        """Record delivery (a PUBACK with a success reason code) in one transaction. Idempotent."""
+        ts = iso(datetime.now(UTC))
+        with self.conn:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO deliveries (scan_id, ts, reason_code) VALUES (?, ?, ?)",
+                [(scan_id, ts, reason_code) for scan_id in scan_ids],
+            )
+
+    def depth(self) -> int:
+        """How many events are not delivered yet (every delivery has an outbox row)."""
+        outbox = self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        return outbox - self.conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
+
+    def oldest_pending_ts(self) -> str | None:
+        """When the oldest undelivered event was recorded (ISO UTC), or None."""
+        rows = self.pending(0, 1)
+        return rows[0]["ts"] if rows else None
+
+    def db_bytes(self) -> int:
+        """Size of the database on disk, WAL included."""
+        if self.path is None:
+            return 0
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(f"{self.path}{suffix}")
+        return total
