@@ -58,6 +58,8 @@ MAX_COMMAND_BYTES = 4096
 MAX_FIELD_CHARS = 64
 #: First reconnect delay; doubles up to ``backoff_max_s``.
 BACKOFF_MIN_S = 0.5
+#: A connection that lasted this long resets the backoff.
+STABLE_S = 10.0
 #: Even with nothing to retry, walk the whole outbox this often (a safety net).
 RESCAN_S = 60.0
 COMMANDS = ("set", "health", "reload")
@@ -158,6 +160,7 @@ class Uplink:
         self._cursor = 0
         self._rescan_at = 0.0
         self._backoff = BACKOFF_MIN_S
+        self._connected_at = 0.0
         self._last_failure_log = float("-inf")
         self._outbox: Outbox | None = None
         self._threads: list[threading.Thread] = []
@@ -234,6 +237,7 @@ class Uplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -258,6 +262,11 @@ class Uplink:
                 while not self._stopping.is_set():
                     if self.client.loop(timeout=0.5) != mqtt.MQTT_ERR_SUCCESS:
                         break
+            if self._connected.is_set() and time.monotonic() - self._connected_at >= STABLE_S:
+                # Only a connection that held resets the backoff: a broker that
+                # accepts and then drops us at once (e.g. on an ACL denial) must
+                # not be hammered.
+                self._backoff = BACKOFF_MIN_S
             self._connected.clear()
             if self._stopping.is_set():
                 return
@@ -271,10 +280,18 @@ class Uplink:
             log.error("MQTT broker refused the connection: %s", reason_code)
             return
         log.info("MQTT connected to %s:%d as %s", self.config.host, self.config.port, self.device_id)
-        self._backoff = BACKOFF_MIN_S
+        self._connected_at = time.monotonic()
         client.publish(self.topics.status, "online", qos=1, retain=True)
         client.subscribe(self.topics.commands, qos=1)
         self._rescan_at = 0.0  # walk the outbox again from the oldest
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        # Drain only once the broker has answered status and subscription: a
+        # broker that drops us on a refused publish then still sends its
+        # refusal (mosquitto 2.0 discards replies it had queued when it does).
+        for reason in reason_codes:
+            if reason.is_failure:
+                log.error("broker refused the command subscription %s: %s", self.topics.commands, reason)
         self._connected.set()
         self._wake.set()
 
