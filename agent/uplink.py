@@ -145,6 +145,7 @@ class Uplink:
         self.published = 0
         self.delivered = 0
         self.failures = 0
+        self.connection_errors = 0
         self.last_puback: str | None = None
 
         self._connected = threading.Event()
@@ -239,6 +240,7 @@ class Uplink:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_log = self._on_log
         return client
 
     def _network(self) -> None:
@@ -257,6 +259,7 @@ class Uplink:
                     properties=properties,
                 )
             except (OSError, ssl.SSLError, ValueError) as problem:
+                self.connection_errors += 1
                 log.warning("MQTT broker %s:%d unreachable: %s", cfg.host, cfg.port, problem)
             else:
                 while not self._stopping.is_set():
@@ -304,6 +307,13 @@ class Uplink:
         self._acks.append((mid, reason_code))
         self._wake.set()
 
+    def _on_log(self, client, userdata, level, message) -> None:
+        # With TLS 1.3 a broker refuses a certificate (expired, unknown CA) after
+        # the handshake, on the first read; paho reports that only here.
+        if level == mqtt.MQTT_LOG_ERR:
+            self.connection_errors += 1
+            log.warning("MQTT connection to %s:%d failed: %s", self.config.host, self.config.port, message)
+
     def _on_message(self, client, userdata, message) -> None:
         self._commands.append(message)
         self._wake.set()
@@ -338,8 +348,12 @@ class Uplink:
         while self._acks:
             mid, reason = self._acks.popleft()
             scan_id = self._inflight.pop(mid, None)
-            if scan_id is None:
-                continue  # a status, health or reply message
+            if scan_id is None:  # a status, health or reply message
+                if reason.is_failure:
+                    # Refused by the broker's ACL, say: as much a failure as a refused event.
+                    self.failures += 1
+                    log.warning("broker refused a status/health/reply publish: %s (0x%02x)", reason, reason.value)
+                continue
             self._inflight_ids.discard(scan_id)
             if reason.is_failure:
                 self._refused(scan_id, reason)
@@ -440,6 +454,7 @@ class Uplink:
             "published": self.published,
             "delivered": self.delivered,
             "delivery_failures": self.failures,
+            "connection_errors": self.connection_errors,
             "db_bytes": self._outbox.db_bytes(),
         }
 
