@@ -23,29 +23,8 @@ from bench.machine import header
 
 ROOT = Path(__file__).resolve().parents[2]
 
-INTRO = """# Reliability: the fault suite's figures
-
-What happened when each fault was repeated against the real agent, ledger and
-parts (a SIGKILLed `scan-agent run`, a filled tmpfs, damaged database pages, a
-clock set back, fuzzed scanner bytes). The invariant is Jepsen's "no lost
-acknowledged write": every decision the agent announced (printed, beeped,
-shown) is in the ledger with the same verdict and `seq`, the hash chain
-verifies and `seq` has no gaps, checked after every cycle.
-
-- **lost**: announced decisions missing from the ledger (must be 0).
-- **duplicated**: the same event recorded or delivered twice.
-- **max recovery**: the longest time from the fault ending (agent restarted,
-  space freed, broker back) to the next decision or delivery. Measured, not
-  asserted: the machine was shared with other work.
-
-Regenerate (runs the suite with full counts, about as long as it says below):
-
-    .venv/bin/python -m tests.faults.report
-
-The default `pytest` run includes the same tests with reduced counts
-(`FAULT_CYCLES` unset); `FAULT_CYCLES=100 pytest -m faults` runs full counts
-without writing this page.
-"""
+#: The page's fixed part: what the figures mean, how each fault is made, what was found.
+INTRO = (Path(__file__).parent / "reliability_intro.md").read_text(encoding="utf-8")
 
 
 def run(cycles: int, pytest_args: list[str]) -> tuple[list[dict], int, float]:

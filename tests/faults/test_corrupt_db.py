@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent import ledger
+from agent.config import ConfigError, parse_toml
 from agent.quarantine import inspect, moved_aside_copies
 from tests.faults.ledgers import code, damage, filled_ledger
 from tests.support.agent import run_agent
@@ -114,3 +115,10 @@ def test_sound_ledger_is_left_alone(tmp_path):
     assert result.returncode == 0, result.stderr
     assert moved_aside_copies(db) == []
     assert ledger.verify(ledger.connect(db)).rows == 51
+
+
+def test_on_corrupt_is_checked_in_config():
+    assert parse_toml("").ledger.on_corrupt == "refuse"
+    assert parse_toml('[ledger]\non_corrupt = "new"\n').ledger.on_corrupt == "new"
+    with pytest.raises(ConfigError, match=r"\[ledger\] on_corrupt: 'wipe' is not allowed; allowed: refuse, new"):
+        parse_toml('[ledger]\non_corrupt = "wipe"\n')
