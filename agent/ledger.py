@@ -15,6 +15,7 @@ on disk (WAL, ``synchronous=FULL``), so "accepted" means "recorded".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -232,7 +233,11 @@ class Ledger:
                 decision = self._decide_and_insert(read, movement, parsed, text, double_read, operator, bill)
                 self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                # SQLite may already have rolled back (a failed COMMIT on a full
+                # disk does); a failing ROLLBACK must not hide the first error.
+                if self.conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as problem:
             raise LedgerError(f"could not record scan: {problem}") from problem
