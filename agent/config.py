@@ -12,6 +12,7 @@ agent.config.ConfigError: [station] movement: 'sell' is not allowed; allowed: re
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +62,42 @@ class StdinScannerConfig:
     kind: str = "stdin"
 
 
+@dataclass(frozen=True)
+class HidScannerConfig:
+    """A USB keyboard-wedge scanner read through evdev, chosen by any of the selectors."""
+
+    name: str = "hid"
+    movement: str | None = None
+    vendor_id: int | None = None
+    product_id: int | None = None
+    serial: str | None = None
+    name_pattern: str | None = None
+    path: str | None = None
+    layout: str = "us"
+    key_timeout_ms: int = 100
+    tab_terminates: bool = False
+    kind: str = "hid"
+
+
+@dataclass(frozen=True)
+class SerialScannerConfig:
+    """A serial scanner (USB CDC or RS-232) on ``port``, a path or a glob."""
+
+    port: str = ""
+    name: str = "serial"
+    movement: str | None = None
+    baudrate: int = 9600
+    bytesize: int = 8
+    parity: str = "none"
+    stopbits: float = 1
+    terminator: str = "any"
+    read_timeout_ms: int | None = None
+    profile: str | None = None
+    kind: str = "serial"
+
+
 #: Every ``[[scanners]]`` entry is one of these; each has ``kind``, ``name`` and ``movement``.
-ScannerConfig = StdinScannerConfig
+ScannerConfig = StdinScannerConfig | HidScannerConfig | SerialScannerConfig
 
 
 @dataclass(frozen=True)
@@ -214,9 +249,75 @@ def _stdin_scanner(t: Table, name: str, movement: str | None) -> StdinScannerCon
     return StdinScannerConfig(name=name, movement=movement)
 
 
+HID_LAYOUTS = ("us", "de", "fr")
+SERIAL_TERMINATORS = ("cr", "lf", "crlf", "any")
+SERIAL_PARITIES = ("none", "even", "odd")
+
+
+def _hid_scanner(t: Table, name: str, movement: str | None) -> HidScannerConfig:
+    d = HidScannerConfig()
+    path = t.get("path", None, str)
+    if path is not None and re.fullmatch(r"/dev/input/event\d+", path):
+        t.fail("path", f"{path!r} changes from boot to boot; use a /dev/input/by-id/... or by-path link")
+    scanner = HidScannerConfig(
+        name=name,
+        movement=movement,
+        vendor_id=_usb_id(t, "vendor_id"),
+        product_id=_usb_id(t, "product_id"),
+        serial=t.get("serial", None, str),
+        name_pattern=t.get("name_pattern", None, str),
+        path=path,
+        layout=t.choice("layout", d.layout, HID_LAYOUTS),
+        key_timeout_ms=t.integer("key_timeout_ms", d.key_timeout_ms, 5, 5000),
+        tab_terminates=t.get("tab_terminates", d.tab_terminates, bool),
+    )
+    selectors = (scanner.vendor_id, scanner.product_id, scanner.serial, scanner.name_pattern, scanner.path)
+    if all(x is None for x in selectors):
+        t.fail(
+            "kind",
+            "a hid scanner needs at least one of vendor_id, product_id, serial, name_pattern, path"
+            " (otherwise it would grab every keyboard)",
+        )
+    return scanner
+
+
+def _usb_id(t: Table, key: str) -> int | None:
+    value = t.get(key, None, int)
+    if value is not None and not 0 <= value <= 0xFFFF:
+        t.fail(key, f"{value!r} is not allowed; allowed: a USB id from 0 to 0xFFFF (write 0x1EAB in TOML)")
+    return value
+
+
+def _serial_scanner(t: Table, name: str, movement: str | None) -> SerialScannerConfig:
+    d = SerialScannerConfig()
+    read_timeout = t.get("read_timeout_ms", None, int)
+    if read_timeout is not None and not 1 <= read_timeout <= 60000:
+        t.fail("read_timeout_ms", f"{read_timeout!r} is not allowed; allowed: a whole number from 1 to 60000")
+    stopbits = t.get("stopbits", d.stopbits, float)
+    if stopbits not in (1, 1.5, 2):
+        t.fail("stopbits", f"{stopbits!r} is not allowed; allowed: 1, 1.5, 2")
+    profile = t.get("profile", None, str)
+    if profile is not None and not profile.strip():
+        t.fail("profile", "must not be empty")
+    return SerialScannerConfig(
+        port=t.text("port", "", nonempty=True),
+        name=name,
+        movement=movement,
+        baudrate=t.integer("baudrate", d.baudrate, 50, 4_000_000),
+        bytesize=t.integer("bytesize", d.bytesize, 5, 8),
+        parity=t.choice("parity", d.parity, SERIAL_PARITIES),
+        stopbits=stopbits,
+        terminator=t.choice("terminator", d.terminator, SERIAL_TERMINATORS),
+        read_timeout_ms=read_timeout,
+        profile=profile,
+    )
+
+
 # kind -> reader of the kind's own keys (the common ones are read above).
 _SCANNER_KINDS = {
     "stdin": _stdin_scanner,
+    "hid": _hid_scanner,
+    "serial": _serial_scanner,
 }
 
 

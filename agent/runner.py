@@ -22,12 +22,21 @@ from dataclasses import replace
 from typing import BinaryIO, TextIO
 
 from agent import config as config_file
-from agent.config import Config, FeedbackConfig, ScannerConfig, StdinScannerConfig
+from agent.config import (
+    Config,
+    FeedbackConfig,
+    HidScannerConfig,
+    ScannerConfig,
+    SerialScannerConfig,
+    StdinScannerConfig,
+)
 from agent.feedback import ConsoleFeedback, NoFeedback
 from agent.ledger import Ledger
 from agent.output import DecisionPrinter
 from agent.pipeline import Context, Pipeline, Sink
 from agent.quarantine import prepare
+from agent.sources.hid import DeviceMatch, HidSource
+from agent.sources.serial import SerialSource
 from agent.sources.stdin import StdinSource
 from agent.uplink import Uplink
 
@@ -141,10 +150,37 @@ class Runner:
         self.config = replace(new, station=replace(old.station, **applied))
         return {"applied": applied, "needs_restart": restart}
 
-    def make_source(self, scanner: ScannerConfig) -> StdinSource:
+    def make_source(self, scanner: ScannerConfig) -> StdinSource | SerialSource | HidSource:
         """The source object for one ``[[scanners]]`` entry."""
         if isinstance(scanner, StdinScannerConfig):
             return StdinSource(self.stdin, name=scanner.name, movement=scanner.movement)
+        if isinstance(scanner, SerialScannerConfig):
+            return SerialSource(
+                scanner.port,
+                name=scanner.name,
+                movement=scanner.movement,
+                baudrate=scanner.baudrate,
+                bytesize=scanner.bytesize,
+                parity=scanner.parity,
+                stopbits=scanner.stopbits,
+                terminator=scanner.terminator,
+                read_timeout=None if scanner.read_timeout_ms is None else scanner.read_timeout_ms / 1000,
+            )
+        if isinstance(scanner, HidScannerConfig):
+            return HidSource(
+                DeviceMatch(
+                    vendor_id=scanner.vendor_id,
+                    product_id=scanner.product_id,
+                    serial=scanner.serial,
+                    name_pattern=scanner.name_pattern,
+                    path=scanner.path,
+                ),
+                name=scanner.name,
+                movement=scanner.movement,
+                layout=scanner.layout,
+                key_timeout=scanner.key_timeout_ms / 1000,
+                tab_terminates=scanner.tab_terminates,
+            )
         raise ValueError(f"no source for scanner kind {scanner.kind!r}")
 
 
