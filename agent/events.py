@@ -23,9 +23,10 @@ True
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from agent.clock import iso
 
@@ -41,9 +42,8 @@ def event_from_row(row: Mapping, now: datetime | None = None) -> dict:
     ``row`` may carry ``earlier_event_id`` and ``earlier_seq`` (joined in by
     :class:`agent.outbox.Outbox`) naming the scan a duplicate conflicts with.
     """
-    now = now or datetime.now(UTC)
+    sent_ts, backfill_before = _stamps(now or datetime.now(UTC))
     keys = row.keys()
-    recorded = datetime.fromisoformat(row["ts"].replace("Z", "+00:00"))
     earlier = None
     if row["earlier_id"] is not None:
         earlier = {
@@ -77,9 +77,16 @@ def event_from_row(row: Mapping, now: datetime | None = None) -> dict:
         "ledger_id": row["id"],
         "hash": row["hash"],
         "prev_hash": row["prev_hash"],
-        "backfilled": (now - recorded).total_seconds() > BACKFILL_AFTER_S,
-        "sent_ts": iso(now),
+        # ISO UTC times in one format compare as strings.
+        "backfilled": row["ts"] < backfill_before,
+        "sent_ts": sent_ts,
     }
+
+
+@functools.lru_cache(maxsize=4)
+def _stamps(now: datetime) -> tuple[str, str]:
+    """``sent_ts``, and the ``ts`` before which an event is backfilled (cached: a batch shares ``now``)."""
+    return iso(now), iso(now - timedelta(seconds=BACKFILL_AFTER_S))
 
 
 def encode(event: dict) -> bytes:

@@ -67,14 +67,29 @@ class Outbox:
         query = _ROWS.format(where=f"outbox.scan_id IN ({','.join('?' * len(ids))})")
         return self.conn.execute(query, ids).fetchall()
 
+    def by_seq(self, device_id: str, first: int, last: int) -> list[sqlite3.Row]:
+        """The events ``first``..``last`` of a device, delivered or not, in order."""
+        query = _ROWS.replace(
+            "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_id = outbox.scan_id)", ""
+        ).format(where="scans.device_id = ? AND scans.seq BETWEEN ? AND ?")
+        return self.conn.execute(query, (device_id, first, last)).fetchall()
+
     def mark_delivered(self, scan_ids: Iterable[int], reason_code: int = 0) -> None:
         """Record delivery (a PUBACK with a success reason code) in one transaction. Idempotent."""
         ts = iso(datetime.now(UTC))
-        with self.conn:
+        # The connection is in autocommit mode (isolation_level=None), where
+        # ``with conn`` opens no transaction: without BEGIN every row would be
+        # its own fsync'd commit.
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
             self.conn.executemany(
                 "INSERT OR IGNORE INTO deliveries (scan_id, ts, reason_code) VALUES (?, ?, ?)",
                 [(scan_id, ts, reason_code) for scan_id in scan_ids],
             )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     def depth(self) -> int:
         """How many events are not delivered yet (every delivery has an outbox row)."""

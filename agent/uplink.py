@@ -28,6 +28,7 @@ import collections
 import contextlib
 import json
 import logging
+import queue
 import random
 import sqlite3
 import ssl
@@ -58,11 +59,19 @@ MAX_COMMAND_BYTES = 4096
 MAX_FIELD_CHARS = 64
 #: First reconnect delay; doubles up to ``backoff_max_s``.
 BACKOFF_MIN_S = 0.5
+#: Backlog rows read from the ledger at a time.
+READ_AHEAD = 500
+#: uplink-record gathers PUBACKs this long before committing them.
+RECORD_GATHER_S = 0.02
+#: uplink-net looks for new events to send at least this often.
+PUMP_S = 0.05
 #: A connection that lasted this long resets the backoff.
 STABLE_S = 10.0
 #: Even with nothing to retry, walk the whole outbox this often (a safety net).
 RESCAN_S = 60.0
-COMMANDS = ("set", "health", "reload")
+COMMANDS = ("set", "health", "reload", "resend")
+#: At most this many events per ``resend`` command.
+MAX_RESEND = 10_000
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,7 @@ class Uplink:
         self.delivered = 0
         self.failures = 0
         self.connection_errors = 0
+        self.refused_publishes = 0
         self.last_puback: str | None = None
 
         self._connected = threading.Event()
@@ -153,18 +163,26 @@ class Uplink:
         self._closing = threading.Event()  # the uplink thread: stop
         self._wake = threading.Event()
         self._live: collections.deque[int] = collections.deque(maxlen=10_000)
-        self._acks: collections.deque[tuple[int, mqtt.ReasonCode]] = collections.deque()
+        self._refusals: collections.deque[tuple[int, mqtt.ReasonCode]] = collections.deque()
         self._commands: collections.deque[mqtt.MQTTMessage] = collections.deque()
-        self._inflight: dict[int, int] = {}  # paho mid -> scan id
-        self._inflight_ids: set[int] = set()
+        self._inflight: dict[int, int] = {}  # paho mid -> scan id: the window (uplink-net only)
+        # Rows ready to send (encoded by uplink-net at send time); live ones go first.
+        self._ready_live: collections.deque[sqlite3.Row] = collections.deque()
+        self._ready: collections.deque[sqlite3.Row] = collections.deque()
+        # Scan ids ready, in flight, or acknowledged but not yet recorded: never sent twice at once.
+        self._busy: set[int] = set()
         self._held: dict[int, float] = {}  # scan id refused by the broker -> monotonic retry time
-        self._cursor = 0
+        self._ahead: collections.deque[sqlite3.Row] = collections.deque()  # backlog rows read ahead
+        self._cursor = 0  # the backlog has been read up to this scan id
+        self._caught_up = False
         self._rescan_at = 0.0
+        self._to_record: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._backoff = BACKOFF_MIN_S
         self._connected_at = 0.0
+        self._probing = True
         self._last_failure_log = float("-inf")
-        self._outbox: Outbox | None = None
-        self._threads: list[threading.Thread] = []
+        self._outbox: Outbox | None = None  # the uplink thread's connection
+        self._threads: dict[str, threading.Thread] = {}
 
     # -- the pipeline's side: must return at once ----------------------------
 
@@ -184,10 +202,15 @@ class Uplink:
     def start(self) -> None:
         """Start connecting and draining in the background; returns at once."""
         self._outbox = Outbox.open(self.db_path)
-        for name, target in (("uplink-net", self._network), ("uplink", self._work)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        recorder = Outbox.open(self.db_path)
+        for name, target, args in (
+            ("uplink-net", self._network, ()),
+            ("uplink", self._work, ()),
+            ("uplink-record", self._record, (recorder,)),
+        ):
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
             thread.start()
-            self._threads.append(thread)
+            self._threads[name] = thread
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Wait up to ``grace_s`` for PUBACKs in flight, say ``offline``, disconnect."""
@@ -197,7 +220,9 @@ class Uplink:
         self._closing.set()
         self._wake.set()
         if self._threads:
-            self._threads[1].join(grace_s + 5)
+            self._threads["uplink"].join(grace_s + 5)
+            self._to_record.put(None)  # record what was acknowledged, then stop
+            self._threads["uplink-record"].join(10)
         if self.connected:
             info = self.client.publish(self.topics.status, "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
@@ -205,7 +230,7 @@ class Uplink:
         self._stopping.set()
         self.client.disconnect()
         if self._threads:
-            self._threads[0].join(5)
+            self._threads["uplink-net"].join(5)
         if self._outbox is not None:
             self._outbox.close()
 
@@ -263,13 +288,17 @@ class Uplink:
                 log.warning("MQTT broker %s:%d unreachable: %s", cfg.host, cfg.port, problem)
             else:
                 while not self._stopping.is_set():
-                    if self.client.loop(timeout=0.5) != mqtt.MQTT_ERR_SUCCESS:
+                    if self._connected.is_set() and not self._closing.is_set():
+                        self._pump()
+                    # Short timeout: new live events wait at most this long.
+                    if self.client.loop(timeout=PUMP_S) != mqtt.MQTT_ERR_SUCCESS:
                         break
-            if self._connected.is_set() and time.monotonic() - self._connected_at >= STABLE_S:
+            if self._connected_at and time.monotonic() - self._connected_at >= STABLE_S:
                 # Only a connection that held resets the backoff: a broker that
                 # accepts and then drops us at once (e.g. on an ACL denial) must
                 # not be hammered.
                 self._backoff = BACKOFF_MIN_S
+            self._connected_at = 0.0
             self._connected.clear()
             if self._stopping.is_set():
                 return
@@ -286,7 +315,8 @@ class Uplink:
         self._connected_at = time.monotonic()
         client.publish(self.topics.status, "online", qos=1, retain=True)
         client.subscribe(self.topics.commands, qos=1)
-        self._rescan_at = 0.0  # walk the outbox again from the oldest
+        self._rescan_at = 0.0  # walk the outbox again from the oldest (paho resends its own window)
+        self._probing = True
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         # Drain only once the broker has answered status and subscription: a
@@ -303,9 +333,49 @@ class Uplink:
             log.warning("MQTT disconnected: %s; events stay in the outbox", reason_code)
         self._connected.clear()
 
+    def _pump(self) -> None:
+        """Fill the window from the ready events (on uplink-net, so paho is used from one thread)."""
+        # One event first on each connection: a broker that refuses it and then
+        # drops us (mosquitto on an ACL denial) still gets its refusal out.
+        room = (1 if self._probing else self.config.max_inflight) - len(self._inflight)
+        now = datetime.now(UTC)
+        while room > 0:
+            if self._ready_live:
+                row = self._ready_live.popleft()
+            elif self._ready:
+                row = self._ready.popleft()
+            else:
+                break
+            scan_id = row["id"]
+            # Encoded here, on the thread that sends, so that the send path never
+            # waits for another thread to hand back the GIL.
+            info = self.client.publish(self.topics.events, encode(event_from_row(row, now)), qos=1)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                log.warning("paho refused event (scan id %d): %s", scan_id, mqtt.error_string(info.rc))
+                self._busy.discard(scan_id)  # sent again on the next walk of the outbox
+                continue
+            # Any other result (success, no connection, connection lost): paho
+            # holds the message and sends it again after reconnecting.
+            self._inflight[info.mid] = scan_id
+            self.published += 1
+            room -= 1
+        if len(self._ready) < self.config.max_inflight:
+            self._wake.set()  # the uplink thread prepares more
+
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._acks.append((mid, reason_code))
-        self._wake.set()
+        scan_id = self._inflight.pop(mid, None)
+        if scan_id is None:  # a status, health or reply message
+            if reason_code.is_failure:
+                # Refused by the broker's ACL, say: surfaced like a refused event.
+                self.refused_publishes += 1
+                log.warning("broker refused a status/health/reply publish: %s (0x%02x)", reason_code, reason_code.value)
+            return
+        self._probing = False
+        if reason_code.is_failure:
+            self._refusals.append((scan_id, reason_code))
+            self._wake.set()
+        else:
+            self._to_record.put((scan_id, reason_code.value))  # stays busy until recorded
 
     def _on_log(self, client, userdata, level, message) -> None:
         # With TLS 1.3 a broker refuses a certificate (expired, unknown CA) after
@@ -326,12 +396,12 @@ class Uplink:
             self._wake.wait(0.5)
             self._wake.clear()
             try:
-                self._settle_acks()
+                self._settle_refusals()
                 if self._closing.is_set():
                     return
                 self._run_commands()
                 if self.connected:
-                    self._fill_window()
+                    self._prepare()
                     if time.monotonic() >= next_health:
                         next_health = time.monotonic() + self.config.health_interval_s
                         self._send(self.topics.health, self.health())
@@ -342,28 +412,43 @@ class Uplink:
                 log.exception("uplink error; carrying on")
                 self._closing.wait(1.0)
 
-    def _settle_acks(self) -> None:
-        """Turn PUBACKs into delivery records (one transaction per batch)."""
-        delivered: dict[int, list[int]] = {}
-        while self._acks:
-            mid, reason = self._acks.popleft()
-            scan_id = self._inflight.pop(mid, None)
-            if scan_id is None:  # a status, health or reply message
-                if reason.is_failure:
-                    # Refused by the broker's ACL, say: as much a failure as a refused event.
-                    self.failures += 1
-                    log.warning("broker refused a status/health/reply publish: %s (0x%02x)", reason, reason.value)
-                continue
-            self._inflight_ids.discard(scan_id)
-            if reason.is_failure:
-                self._refused(scan_id, reason)
+    def _settle_refusals(self) -> None:
+        while self._refusals:
+            scan_id, reason = self._refusals.popleft()
+            self._refused(scan_id, reason)
+            self._busy.discard(scan_id)
+
+    def _record(self, outbox: Outbox) -> None:
+        """Thread uplink-record: write deliveries in batches (group commit), off the send path."""
+        stop = False
+        while not stop:
+            batch = [self._to_record.get()]
+            # Gather for a moment: one fsync'd commit per batch, not per PUBACK.
+            # The rows stay busy meanwhile, so nothing is sent twice.
+            self._closing.wait(RECORD_GATHER_S)
+            while True:
+                try:
+                    batch.append(self._to_record.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            done = [item for item in batch if item is not None]
+            by_code: dict[int, list[int]] = {}
+            for scan_id, code in done:
+                by_code.setdefault(code, []).append(scan_id)
+            try:
+                for code, scan_ids in by_code.items():
+                    outbox.mark_delivered(scan_ids, code)
+            except sqlite3.Error as problem:
+                # Not recorded, so not delivered: the rows are sent again later.
+                log.error("could not record %d deliveries: %s; they will be sent again", len(done), problem)
             else:
-                delivered.setdefault(reason.value, []).append(scan_id)
-        for code, scan_ids in delivered.items():
-            self._outbox.mark_delivered(scan_ids, code)
-            self.delivered += len(scan_ids)
-        if delivered:
-            self.last_puback = iso(datetime.now(UTC))
+                self.delivered += len(done)
+                if done:
+                    self.last_puback = iso(datetime.now(UTC))
+            for scan_id, _ in done:
+                self._busy.discard(scan_id)
+        outbox.close()
 
     def _refused(self, scan_id: int, reason: mqtt.ReasonCode) -> None:
         self.failures += 1
@@ -382,49 +467,49 @@ class Uplink:
                 self.failures,
             )
 
-    def _fill_window(self) -> None:
-        """Publish live events first, then the backlog oldest first, up to ``max_inflight``."""
-        free = self.config.max_inflight - len(self._inflight)
+    def _prepare(self) -> None:
+        """Encode the next events for uplink-net: live ones first, then the backlog oldest first."""
         live: list[int] = []
-        while self._live and len(live) < free:
+        while self._live:
             scan_id = self._live.popleft()
-            if scan_id not in self._inflight_ids and scan_id not in self._held:
+            if scan_id not in self._busy and scan_id not in self._held:
                 live.append(scan_id)
         for row in self._outbox.rows(live):
-            free -= self._publish(row)
+            self._make_ready(row, self._ready_live)
         now = time.monotonic()
         due = [scan_id for scan_id, at in self._held.items() if at <= now]
         if due or now >= self._rescan_at:
+            # Walk the outbox from the oldest again: refused rows now due, and
+            # anything else not delivered (a safety net; rows busy are skipped).
             for scan_id in due:
                 del self._held[scan_id]
-            self._cursor = 0
+            self._cursor, self._caught_up = 0, False
+            self._ahead.clear()
             self._rescan_at = now + RESCAN_S
-        while free > 0:
-            top = self._outbox.conn.execute("SELECT MAX(scan_id) FROM outbox").fetchone()[0] or 0
-            limit = min(free + len(self._inflight_ids) + len(self._held), 2000)
-            rows = self._outbox.pending(self._cursor, limit)
-            for row in rows:
-                self._cursor = row["id"]
-                if row["id"] in self._inflight_ids or row["id"] in self._held:
-                    continue
-                free -= self._publish(row)
-                if free <= 0:
+        while len(self._ready) < 2 * self.config.max_inflight:
+            if not self._ahead:
+                if self._caught_up:
+                    return  # new events arrive through decided()
+                self._read_ahead()
+                if not self._ahead:
                     return
-            if len(rows) < limit:
-                # Caught up: nothing undelivered beyond here except what is in flight.
-                self._cursor = max(self._cursor, top)
-                return
+            row = self._ahead.popleft()
+            if row["id"] not in self._busy and row["id"] not in self._held:
+                self._make_ready(row, self._ready)
 
-    def _publish(self, row: sqlite3.Row) -> int:
-        info = self.client.publish(self.topics.events, encode(event_from_row(row)), qos=1)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            log.warning("could not queue event (scan id %d): %s", row["id"], mqtt.error_string(info.rc))
-            return 0
-        # NO_CONN: paho keeps the message and sends it after reconnecting.
-        self._inflight[info.mid] = row["id"]
-        self._inflight_ids.add(row["id"])
-        self.published += 1
-        return 1
+    def _make_ready(self, row: sqlite3.Row, ready: collections.deque) -> None:
+        self._busy.add(row["id"])
+        ready.append(row)
+
+    def _read_ahead(self) -> None:
+        top = self._outbox.conn.execute("SELECT MAX(scan_id) FROM outbox").fetchone()[0] or 0
+        rows = self._outbox.pending(self._cursor, READ_AHEAD)
+        self._ahead.extend(rows)
+        if rows:
+            self._cursor = rows[-1]["id"]
+        if len(rows) < READ_AHEAD:
+            # Caught up: every event recorded after ``top`` comes through decided().
+            self._cursor, self._caught_up = max(self._cursor, top), True
 
     def _send(self, topic: str, body: dict, properties: Properties | None = None) -> None:
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
@@ -455,6 +540,7 @@ class Uplink:
             "delivered": self.delivered,
             "delivery_failures": self.failures,
             "connection_errors": self.connection_errors,
+            "refused_publishes": self.refused_publishes,
             "db_bytes": self._outbox.db_bytes(),
         }
 
@@ -527,3 +613,21 @@ class Uplink:
             return self.reload()
         except ValueError as problem:
             raise CommandError(f"config not reloaded: {problem}") from None
+
+    def _cmd_resend(self, body: dict) -> dict:
+        """Send events ``from_seq``..``to_seq`` again, delivered or not: how the back end
+        recovers events a broker acknowledged and then lost (it sees the gap in ``seq``)."""
+        first, last = body.get("from_seq"), body.get("to_seq", body.get("from_seq"))
+        if set(body) - {"from_seq", "to_seq"} or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (first, last)
+        ):
+            raise CommandError("resend takes from_seq and optionally to_seq, whole numbers >= 1")
+        if last < first or last - first + 1 > MAX_RESEND:
+            raise CommandError(f"resend: to_seq must be from from_seq to from_seq + {MAX_RESEND - 1}")
+        rows = self._outbox.by_seq(self.device_id, first, last)
+        queued = 0
+        for row in rows:
+            if row["id"] not in self._busy:
+                self._make_ready(row, self._ready_live)
+                queued += 1
+        return {"from_seq": first, "to_seq": last, "found": len(rows), "queued": queued}

@@ -14,6 +14,7 @@ from agent.pipeline import Pipeline
 from agent.read import Read
 from agent.uplink import MAX_COMMAND_BYTES, Uplink
 from tests.support.backlog import code, fill_ledger
+from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import Commander, Subscriber
 from tests.support.net import wait_until
 
@@ -85,26 +86,53 @@ def test_a_thousand_live_scans_arrive_exactly_as_recorded(tmp_path, broker):
     assert uplink.delivered == 1000 and uplink.failures == 0
 
 
-def test_broker_killed_while_5000_events_drain_loses_none(tmp_path, broker):
+def delivered_ids(path) -> set[str]:
+    conn = connect(path)
+    try:
+        return {
+            r[0] for r in conn.execute("SELECT event_id FROM scans JOIN deliveries ON deliveries.scan_id = scans.id")
+        }
+    finally:
+        conn.close()
+
+
+def test_broker_killed_while_5000_events_drain_loses_none(tmp_path):
+    """Every event arrives, except what the killed broker itself had acknowledged and lost.
+
+    mosquitto answers PUBACK before it has forwarded or saved a message (its
+    persistence is a periodic snapshot), so SIGKILL can lose events it already
+    acknowledged; no publisher can see that. The test checks that any event
+    missing at the subscriber is one the dead broker acknowledged, and that
+    everything else arrives. (No forwarding window to subscribers, to keep that
+    broker-side loss small.)
+    """
+    broker = Mosquitto(tmp_path, extra_conf="max_inflight_messages 0\n")
+    broker.start()
     path = tmp_path / "ledger.db"
     fill_ledger(path, 5000)
     sub = Subscriber(broker.port, f"{BASE}/events", client_id="collector").start()
     time.sleep(1.5)  # let the broker autosave the collector's session, so it survives the crash
-    uplink = make_uplink(path, broker.port, max_inflight=50, backoff_max_s=2)
+    uplink = make_uplink(path, broker.port, max_inflight=20, backoff_max_s=2)
     uplink.start()
-    wait_until(lambda: depth(path) <= 4000, timeout=30, what="a fifth drained")
-    broker.kill()
-    drained_at_kill = 5000 - depth(path)
-    assert drained_at_kill < 5000, "drained before the kill; the test proves nothing"
-    time.sleep(0.5)
-    broker.start()
-    wait_until(lambda: depth(path) == 0, timeout=45, what="outbox drained after restart")
-    recorded = set(ledger_events(path))
-    wait_until(lambda: sub.event_ids() >= recorded, timeout=15, what="every event at the subscriber")
-    uplink.stop()
-    sub.stop()
-    assert len(recorded) == 5000
-    assert uplink.failures == 0
+    try:
+        wait_until(lambda: depth(path) <= 4000, timeout=30, what="a fifth drained")
+        broker.kill()
+        time.sleep(0.5)  # no PUBACK can come now; let the acknowledged ones be recorded
+        acked_by_dead_broker = delivered_ids(path)
+        assert len(acked_by_dead_broker) < 5000, "drained before the kill; the test proves nothing"
+        broker.start()
+        wait_until(lambda: depth(path) == 0, timeout=45, what="outbox drained after restart")
+        recorded = set(ledger_events(path))
+        must_arrive = recorded - acked_by_dead_broker
+        wait_until(lambda: sub.event_ids() >= must_arrive, timeout=15, what="every event not lost by the broker")
+        time.sleep(1)  # stragglers
+        lost_by_broker = recorded - sub.event_ids()
+        assert lost_by_broker <= acked_by_dead_broker
+        assert len(recorded) == 5000 and uplink.failures == 0
+    finally:
+        uplink.stop()
+        sub.stop()
+        broker.stop()
 
 
 def test_live_events_are_not_starved_by_a_backlog(tmp_path, broker):
@@ -112,7 +140,7 @@ def test_live_events_are_not_starved_by_a_backlog(tmp_path, broker):
     fill_ledger(path, 3000)
     sub = Subscriber(broker.port, f"{BASE}/events").start()
     pipeline = Pipeline(Ledger.open(path, device_id="kiosk-1", site_id="site-1"))
-    uplink = make_uplink(path, broker.port, pipeline, max_inflight=10)
+    uplink = make_uplink(path, broker.port, pipeline, max_inflight=2)
     pipeline.start()
     uplink.start()
     wait_until(lambda: sub.events(), timeout=10, what="backlog draining")
@@ -215,6 +243,21 @@ def test_health_on_request_and_as_heartbeat(station, broker):
     wait_until(lambda: uplink.delivered >= 2, what="both delivered")
     assert beat["device_id"] == "kiosk-1" and "outbox_depth" in beat
     heartbeat.stop()
+
+
+def test_resend_command_sends_delivered_events_again(station, broker):
+    pipeline, _uplink, commander, path = station
+    events = Subscriber(broker.port, f"{BASE}/events").start()
+    for n in range(5):
+        scan_and_wait(pipeline, path, 10 + n)
+    wait_until(lambda: depth(path) == 0 and len(events.events()) == 5, what="delivered once")
+    reply = commander.send("resend", {"from_seq": 2, "to_seq": 3})
+    assert reply["ok"] is True and reply["result"]["found"] == 2
+    wait_until(lambda: len(events.events()) == 7, what="two sent again")
+    assert sorted(e["seq"] for e in events.events()) == [1, 2, 2, 3, 3, 4, 5]
+    bad = commander.send("resend", {"from_seq": 3, "to_seq": 1})
+    assert bad["ok"] is False and "to_seq" in bad["error"]
+    events.stop()
 
 
 def test_mqtt_311_delivers_and_answers_with_correlation_field(tmp_path, broker):
