@@ -9,7 +9,8 @@
     scan-agent doctor [--config F] [--json] [--interactive]
     scan-agent --version
 
-Exit status: 0 success, 1 a check or verification failed, 2 bad usage or config.
+Exit status: 0 success, 1 a check or verification failed, 2 bad usage or config,
+3 the ledger is damaged and ``[ledger] on_corrupt = "refuse"`` (it was moved aside).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import __version__, codes, config, ledger
+from agent import __version__, codes, config, ledger, quarantine
 from agent.clock import iso
 from agent.runner import Runner, with_overrides
 
@@ -84,12 +85,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: runner.request_stop())
     try:
         return runner.run()
+    except quarantine.LedgerDamaged as problem:
+        print(f"scan-agent: REFUSING TO START: {problem}", file=sys.stderr)
+        return 3
     except (sqlite3.Error, OSError) as problem:
         print(f"scan-agent: cannot open the ledger at {cfg.ledger.path}: {problem}", file=sys.stderr)
         return 2
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    path = Path(args.db) if args.db else config.load(args.config).ledger.path
+    damage = quarantine.inspect(path) if path.exists() else []
+    if damage:
+        print(f"ledger DAMAGED: {path}:", file=sys.stderr)
+        for problem in damage:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
     conn = _open_existing(args)
     result = ledger.verify(conn)
     if result.ok:

@@ -60,6 +60,8 @@ class CodesConfig:
 @dataclass(frozen=True)
 class LedgerConfig:
     path: Path = SYSTEM_LEDGER
+    #: A damaged ledger at start is moved aside; then "refuse" to run, or start a "new" one.
+    on_corrupt: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,10 @@ def _codes(t: Table) -> CodesConfig:
 
 
 def _ledger(t: Table) -> LedgerConfig:
-    ledger = LedgerConfig(path=Path(t.text("path", str(SYSTEM_LEDGER), nonempty=True)))
+    ledger = LedgerConfig(
+        path=Path(t.text("path", str(SYSTEM_LEDGER), nonempty=True)),
+        on_corrupt=t.choice("on_corrupt", "refuse", ("refuse", "new")),
+    )
     t.finish()
     return ledger
 

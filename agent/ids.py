@@ -20,9 +20,14 @@ import uuid
 class EventIds:
     """Generator of strictly increasing UUIDv7s."""
 
-    def __init__(self) -> None:
+    def __init__(self, after: str | uuid.UUID | None = None) -> None:
+        """``after``: the last id issued before (e.g. by a previous run); every new id is greater."""
         self._last_ms = 0
         self._counter = 0
+        if after is not None:
+            value = uuid.UUID(str(after)).int
+            self._last_ms = value >> 80
+            self._counter = (value >> 64) & 0xFFF
 
     def next(self, unix_ms: int | None = None) -> uuid.UUID:
         ms = time.time_ns() // 1_000_000 if unix_ms is None else unix_ms

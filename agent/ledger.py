@@ -15,6 +15,7 @@ on disk (WAL, ``synchronous=FULL``), so "accepted" means "recorded".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ MOVEMENTS = ("receive", "dispense", "use", "return_in", "return_out", "destroy",
 VERDICTS = ("accepted", "rejected", "duplicate", "double_read")
 GENESIS = "0" * 64
 BILL_LIMIT = 3500
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the alarms table
 CACHE_KIB = 64_000
 
 #: Columns covered by each row's hash, in the order they are stored.
@@ -68,7 +69,7 @@ HASHED = (
     "prev_hash",
 )
 
-_APPEND_ONLY = ("scans", "outbox", "deliveries")
+_APPEND_ONLY = ("scans", "outbox", "deliveries", "alarms")
 
 
 class LedgerError(Exception):
@@ -178,10 +179,15 @@ class Ledger:
         self.double_read_window_s = double_read_window_s
         self.split_packs = dict(split_packs or {})
         self.clock = clock or Clock()
-        self._ids = EventIds()
         self._last_by_source: dict[str, tuple[str, float]] = {}
         self.checkpointer: Checkpointer | None = None
         create_schema(conn)
+        last = conn.execute("SELECT event_id FROM scans ORDER BY id DESC LIMIT 1").fetchone()
+        # Seeded from the last recorded event, so ids keep increasing across a
+        # restart even when the wall clock was set back meanwhile.
+        self._ids = EventIds(after=None if last is None else last[0])
+        #: The latest ts recorded; a wall clock behind it is not trustworthy.
+        self._latest_ts: str | None = conn.execute("SELECT MAX(ts) FROM scans").fetchone()[0]
 
     @classmethod
     def open(cls, path: str | Path, **kwargs) -> Ledger:
@@ -232,11 +238,17 @@ class Ledger:
                 decision = self._decide_and_insert(read, movement, parsed, text, double_read, operator, bill)
                 self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                # SQLite may already have rolled back (a failed COMMIT on a full
+                # disk does); a failing ROLLBACK must not hide the first error.
+                if self.conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as problem:
             raise LedgerError(f"could not record scan: {problem}") from problem
         self._last_by_source[read.source_id] = (text, read.t_last)
+        if self._latest_ts is None or decision.ts > self._latest_ts:
+            self._latest_ts = decision.ts
         return decision
 
     def _decide_and_insert(
@@ -266,14 +278,19 @@ class Ledger:
             top = self.conn.execute("SELECT MAX(seq) FROM scans WHERE device_id = ?", (self.device_id,)).fetchone()[0]
             seq = (top or 0) + 1
         now = self.clock.now()
+        ts = iso(now)
+        # clock_synced = 0 when the kernel is not NTP-synchronised, or when the
+        # wall clock reads earlier than a scan already recorded (it was set back):
+        # such a ts is kept as read, but flagged as not trustworthy.
+        clock_synced = self.clock.synchronised() and (self._latest_ts is None or ts >= self._latest_ts)
         row = {
             "id": scan_id,
             "seq": seq,
             "event_id": str(self._ids.next(int(now.timestamp() * 1000))),
             "device_id": self.device_id,
             "site_id": self.site_id,
-            "ts": iso(now),
-            "clock_synced": int(self.clock.synchronised()),
+            "ts": ts,
+            "clock_synced": int(clock_synced),
             "movement": movement,
             "verdict": verdict,
             "reason": reason,
@@ -358,6 +375,15 @@ class Ledger:
             "SELECT seq, event_id, ts, device_id, site_id, movement FROM scans WHERE id = ?", (scan_id,)
         ).fetchone()
         return Earlier(**dict(row))
+
+    def record_alarm(self, kind: str, detail: str) -> int:
+        """Append an alarm (e.g. ``ledger_damaged`` at start) for operators and the uplink; returns its id."""
+        with self.conn:
+            cursor = self.conn.execute(
+                "INSERT INTO alarms (ts, kind, detail) VALUES (?, ?, ?)", (iso(self.clock.now()), kind, detail)
+            )
+        log.error("ALARM %s: %s", kind, detail)
+        return cursor.lastrowid
 
 
 class Checkpointer:
@@ -451,6 +477,12 @@ def create_schema(conn: sqlite3.Connection) -> None:
             {"scan_id": int, "ts": str, "reason_code": int},
             pk="scan_id",
             foreign_keys=[("scan_id", "outbox", "scan_id")],
+            if_not_exists=True,
+        )
+        db["alarms"].create(
+            {"id": int, "ts": str, "kind": str, "detail": str},
+            pk="id",
+            not_null={"ts", "kind", "detail"},
             if_not_exists=True,
         )
         conn.execute("CREATE INDEX IF NOT EXISTS scans_bill ON scans (bill, verdict) WHERE bill != ''")

@@ -39,6 +39,7 @@ from agent.ledger import Ledger, connect
 from agent.notify import Notifier, Watchdog, pipeline_healthy
 from agent.output import DecisionPrinter
 from agent.pipeline import Context, Pipeline, Sink
+from agent.quarantine import prepare
 from agent.sources.hid import DeviceMatch, HidSource
 from agent.sources.serial import SerialSource
 from agent.sources.stdin import StdinSource
@@ -73,6 +74,8 @@ class Runner:
         self.stop_requested = threading.Event()
         self.pipeline: Pipeline | None = None
         self.feedback: Feedback | None = None
+        #: Alarms raised at start (e.g. a damaged ledger moved aside), also recorded in the ledger.
+        self.alarms: list[str] = []
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -81,6 +84,8 @@ class Runner:
         cfg = self.config
         self.feedback = feedback = make_feedback(cfg.feedback)
         host_ack = host_ack_for(cfg.scanners, in_fault=lambda: feedback.is_on("fault"))
+        # Raises LedgerDamaged when the ledger is damaged and on_corrupt = "refuse".
+        moved = prepare(cfg.ledger.path, on_corrupt=cfg.ledger.on_corrupt)
         ledger = Ledger.open(
             cfg.ledger.path,
             device_id=cfg.station.device_id,
@@ -88,6 +93,9 @@ class Runner:
             double_read_window_s=cfg.codes.double_read_window_s,
             split_packs=cfg.codes.split_packs,
         )
+        if moved is not None:
+            ledger.record_alarm("ledger_damaged", moved.describe())
+            self.alarms.append(moved.describe())
         sinks: list[Sink] = [feedback]
         if host_ack:
             sinks.append(host_ack)

@@ -159,6 +159,8 @@ class Uplink:
         self.published = 0
         self.delivered = 0
         self.failures = 0
+        self.connection_errors = 0
+        self.refused_publishes = 0
         self.last_puback: str | None = None
 
         self._connected = threading.Event()
@@ -268,6 +270,7 @@ class Uplink:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_log = self._on_log
         return client
 
     def _network(self) -> None:
@@ -286,6 +289,7 @@ class Uplink:
                     properties=properties,
                 )
             except (OSError, ssl.SSLError, ValueError) as problem:
+                self.connection_errors += 1
                 log.warning("MQTT broker %s:%d unreachable: %s", cfg.host, cfg.port, problem)
             else:
                 while not self._stopping.is_set():
@@ -365,14 +369,25 @@ class Uplink:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         scan_id = self._inflight.pop(mid, None)
-        if scan_id is None:
-            return  # a status, health or reply message
+        if scan_id is None:  # a status, health or reply message
+            if reason_code.is_failure:
+                # Refused by the broker's ACL, say: surfaced like a refused event.
+                self.refused_publishes += 1
+                log.warning("broker refused a status/health/reply publish: %s (0x%02x)", reason_code, reason_code.value)
+            return
         self._probing = False
         if reason_code.is_failure:
             self._refusals.append((scan_id, reason_code))
             self._wake.set()
         else:
             self._to_record.put((scan_id, reason_code.value))  # stays busy until recorded
+
+    def _on_log(self, client, userdata, level, message) -> None:
+        # With TLS 1.3 a broker refuses a certificate (expired, unknown CA) after
+        # the handshake, on the first read; paho reports that only here.
+        if level == mqtt.MQTT_LOG_ERR:
+            self.connection_errors += 1
+            log.warning("MQTT connection to %s:%d failed: %s", self.config.host, self.config.port, message)
 
     def _on_message(self, client, userdata, message) -> None:
         self._commands.append(message)
@@ -544,6 +559,8 @@ class Uplink:
             "published": self.published,
             "delivered": self.delivered,
             "delivery_failures": self.failures,
+            "connection_errors": self.connection_errors,
+            "refused_publishes": self.refused_publishes,
             "db_bytes": self._outbox.db_bytes(),
         }
 
