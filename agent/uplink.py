@@ -318,8 +318,10 @@ class Uplink:
             return
         log.info("MQTT connected to %s:%d as %s", self.config.host, self.config.port, self.device_id)
         self._connected_at = time.monotonic()
-        client.publish(self.topics.status, "online", qos=1, retain=True)
+        # Subscribe first: the broker handles one client's packets in order, so
+        # whoever sees "online" can already send commands.
         client.subscribe(self.topics.commands, qos=1)
+        client.publish(self.topics.status, "online", qos=1, retain=True)
         self._rescan_at = 0.0  # walk the outbox again from the oldest (paho resends its own window)
         self._probing = True
 

@@ -267,6 +267,8 @@ def test_mqtt_311_delivers_and_answers_with_correlation_field(tmp_path, broker):
     uplink = make_uplink(path, broker.port, pipeline, protocol="3.1.1")
     pipeline.start()
     uplink.start()
+    # connected means subscribed: a command sent before that would find no subscriber.
+    wait_until(lambda: uplink.connected, what="uplink connected")
     commander = Commander(broker.port, BASE, v5=False).start()
     reply = commander.send("set", {"movement": "check"})
     assert reply["ok"] is True and reply["correlation"]
