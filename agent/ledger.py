@@ -40,6 +40,7 @@ GENESIS = "0" * 64
 BILL_LIMIT = 3500
 SCHEMA_VERSION = 2  # 2: the alarms table
 CACHE_KIB = 64_000
+WAL_RESTART_PAGES = 4096  # 16 MB of 4 KiB pages
 
 #: Columns covered by each row's hash, in the order they are stored.
 HASHED = (
@@ -406,12 +407,22 @@ class Checkpointer:
         self._stop.set()
         self._thread.join(10)
 
+    @staticmethod
+    def checkpoint(conn: sqlite3.Connection) -> None:
+        """A passive checkpoint; under a steady stream of scans a passive one never
+        reaches the end of the WAL, which then only grows, so past a bound the WAL
+        is restarted (the pipeline waits a few milliseconds, once per bound)."""
+        _busy, wal_pages, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if wal_pages > WAL_RESTART_PAGES:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def _run(self) -> None:
         conn = connect(self.path)
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_PAGES * 4096}")
         try:
             while not self._stop.wait(self.interval_s):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    self.checkpoint(conn)
                 except sqlite3.Error as problem:
                     log.warning("ledger checkpoint failed: %s", problem)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")

@@ -329,3 +329,23 @@ def test_the_checkpointer_moves_scans_from_the_wal_into_the_database(tmp_path):
         s.scan(f"8123456789012{i:07d}")
     wait_until(lambda: path.stat().st_size > before + 50_000, timeout=10, what="checkpoint into the database file")
     lg.close()
+
+
+def test_a_wal_past_its_bound_is_restarted_and_truncated(tmp_path, monkeypatch):
+    path = tmp_path / "l.db"
+    lg = Ledger.open(path, device_id="k", site_id="s")
+    lg.checkpointer.stop()  # checkpoints by hand here
+    s = Scanner(lg)
+    for i in range(100):
+        s.scan(f"8123456789{i:010d}")
+    wal = path.with_name("l.db-wal")
+    grown = wal.stat().st_size
+    conn = ledger.connect(path)
+    ledger.Checkpointer.checkpoint(conn)  # under the bound: passive, the WAL file stays
+    assert wal.stat().st_size == grown > 0
+    monkeypatch.setattr(ledger, "WAL_RESTART_PAGES", 50)
+    ledger.Checkpointer.checkpoint(conn)  # past it: restarted and truncated
+    assert wal.stat().st_size == 0
+    s.scan("81234567890123456789")
+    assert verify(conn).ok
+    assert conn.execute("SELECT COUNT(*) FROM scans").fetchone()[0] == 101
