@@ -382,17 +382,31 @@ def check_scan_now(cfg: config_mod.Config, timeout: float = 20.0, prompt=None) -
     return Check("scan now", "ok", f"read {len(read.raw)} bytes from {read.source_id}")
 
 
-def check_feedback_selftest(cfg: config_mod.Config, ask=input) -> Check:
-    """Hook: run the feedback backend's ``self_test()`` (LEDs, buzzer) and ask
-    the technician whether it showed. Backends without one are skipped."""
+def ask_on_stderr(question: str) -> str:
+    """Ask on stderr (stdout may carry ``--json``) and read the answer from stdin."""
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
+def check_feedback_selftest(cfg: config_mod.Config, ask=ask_on_stderr) -> Check:
+    """Play every feedback pattern (LEDs, buzzer; on the console backend, lines and
+    bells) and ask the technician whether they showed."""
     from agent.runner import make_feedback
 
     sink = make_feedback(cfg.feedback)
-    self_test = getattr(sink, "self_test", None)
-    if self_test is None:
-        return Check("LEDs and buzzer", "skip", f"feedback backend {cfg.feedback.backend!r} has no self-test")
-    self_test()
-    if ask("did the LEDs light and the buzzer sound? [y/N] ").strip().lower().startswith("y"):
+    try:
+        sink.self_test()
+    finally:
+        sink.close()  # frees the pins for the next check (or the agent)
+    try:
+        answer = ask("did the LEDs light and the buzzer sound? [y/N] ")
+    except EOFError:
+        return Check("LEDs and buzzer", "skip", "patterns played, but nobody answered (input closed)")
+    if answer.strip().lower().startswith("y"):
         return Check("LEDs and buzzer", "ok", "seen and heard")
     return Check("LEDs and buzzer", "fail", "not seen or heard", "check the wiring in hardware.md and [feedback] pins")
 

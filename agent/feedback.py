@@ -30,10 +30,13 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from typing import TextIO
 
 from agent.ledger import Decision
-from agent.patterns import STATES
+from agent.patterns import PATTERN_NAMES, STATES
+
+SELF_TEST = tuple(name for name in PATTERN_NAMES if name != "double_read")
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,12 @@ class Feedback:
 
     def show_states(self, states: frozenset[str]) -> None:
         """Show the device states beneath the patterns."""
+
+    def self_test(self, pause_s: float = 2.5) -> None:
+        """Play every pattern once, in order, for a technician to see and hear (``doctor``)."""
+        for name in SELF_TEST:
+            self.play(name)
+            time.sleep(pause_s)
 
     def close(self) -> None:
         """Release devices; nothing shows afterwards."""

@@ -231,7 +231,8 @@ def test_interactive_scan_now_reads_a_code(tmp_path):
     by_name = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
     assert by_name["scan now"]["status"] == "ok", by_name["scan now"]
     assert b"scan any code now" in done.stderr
-    assert by_name["LEDs and buzzer"]["status"] == "skip", "console feedback has no self-test (yet)"
+    assert by_name["LEDs and buzzer"]["status"] == "skip"  # stdin ended: nobody to answer
+    assert "nobody answered" in by_name["LEDs and buzzer"]["detail"]
 
 
 def test_interactive_scan_now_times_out(tmp_path):
@@ -259,3 +260,23 @@ def test_doctor_cli_on_a_provisioned_kiosk_reaches_the_tls_broker(tmp_path, tls_
         assert "[mqtt]" in by_name["config"]["detail"]
         pytest.skip("agent.config does not know the [mqtt] connection keys on this branch yet")
     assert by_name["config"]["status"] == "ok"
+
+
+def test_led_and_buzzer_self_test_asks_the_technician(monkeypatch):
+    from gpiozero import Device
+
+    from agent import feedback
+    from agent.config import parse_toml
+    from agent.doctor import check_feedback_selftest
+    from tests.support.gpio import mock_factory
+
+    factory = mock_factory()
+    monkeypatch.setattr(Device, "pin_factory", factory)
+    monkeypatch.setattr(feedback, "SELF_TEST", ("accepted",))
+    cfg = parse_toml('[feedback]\nbackend = "gpio"\n')
+    questions = []
+    seen = check_feedback_selftest(cfg, ask=lambda q: questions.append(q) or "y")
+    assert seen.status == "ok" and "LEDs" in questions[0]
+    assert any(state.state for state in factory.pin(cfg.feedback.green_pin).states)
+    unseen = check_feedback_selftest(cfg, ask=lambda q: "n")
+    assert unseen.status == "fail" and "hardware.md" in unseen.fix

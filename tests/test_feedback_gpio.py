@@ -279,3 +279,11 @@ def test_a_late_state_or_verdict_after_close_is_ignored(make, factory):
     fb.play("accepted")
     assert fb.is_on("broker_offline")
     assert not pin(factory, "amber").state and not pin(factory, "green").state
+
+
+def test_self_test_plays_every_pattern_on_every_pin(make, factory):
+    fb = make()
+    fb.self_test(pause_s=2.5)  # longer than the longest pattern
+    assert all(any(on for on, _ in runs(pin(factory, name))) for name in ("green", "red", "amber"))
+    beeps = [on for on, _ in runs(pin(factory, "buzzer")) if on]
+    assert len(beeps) >= 1 + 1 + 3 + 2 + 3  # accepted, duplicate, rejected, product_barcode, fault
