@@ -280,3 +280,29 @@ def test_led_and_buzzer_self_test_asks_the_technician(monkeypatch):
     assert any(state.state for state in factory.pin(cfg.feedback.green_pin).states)
     unseen = check_feedback_selftest(cfg, ask=lambda q: "n")
     assert unseen.status == "fail" and "hardware.md" in unseen.fix
+
+
+def test_doctor_never_prints_a_secret(tmp_path, broker):
+    """Password and private key stay out of doctor's table and JSON, even when checks fail."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    password = "s3cret-PASSWORD-do-not-print"
+    (tmp_path / "pw").write_text(password)
+    (tmp_path / "pw").chmod(0o644)  # readable by all: worth a warning
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    (tmp_path / "device.key").write_text(pem)
+    cfg = write_config(
+        tmp_path,
+        f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\nusername = "kiosk-0042"\n'
+        f'password_file = "{tmp_path / "pw"}"\nkey_file = "{tmp_path / "device.key"}"\n',
+    )
+    outputs = [run_agent("doctor", "--config", str(cfg), *extra) for extra in ((), ("--json",))]
+    body = pem.splitlines()[1]
+    for done in outputs:
+        text = (done.stdout + done.stderr).decode()
+        assert password not in text and body not in text and "PRIVATE KEY" not in text
+    assert "readable" in outputs[0].stdout.decode()  # the permission warning names the file
