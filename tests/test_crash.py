@@ -1,12 +1,10 @@
 """SIGKILL mid-stream: every decision printed as accepted is in the ledger, and the chain verifies."""
 
-import json
-import signal
 import sqlite3
 import threading
 
 from agent import ledger
-from tests.support.agent import start_agent
+from tests.support.agent import decisions_until_killed, start_agent
 
 
 def test_sigkill_loses_no_printed_acceptance(tmp_path):
@@ -24,14 +22,7 @@ def test_sigkill_loses_no_printed_acceptance(tmp_path):
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
-    printed = []
-    for raw in proc.stdout:
-        printed.append(json.loads(raw))
-        if len(printed) == 300:
-            proc.send_signal(signal.SIGKILL)
-            break
-    # Whatever the agent had already written to the pipe was printed before the kill.
-    printed += [json.loads(raw) for raw in proc.stdout.read().splitlines() if raw.strip().endswith(b"}")]
+    printed = decisions_until_killed(proc, 300)
     proc.wait()
     feeder.join(5)
 

@@ -7,16 +7,15 @@ and seq; after every cycle the hash chain verifies and seq has no gaps.
 
 from __future__ import annotations
 
-import json
+import functools
 import random
-import signal
 import threading
 import time
 
 from agent import ledger
 from tests.faults.conftest import cycles
 from tests.faults.ledgers import code
-from tests.support.agent import start_agent
+from tests.support.agent import decisions_until_killed, start_agent
 
 
 class Traffic:
@@ -67,17 +66,7 @@ def test_sigkill_restart_cycles(tmp_path, figures):
                 pass  # killed under us, as intended
 
         threading.Thread(target=feed, daemon=True).start()
-        kill_after = rng.randrange(5, 60)
-        this_run = []
-        for raw in proc.stdout:
-            this_run.append(json.loads(raw))
-            if len(this_run) == 1:
-                figures.recovered(started)
-            if len(this_run) == kill_after:
-                proc.send_signal(signal.SIGKILL)
-                break
-        # What the agent wrote to the pipe before dying was printed, so it counts too.
-        this_run += [json.loads(line) for line in proc.stdout.read().splitlines() if line.endswith(b"}")]
+        this_run = decisions_until_killed(proc, rng.randrange(5, 60), functools.partial(figures.recovered, started))
         proc.wait()
         err_thread.join(5)
         printed += this_run

@@ -16,8 +16,6 @@ import threading
 import time
 from collections import Counter
 
-import pytest
-
 from agent import ledger
 from tests.faults.conftest import cycles
 from tests.faults.ledgers import code
@@ -135,14 +133,6 @@ def check_everything_arrived(agent: ScanningAgent, auditor: Subscriber, db, figu
     figures.sent = len(decided)
     figures.lost = len(decided - set(counts))
     figures.duplicated = sum(n - 1 for n in counts.values())
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path)
-    b.start()
-    yield b
-    b.stop()
 
 
 def saved_after(broker: Mosquitto, moment: float) -> bool:

@@ -6,11 +6,10 @@ its :class:`~agent.sources.serial.SerialSource`.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 import random
-import signal
 import threading
 import time
 
@@ -22,7 +21,7 @@ from tests.faults.conftest import cycles
 from tests.faults.fuzz import fuzzed
 from tests.faults.test_agent_crash import Traffic
 from tests.faults.test_malformed_input import LEDGER_REASONS, Collect
-from tests.support.agent import start_agent
+from tests.support.agent import decisions_until_killed, start_agent
 from tests.support.net import wait_until
 
 SENTINEL = b"89999999999999999999"
@@ -100,18 +99,9 @@ def test_agent_sigkill_restart_cycles_over_serial(tmp_path, pty_pair, figures):
 
             feeder = threading.Thread(target=feed, daemon=True)
             feeder.start()
-            kill_after = rng.randrange(5, 60)
-            this_run = []
-            for raw in proc.stdout:
-                this_run.append(json.loads(raw))
-                if len(this_run) == 1:
-                    figures.recovered(started)
-                if len(this_run) == kill_after:
-                    proc.send_signal(signal.SIGKILL)
-                    break
+            this_run = decisions_until_killed(proc, rng.randrange(5, 60), functools.partial(figures.recovered, started))
             feeding.clear()
             feeder.join(5)
-            this_run += [json.loads(line) for line in proc.stdout.read().splitlines() if line.endswith(b"}")]
             proc.wait()
             printed += this_run
             shown_ok += [ln.split()[-1] for ln in b"".join(err).decode().splitlines() if ln.startswith("[ OK ]")]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +29,22 @@ def run_agent(*args: str, input: bytes | None = None, timeout: float = 60, **env
     return subprocess.run(
         agent_cmd(*args), input=input, capture_output=True, timeout=timeout, env=agent_env(**env), cwd=ROOT
     )
+
+
+def decisions_until_killed(proc: subprocess.Popen, kill_after: int, on_first=None) -> list[dict]:
+    """Read ``scan-agent run --json`` decisions from ``proc``; SIGKILL it after ``kill_after``
+    of them. Returns every decision it printed, including what was still in the pipe:
+    that was printed before the kill, so it counts too. ``on_first()`` runs at the first one."""
+    printed = []
+    for raw in proc.stdout:
+        printed.append(json.loads(raw))
+        if len(printed) == 1 and on_first is not None:
+            on_first()
+        if len(printed) == kill_after:
+            proc.send_signal(signal.SIGKILL)
+            break
+    printed += [json.loads(line) for line in proc.stdout.read().splitlines() if line.strip().endswith(b"}")]
+    return printed
 
 
 def start_agent(*args: str, **env: str) -> subprocess.Popen:
