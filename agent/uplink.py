@@ -65,6 +65,9 @@ READ_AHEAD = 500
 RECORD_GATHER_S = 0.02
 #: uplink-net looks for new events to send at least this often.
 PUMP_S = 0.05
+#: ... and this often while it has room in the window but the uplink thread is
+#: still reading the backlog: paho's loop cannot be woken from another thread.
+STARVED_PUMP_S = 0.002
 #: A connection that lasted this long resets the backoff.
 STABLE_S = 10.0
 #: Even with nothing to retry, walk the whole outbox this often (a safety net).
@@ -106,6 +109,24 @@ class Topics:
     @property
     def reply(self) -> str:
         return f"{self.base}/reply"
+
+
+class _PahoLog(logging.LoggerAdapter):
+    """paho's log, under ``agent.uplink.paho``; its errors are counted as connection errors.
+
+    Given to paho instead of an ``on_log`` callback: paho formats every line
+    for ``on_log``, two per event, while a logger formats only what it emits.
+    """
+
+    def __init__(self, uplink: Uplink) -> None:
+        super().__init__(log.getChild("paho"))
+        self.uplink = uplink
+
+    def log(self, level: int, msg: object, *args, **kwargs) -> None:
+        if level >= logging.ERROR:
+            self.uplink._paho_error(str(msg) % args if args else str(msg))
+        else:
+            super().log(level, msg, *args, **kwargs)
 
 
 class CommandError(Exception):
@@ -270,7 +291,7 @@ class Uplink:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.on_log = self._on_log
+        client.enable_logger(_PahoLog(self))
         return client
 
     def _network(self) -> None:
@@ -293,10 +314,11 @@ class Uplink:
                 log.warning("MQTT broker %s:%d unreachable: %s", cfg.host, cfg.port, problem)
             else:
                 while not self._stopping.is_set():
+                    starved = False
                     if self._connected.is_set() and not self._closing.is_set():
-                        self._pump()
+                        starved = self._pump()
                     # Short timeout: new live events wait at most this long.
-                    if self.client.loop(timeout=PUMP_S) != mqtt.MQTT_ERR_SUCCESS:
+                    if self.client.loop(timeout=STARVED_PUMP_S if starved else PUMP_S) != mqtt.MQTT_ERR_SUCCESS:
                         break
             if self._connected_at and time.monotonic() - self._connected_at >= STABLE_S:
                 # Only a connection that held resets the backoff: a broker that
@@ -340,8 +362,11 @@ class Uplink:
             log.warning("MQTT disconnected: %s; events stay in the outbox", reason_code)
         self._connected.clear()
 
-    def _pump(self) -> None:
-        """Fill the window from the ready events (on uplink-net, so paho is used from one thread)."""
+    def _pump(self) -> bool:
+        """Fill the window from the ready events (on uplink-net, so paho is used from one thread).
+
+        Returns whether the window still has room while the backlog is not all read.
+        """
         # One event first on each connection: a broker that refuses it and then
         # drops us (mosquitto on an ACL denial) still gets its refusal out.
         room = (1 if self._probing else self.config.max_inflight) - len(self._inflight)
@@ -368,6 +393,7 @@ class Uplink:
             room -= 1
         if len(self._ready) < self.config.max_inflight:
             self._wake.set()  # the uplink thread prepares more
+        return room > 0 and not self._caught_up
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         scan_id = self._inflight.pop(mid, None)
@@ -384,12 +410,11 @@ class Uplink:
         else:
             self._to_record.put((scan_id, reason_code.value))  # stays busy until recorded
 
-    def _on_log(self, client, userdata, level, message) -> None:
+    def _paho_error(self, message: str) -> None:
         # With TLS 1.3 a broker refuses a certificate (expired, unknown CA) after
-        # the handshake, on the first read; paho reports that only here.
-        if level == mqtt.MQTT_LOG_ERR:
-            self.connection_errors += 1
-            log.warning("MQTT connection to %s:%d failed: %s", self.config.host, self.config.port, message)
+        # the handshake, on the first read; paho reports that only in its log.
+        self.connection_errors += 1
+        log.warning("MQTT connection to %s:%d failed: %s", self.config.host, self.config.port, message)
 
     def _on_message(self, client, userdata, message) -> None:
         self._commands.append(message)

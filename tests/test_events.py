@@ -7,7 +7,7 @@ from pathlib import Path
 import jsonschema
 
 from agent import codes
-from agent.events import BACKFILL_AFTER_S, event_from_row, hashed_row
+from agent.events import BACKFILL_AFTER_S, encode, event_from_row, hashed_row
 from agent.ledger import Ledger, row_hash
 from agent.outbox import Outbox
 from agent.read import Read
@@ -48,6 +48,22 @@ def test_every_kind_of_event_matches_its_row_hash_and_the_schema(tmp_path):
     assert events[2]["reason"] == "product_barcode" and events[2]["code"] is None
     assert events[3]["kind"] == "gs1" and events[3]["ais"]["21"] == "ABC"
     assert events[1]["prev_hash"] == events[0]["hash"]
+
+
+def test_the_wire_form_is_compact_utf8_json_that_decodes_to_the_event(tmp_path):
+    path = tmp_path / "ledger.db"
+    ledger = Ledger.open(path, device_id="kiosk-1", site_id="site-1")
+    record(ledger, b"81234567890123456789", operator="药师-王", bill="单-1", t=0.0)
+    record(ledger, b"81234567890123456789", t=10.0)  # duplicate: nested "earlier"
+    record(ledger, b"]d20109501101530003" + b"21ABC\x1d17270101", t=30.0)  # GS1: nested "ais"
+    record(ledger, b"\xff\xfe", t=40.0)  # escaped raw bytes
+    for row in Outbox.open(path).pending(0, 100):
+        event = event_from_row(row)
+        wire = encode(event)
+        # The bytes json.dumps would give: UTF-8 (not \\u escapes), no spaces, keys in order.
+        assert wire == json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        assert json.loads(wire) == event
+    assert "药师-王".encode() in encode(event_from_row(Outbox.open(path).pending(0, 1)[0]))
 
 
 def test_an_altered_event_no_longer_matches_its_hash(tmp_path):
