@@ -96,9 +96,16 @@ class Outbox:
             raise
 
     def depth(self) -> int:
-        """How many events are not delivered yet (every delivery has an outbox row)."""
-        outbox = self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        return outbox - self.conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
+        """How many events are not delivered yet.
+
+        Counts only above the delivered floor (see :meth:`oldest_pending_ts`),
+        so a health report on a ledger of millions of delivered events stays cheap.
+        """
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE scan_id > :floor AND NOT EXISTS"
+            " (SELECT 1 FROM deliveries WHERE deliveries.scan_id = outbox.scan_id)",
+            {"floor": self._delivered_floor},
+        ).fetchone()[0]
 
     def oldest_pending_ts(self) -> str | None:
         """When the oldest undelivered event was recorded (ISO UTC), or None."""

@@ -226,6 +226,12 @@ def test_pending_and_delivery(db, scanner):
     assert outbox.oldest_pending_ts() is None and outbox.depth() == 0
     later = scanner.scan("81234567890123456000")
     assert outbox.oldest_pending_ts() == later.ts
+    # depth counts above the delivered floor only; an event delivered out of
+    # order above it is not counted as pending.
+    newer = scanner.scan("81234567890123456001")
+    outbox.mark_delivered([newer.scan_id])
+    assert outbox.depth() == 1
+    assert [r["id"] for r in outbox.pending()] == [later.scan_id]
 
 
 def test_hash_chain_links_every_row(db, scanner):
