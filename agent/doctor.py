@@ -263,9 +263,10 @@ def check_broker(
 
     name = "broker"
     where = f"{host}:{port}"
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"scan-agent-doctor-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
-    )
+    # Not the device id: connecting as the device would take over the running
+    # agent's session on the broker.
+    client_id = f"scan-agent-doctor-{uuid.uuid4().hex[:8]}"
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if username:
         client.username_pw_set(username, password)
     if tls:
@@ -302,7 +303,11 @@ def check_broker(
             return Check(name, "fail", f"no PUBACK from {where} on {topic} ({kind}: {rc})", "check the broker's log")
         if rc.is_failure:
             return Check(
-                name, "fail", f"{where} refused a publish on {topic}: {rc}", f"ask for the ACL to allow {topic}"
+                name,
+                "fail",
+                f"{where} refused a publish on {topic}: {rc}",
+                f"ask for the ACL to allow {topic} (the doctor connects as client id {client_id}:"
+                " an ACL by %c, the client id, needs %u with use_identity_as_username instead)",
             )
         return Check(name, "ok", f"{where}{' TLS' if tls else ''}, QoS 1 publish on {topic} acknowledged")
     except TimeoutError:
@@ -325,28 +330,32 @@ def _auth_fix(tls: bool) -> str:
     return "check [mqtt] username/password"
 
 
-def check_mqtt_from_config(raw: dict[str, Any], device_id: str, timeout: float = 10.0) -> Check:
-    """The broker check with the ``[mqtt]`` settings (read from the TOML: the
-    uplink's MqttConfig owns these keys)."""
-    mqtt = raw.get("mqtt", {}) if isinstance(raw.get("mqtt"), dict) else {}
-    if not mqtt.get("enabled"):
+def check_mqtt_from_config(cfg: config_mod.Config, timeout: float = 10.0) -> Check:
+    """The broker check with the agent's own ``[mqtt]`` settings (:class:`MqttConfig`),
+    publishing on the device's own topics (``{prefix}/{site}/{device}/doctor``), where a
+    per-device ACL such as ``pattern write trace/v1/+/%u/#`` lets the device write."""
+    from agent.uplink import Topics  # paho only when the broker is checked
+
+    mqtt = cfg.mqtt
+    if not mqtt.enabled:
         return Check("broker", "skip", "[mqtt] enabled = false: events stay in the ledger")
     password = None
-    if mqtt.get("password_file"):
+    if mqtt.password_file:
         try:
-            password = Path(mqtt["password_file"]).read_text().strip()
+            # As the uplink reads it: a trailing newline is not part of the password.
+            password = Path(mqtt.password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as problem:
             return Check("broker", "fail", f"password_file: {problem}", "check [mqtt] password_file")
-    prefix = str(mqtt.get("topic_prefix", "scan-agent")).rstrip("/")
+    topics = Topics(mqtt.topic_prefix, cfg.station.site_id, cfg.station.device_id)
     return check_broker(
-        str(mqtt.get("host", "localhost")),
-        int(mqtt.get("port", 8883 if mqtt.get("tls") else 1883)),
-        topic=f"{prefix}/{device_id}/doctor",
-        tls=bool(mqtt.get("tls")),
-        ca_file=mqtt.get("ca_file"),
-        cert_file=mqtt.get("cert_file"),
-        key_file=mqtt.get("key_file"),
-        username=mqtt.get("username"),
+        mqtt.host,
+        mqtt.port,
+        topic=f"{topics.base}/doctor",
+        tls=mqtt.tls,
+        ca_file=mqtt.ca_file or None,
+        cert_file=mqtt.cert_file or None,
+        key_file=mqtt.key_file or None,
+        username=mqtt.username or None,
         password=password,
         timeout=timeout,
     )
@@ -434,10 +443,10 @@ def run_checks(
     checks.append(check_disk(effective.ledger.path))
     checks.append(check_clock())
     checks += check_scanners(effective.scanners)
-    station = raw.get("station", {}) if isinstance(raw.get("station"), dict) else {}
-    checks.append(
-        check_mqtt_from_config(raw, str(station.get("device_id", effective.station.device_id)), broker_timeout)
-    )
+    if cfg is None:
+        checks.append(Check("broker", "skip", "not checked: the config is not valid (see above)"))
+    else:
+        checks.append(check_mqtt_from_config(cfg, broker_timeout))
     if interactive:
         checks.append(check_scan_now(effective, scan_timeout))
         checks.append(check_feedback_selftest(effective))

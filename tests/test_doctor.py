@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,11 +82,30 @@ def test_broker_passes_with_a_test_publish_acknowledged(broker):
     assert "acknowledged" in check.detail
 
 
-def test_broker_wiring_from_the_mqtt_table(broker):
-    raw = {"mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "topic_prefix": "region7"}}
-    check = doctor.check_mqtt_from_config(raw, "kiosk-0042", timeout=10)
-    assert check.status == "ok" and "region7/kiosk-0042/doctor" in check.detail
-    assert doctor.check_mqtt_from_config({"mqtt": {"enabled": False}}, "k").status == "skip"
+def test_broker_wiring_from_the_mqtt_table(tmp_path, broker):
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[station]\ndevice_id = "kiosk-0042"\nsite_id = "site-07"\n'
+        f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "region7"\n'
+    )
+    check = doctor.check_mqtt_from_config(doctor.config_mod.load(path), timeout=10)
+    # The device's own topic, as the uplink builds it: prefix/site/device.
+    assert check.status == "ok" and "region7/site-07/kiosk-0042/doctor" in check.detail, check
+    assert doctor.check_mqtt_from_config(doctor.config_mod.Config()).status == "skip"
+
+
+def test_broker_check_follows_the_uplink_config_and_a_bad_config_is_not_guessed(tmp_path, broker):
+    """The broker check reads what the agent reads: no [mqtt] port means 1883 (MqttConfig's
+    default), and a config the agent would refuse is not used to reach a broker at all."""
+    ok = tmp_path / "ok.toml"
+    ok.write_text(f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\n')
+    by_name = {c.name: c for c in doctor.run_checks(ok, broker_timeout=10)}
+    assert by_name["broker"].status == "ok" and "trace/v1/site-01/kiosk-0001/doctor" in by_name["broker"].detail
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\ncert_file = "/x.crt"\n')
+    by_name = {c.name: c for c in doctor.run_checks(bad, broker_timeout=10)}
+    assert by_name["config"].failed and "cert_file" in by_name["config"].detail
+    assert by_name["broker"].status == "skip" and "config is not valid" in by_name["broker"].detail
 
 
 def test_publish_refused_by_the_acl_fails(tmp_path):
@@ -135,8 +153,7 @@ def test_tls_broker_passes_with_a_provisioned_device(tmp_path, tls_broker):
     signed = tmp_path / "signed.crt"
     signed.write_bytes(ca.sign_csr(made.stdout))
     assert run_agent("provision", "--install-cert", str(signed), "--dir", str(etc)).returncode == 0
-    raw = tomllib.loads((etc / "agent.toml").read_text())
-    check = doctor.check_mqtt_from_config(raw, "kiosk-0042", timeout=10)
+    check = doctor.check_mqtt_from_config(doctor.config_mod.load(etc / "agent.toml"), timeout=10)
     assert check.status == "ok", check
     assert "TLS" in check.detail
 
@@ -255,10 +272,6 @@ def test_doctor_cli_on_a_provisioned_kiosk_reaches_the_tls_broker(tmp_path, tls_
     by_name = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
     assert by_name["broker"]["status"] == "ok", by_name["broker"]
     assert by_name["secret permissions"]["status"] == "ok", "provision leaves no secret readable by others"
-    if by_name["config"]["status"] == "fail":
-        # agent.config learns the [mqtt] keys (host, port, tls, ...) with the uplink work.
-        assert "[mqtt]" in by_name["config"]["detail"]
-        pytest.skip("agent.config does not know the [mqtt] connection keys on this branch yet")
     assert by_name["config"]["status"] == "ok"
 
 
