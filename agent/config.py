@@ -159,9 +159,15 @@ class FeedbackConfig:
     states: dict[str, dict[str, Step]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_LOOKS.items()})
 
 
+MQTT_TLS_PORT = 8883
+
+
 @dataclass(frozen=True)
 class MqttConfig:
-    """The uplink to the regional broker (``[mqtt]``); see ``agent/uplink.py``."""
+    """The uplink to the regional broker (``[mqtt]``); see ``agent/uplink.py``.
+
+    ``port`` defaults to 1883, or :data:`MQTT_TLS_PORT` when the table sets ``tls = true``.
+    """
 
     enabled: bool = False
     host: str = "localhost"
@@ -470,13 +476,15 @@ _PINS = ("green", "red", "amber", "buzzer")
 
 def _mqtt(t: Table) -> MqttConfig:
     d = MqttConfig()
+    tls = t.get("tls", d.tls, bool)
     mqtt = MqttConfig(
         enabled=t.get("enabled", d.enabled, bool),
         host=t.text("host", d.host, nonempty=True),
-        port=t.integer("port", d.port, 1, 65535),
+        # MQTT's registered ports: 8883 over TLS, 1883 without.
+        port=t.integer("port", MQTT_TLS_PORT if tls else d.port, 1, 65535),
         protocol=t.choice("protocol", d.protocol, MQTT_PROTOCOLS),
         keepalive_s=t.integer("keepalive_s", d.keepalive_s, 5, 3600),
-        tls=t.get("tls", d.tls, bool),
+        tls=tls,
         ca_file=t.text("ca_file", d.ca_file),
         cert_file=t.text("cert_file", d.cert_file),
         key_file=t.text("key_file", d.key_file),

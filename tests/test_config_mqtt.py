@@ -17,6 +17,12 @@ def test_defaults():
     )
 
 
+def test_port_defaults_to_8883_with_tls_and_1883_without():
+    assert parse_toml("[mqtt]\n").mqtt.port == 1883
+    assert parse_toml("[mqtt]\ntls = true\n").mqtt.port == 8883
+    assert parse_toml("[mqtt]\ntls = true\nport = 9883\n").mqtt.port == 9883
+
+
 def test_all_keys_read(tmp_path):
     for name in ("ca.pem", "c.pem", "c.key", "pw"):
         (tmp_path / name).write_text("x")
