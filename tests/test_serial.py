@@ -33,6 +33,8 @@ def frames(framer: LineFramer, *chunks: bytes) -> list[bytes]:
     ("terminator", "wire", "expected"),
     [
         ("cr", b"8123\r456\r", [b"8123\r", b"456\r"]),
+        # A scanner left on CR LF with terminator = "cr": the LF belongs to the CR before it.
+        ("cr", b"8123\r\n456\r\n", [b"8123\r", b"456\r"]),
         ("lf", b"8123\n456\n", [b"8123\n", b"456\n"]),
         ("lf", b"8123\r\n456\r\n", [b"8123\r\n", b"456\r\n"]),
         ("crlf", b"8123\r\n456\r\n", [b"8123\r\n", b"456\r\n"]),
@@ -47,6 +49,7 @@ def test_terminators(terminator, wire, expected):
 def test_crlf_split_across_reads_is_one_terminator_never_an_empty_scan():
     assert frames(LineFramer("any"), b"8123\r", b"\n", b"456\r", b"\n") == [b"8123\r", b"456\r"]
     assert frames(LineFramer("crlf"), b"8123\r", b"\n") == [b"8123\r\n"]
+    assert frames(LineFramer("cr"), b"8123\r", b"\n456\r", b"\n") == [b"8123\r", b"456\r"]
 
 
 def test_terminators_alone_are_not_scans():

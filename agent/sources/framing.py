@@ -45,7 +45,9 @@ class LineFramer:
 
     ``any`` ends a scan at CR, LF or CR LF: the scan is handed over at the CR
     (without waiting to see whether an LF follows) and an LF right after it is
-    dropped as part of that terminator. Empty lines (a terminator alone) are not scans and produce
+    dropped as part of that terminator. ``cr`` drops an LF right after the CR too:
+    a scanner left on its CR LF default would otherwise start every next scan with
+    an LF, and each would be rejected. Empty lines (a terminator alone) are not scans and produce
     nothing. ``read_timeout`` (seconds, or None) ends a scan that stops
     without a terminator: see :meth:`expire`.
     """
@@ -60,7 +62,7 @@ class LineFramer:
         self._t_first = 0.0
         self._t_last = 0.0
         self._skipping = False  # after an overlong line, until the next terminator
-        self._after_cr = False  # last byte ended a scan with CR ("any"): a following LF belongs to it
+        self._after_cr = False  # last byte ended a scan with CR ("any", "cr"): a following LF belongs to it
         self._prev = -1  # the byte before this one (for "crlf")
         self.dropped = 0  # bytes thrown away from overlong lines, for logs
 
@@ -80,7 +82,7 @@ class LineFramer:
             if self._skipping:
                 if end:
                     self._skipping = False
-                    self._after_cr = byte == CR and self.terminator == "any"
+                    self._after_cr = byte == CR and self.terminator in ("any", "cr")
                 else:
                     self.dropped += 1
                 continue
@@ -89,7 +91,7 @@ class LineFramer:
             self._buf.append(byte)
             self._t_last = now
             if end:
-                self._after_cr = byte == CR and self.terminator == "any"
+                self._after_cr = byte == CR and self.terminator in ("any", "cr")
                 if len(self._buf) > (2 if self.terminator == "crlf" else 1):
                     frames.append(self._take())
                 else:
