@@ -119,6 +119,11 @@ class Outbox:
         self._delivered_floor = max(self._delivered_floor, newest)
         return None
 
+    def alarms(self, limit: int = 10) -> list[dict]:
+        """The latest alarms (e.g. ``ledger_damaged``), newest first, as ``{id, ts, kind, detail}``."""
+        rows = self.conn.execute("SELECT id, ts, kind, detail FROM alarms ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(row) for row in rows]
+
     def db_bytes(self) -> int:
         """Size of the database on disk, WAL included."""
         if self.path is None:

@@ -589,6 +589,8 @@ class Uplink:
             "connection_errors": self.connection_errors,
             "refused_publishes": self.refused_publishes,
             "db_bytes": self._outbox.db_bytes(),
+            # Alarms are append-only: the back end keeps them by id and acts on new ones.
+            "alarms": self._outbox.alarms(),
         }
 
     # -- commands ----------------------------------------------------------------

@@ -238,6 +238,13 @@ def test_health_on_request_and_as_heartbeat(station, broker):
     assert health["scanners"] == {"console": True, "dock": False} and health["scanners_connected"] == 1
     assert health["db_bytes"] > 0 and health["uptime_s"] > 0
     assert set(health) >= {"outbox_depth", "oldest_undelivered_age_s", "last_puback"}
+    assert health["alarms"] == []
+    # An alarm in the ledger (as the runner records a damaged ledger moved aside) is reported.
+    alarm_id = pipeline.ledger.record_alarm("ledger_damaged", "ledger.db moved to ledger.db.damaged-1")
+    alarms = commander.send("health", {})["result"]["alarms"]
+    assert [(a["id"], a["kind"], a["detail"]) for a in alarms] == [
+        (alarm_id, "ledger_damaged", "ledger.db moved to ledger.db.damaged-1")
+    ]
     beats = wait_until(lambda: heartbeat.on("/health"), timeout=5, what="heartbeat")
     beat = json.loads(beats[-1].payload)
     wait_until(lambda: uplink.delivered >= 2, what="both delivered")
