@@ -96,8 +96,7 @@ def test_install_cert_accepts_the_cas_certificate_for_this_key(tmp_path, ca):
 
 def test_install_cert_refuses_a_certificate_for_another_key(tmp_path, ca):
     provision_cli(tmp_path, ca)
-    other = tmp_path / "other.crt"
-    other.write_bytes(ca.cert_for_new_key("kiosk-0042"))
+    other, _ = ca.client_cert("kiosk-0042")  # the right CA and name, but a key this device never made
     done = run_agent("provision", "--install-cert", str(other), "--dir", str(tmp_path / "etc"))
     assert done.returncode == 1
     assert b"for another key" in done.stderr

@@ -17,14 +17,14 @@ from tests.support.backlog import fill_ledger
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import Subscriber
 from tests.support.net import free_port, wait_until
-from tests.support.tls import TestPKI
+from tests.support.pki import TestCA
 
 
 @pytest.fixture
 def tls_broker(tmp_path):
     """A broker with a plain listener (for the test's collector, read-only) and an mTLS one."""
-    pki = TestPKI(tmp_path)
-    server_cert, server_key = pki.server()
+    ca = TestCA(tmp_path)
+    server_cert, server_key = ca.server_cert()
     acl = tmp_path / "acl"
     acl.write_text(
         "# anonymous clients (the test's collector on the plain listener) may read everything\n"
@@ -43,7 +43,7 @@ def tls_broker(tmp_path):
         extra_conf=(
             f"acl_file {acl}\n"
             f"listener {tls_port} 127.0.0.1\n"
-            f"cafile {pki.ca_file}\n"
+            f"cafile {ca.cert_path}\n"
             f"certfile {server_cert}\n"
             f"keyfile {server_key}\n"
             "require_certificate true\n"
@@ -52,19 +52,19 @@ def tls_broker(tmp_path):
     )
     broker.start()
     broker.start_tls_port = tls_port
-    yield broker, pki, tls_port
+    yield broker, ca, tls_port
     broker.stop()
 
 
-def tls_uplink(path, pki, port, cert_for, site_id="site-1", protocol="5") -> Uplink:
-    cert, key = pki.client(cert_for)
+def tls_uplink(path, ca, port, cert_for, site_id="site-1", protocol="5") -> Uplink:
+    cert, key = ca.client_cert(cert_for)
     config = MqttConfig(
         enabled=True,
         host="127.0.0.1",
         port=port,
         protocol=protocol,
         tls=True,
-        ca_file=str(pki.ca_file),
+        ca_file=str(ca.cert_path),
         cert_file=str(cert),
         key_file=str(key),
     )
@@ -80,11 +80,11 @@ def deliveries(path) -> int:
 
 
 def test_device_with_its_certificate_publishes_its_own_topics(tmp_path, tls_broker):
-    broker, pki, tls_port = tls_broker
+    broker, ca, tls_port = tls_broker
     path = tmp_path / "ledger.db"
     fill_ledger(path, 20, device_id="kiosk-1", site_id="site-1")
     collector = Subscriber(broker.port, "trace/v1/#").start()
-    uplink = tls_uplink(path, pki, tls_port, cert_for="kiosk-1")
+    uplink = tls_uplink(path, ca, tls_port, cert_for="kiosk-1")
     uplink.start()
     wait_until(lambda: deliveries(path) == 20, timeout=20, what="20 delivered over mTLS")
     uplink.stop()
@@ -98,11 +98,11 @@ def test_device_with_its_certificate_publishes_its_own_topics(tmp_path, tls_brok
 def test_publish_outside_the_acl_is_not_counted_delivered(tmp_path, tls_broker):
     """mosquitto 2.0 answers an ACL-denied QoS 1 publish from a v5 client with PUBACK
     0x87 "Not authorized" (and then drops the connection)."""
-    broker, pki, tls_port = tls_broker
+    broker, ca, tls_port = tls_broker
     path = tmp_path / "ledger.db"
     fill_ledger(path, 20, device_id="kiosk-1", site_id="site-9")  # events for a site it may not write
     collector = Subscriber(broker.port, "trace/v1/#").start()
-    uplink = tls_uplink(path, pki, tls_port, cert_for="kiosk-1", site_id="site-9")
+    uplink = tls_uplink(path, ca, tls_port, cert_for="kiosk-1", site_id="site-9")
     uplink.start()
     wait_until(lambda: uplink.failures >= 1, timeout=20, what="a refusal counted")
     denied = "Denied PUBLISH from kiosk-1 (d1"  # a resend after the broker dropped the connection
@@ -119,10 +119,10 @@ def test_publish_outside_the_acl_is_not_counted_delivered(tmp_path, tls_broker):
 def test_mqtt_311_cannot_tell_a_denied_publish_from_a_delivered_one(tmp_path, tls_broker):
     """The limit of MQTT 3.1.1, pinned: its PUBACK has no reason code, so mosquitto
     acknowledges a denied publish like any other. Keep ``protocol = "5"`` where ACLs matter."""
-    broker, pki, tls_port = tls_broker
+    broker, ca, tls_port = tls_broker
     path = tmp_path / "ledger.db"
     fill_ledger(path, 1, device_id="kiosk-1", site_id="site-9")
-    uplink = tls_uplink(path, pki, tls_port, cert_for="kiosk-1", site_id="site-9", protocol="3.1.1")
+    uplink = tls_uplink(path, ca, tls_port, cert_for="kiosk-1", site_id="site-9", protocol="3.1.1")
     uplink.start()
     wait_until(lambda: "Denied PUBLISH from kiosk-1" in broker.log.read_text(), timeout=20, what="denial")
     wait_until(lambda: deliveries(path) == 1, timeout=10, what="counted as delivered")
@@ -131,10 +131,10 @@ def test_mqtt_311_cannot_tell_a_denied_publish_from_a_delivered_one(tmp_path, tl
 
 
 def test_a_client_without_a_certificate_is_refused(tls_broker):
-    broker, pki, tls_port = tls_broker
+    broker, ca, tls_port = tls_broker
     connected = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="intruder", protocol=mqtt.MQTTv5)
-    client.tls_set(ca_certs=str(pki.ca_file), cert_reqs=ssl.CERT_REQUIRED)
+    client.tls_set(ca_certs=str(ca.cert_path), cert_reqs=ssl.CERT_REQUIRED)
     client.on_connect = lambda c, u, f, rc, p: rc.is_failure or connected.set()
     refused = False
     try:

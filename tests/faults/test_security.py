@@ -5,16 +5,11 @@ Reuses the mTLS + pattern-ACL broker of ``tests/test_uplink_tls.py`` (CN = devic
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import ssl
 
 import paho.mqtt.client as mqtt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.config import MqttConfig
 from agent.ledger import connect
@@ -24,33 +19,10 @@ from tests.support.agent import run_agent, start_agent
 from tests.support.backlog import fill_ledger
 from tests.support.mqtt import Subscriber
 from tests.support.net import wait_until
-from tests.support.tls import TestPKI
+from tests.support.pki import TestCA
 from tests.test_uplink_tls import tls_broker  # noqa: F401  (the fixture)
 
 PASSWORD = "pw-Zq8!never-print-me"
-
-
-def expired_client(pki: TestPKI, device_id: str) -> tuple[str, str]:
-    """A client certificate from the right CA that expired yesterday."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-        .issuer_name(pki.ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=30))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(pki.ca_key, hashes.SHA256())
-    )
-    cert_file, key_file = pki.dir / "expired.pem", pki.dir / "expired.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_file), str(key_file)
 
 
 def uplink_for(path, port, *, ca, cert, key, device_id="kiosk-1", site_id="site-1") -> Uplink:
@@ -94,28 +66,28 @@ def refused_for(tmp_path, broker, tls_port, caplog, *, ca, cert, key) -> list[st
 
 
 def test_expired_certificate_is_refused(tmp_path, tls_broker, caplog, figures):  # noqa: F811
-    broker, pki, tls_port = tls_broker
-    cert, key = expired_client(pki, "kiosk-1")
-    messages = refused_for(tmp_path, broker, tls_port, caplog, ca=pki.ca_file, cert=cert, key=key)
+    broker, ca, tls_port = tls_broker
+    cert, key = ca.client_cert("kiosk-1", expired=True)
+    messages = refused_for(tmp_path, broker, tls_port, caplog, ca=ca.cert_path, cert=cert, key=key)
     assert "certificate verify failed" in broker.log.read_text()
     assert any("MQTT connection" in m and "failed" in m for m in messages), messages  # the agent says so too
     figures.fault, figures.cycles = "mTLS: expired / other-CA certificates refused, both ways", 1
 
 
 def test_certificate_from_another_ca_is_refused(tmp_path, tls_broker, caplog, figures):  # noqa: F811
-    broker, pki, tls_port = tls_broker
-    other = TestPKI(tmp_path / "other")
-    cert, key = other.client("kiosk-1")  # right name, wrong issuer
-    refused_for(tmp_path, broker, tls_port, caplog, ca=pki.ca_file, cert=cert, key=key)
+    broker, ca, tls_port = tls_broker
+    other = TestCA(tmp_path, "Other CA")
+    cert, key = other.client_cert("kiosk-1")  # right name, wrong issuer
+    refused_for(tmp_path, broker, tls_port, caplog, ca=ca.cert_path, cert=cert, key=key)
     assert "certificate verify failed" in broker.log.read_text() or "unknown ca" in broker.log.read_text()
     figures.fault, figures.cycles = "mTLS: expired / other-CA certificates refused, both ways", 1
 
 
 def test_agent_refuses_a_broker_from_another_ca(tmp_path, tls_broker, caplog, figures):  # noqa: F811
-    broker, pki, tls_port = tls_broker
-    other = TestPKI(tmp_path / "other")
-    cert, key = pki.client("kiosk-1")
-    messages = refused_for(tmp_path, broker, tls_port, caplog, ca=other.ca_file, cert=cert, key=key)
+    broker, ca, tls_port = tls_broker
+    other = TestCA(tmp_path, "Other CA")
+    cert, key = ca.client_cert("kiosk-1")
+    messages = refused_for(tmp_path, broker, tls_port, caplog, ca=other.cert_path, cert=cert, key=key)
     assert any("certificate verify failed" in m for m in messages), messages
     figures.fault, figures.cycles = "mTLS: expired / other-CA certificates refused, both ways", 1
 
@@ -123,13 +95,13 @@ def test_agent_refuses_a_broker_from_another_ca(tmp_path, tls_broker, caplog, fi
 def test_device_confined_to_its_own_topics(tmp_path, tls_broker, caplog, figures):  # noqa: F811
     """A device whose certificate says kiosk-2 but whose config says kiosk-1 may not
     publish as kiosk-1: refused, logged, counted in health, nothing recorded as delivered."""
-    broker, pki, tls_port = tls_broker
+    broker, ca, tls_port = tls_broker
     path = tmp_path / "ledger.db"
     fill_ledger(path, 10, device_id="kiosk-1", site_id="site-1")
     collector = Subscriber(broker.port, "trace/v1/#").start()
-    cert, key = pki.client("kiosk-2")
+    cert, key = ca.client_cert("kiosk-2")
     caplog.set_level(logging.WARNING, logger="agent.uplink")
-    uplink = uplink_for(path, tls_port, ca=pki.ca_file, cert=cert, key=key)
+    uplink = uplink_for(path, tls_port, ca=ca.cert_path, cert=cert, key=key)
     uplink.start()
     try:
         wait_until(lambda: uplink.failures + uplink.refused_publishes >= 1, timeout=20, what="a refusal counted")
@@ -151,10 +123,10 @@ def test_device_confined_to_its_own_topics(tmp_path, tls_broker, caplog, figures
 
 def test_other_device_cannot_command_this_one(tmp_path, tls_broker):  # noqa: F811
     """kiosk-2 publishing on kiosk-1's command topic is denied by the broker; kiosk-1 never sees it."""
-    broker, pki, tls_port = tls_broker
-    cert, key = pki.client("kiosk-2")
+    broker, ca, tls_port = tls_broker
+    cert, key = ca.client_cert("kiosk-2")
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kiosk-2", protocol=mqtt.MQTTv5)
-    client.tls_set(ca_certs=str(pki.ca_file), certfile=cert, keyfile=key, cert_reqs=ssl.CERT_REQUIRED)
+    client.tls_set(ca_certs=str(ca.cert_path), certfile=cert, keyfile=key, cert_reqs=ssl.CERT_REQUIRED)
     acks = []
     client.on_publish = lambda c, u, mid, rc, p: acks.append(rc)
     client.connect("127.0.0.1", tls_port)
@@ -169,8 +141,8 @@ def test_other_device_cannot_command_this_one(tmp_path, tls_broker):  # noqa: F8
 
 
 def test_no_secret_in_logs_health_or_exports(tmp_path, tls_broker):  # noqa: F811
-    broker, pki, tls_port = tls_broker
-    cert, key = pki.client("kiosk-1")
+    broker, ca, tls_port = tls_broker
+    cert, key = ca.client_cert("kiosk-1")
     password = tmp_path / "mqtt.password"
     password.write_text(PASSWORD + "\n")
     password.chmod(0o600)
@@ -181,7 +153,7 @@ def test_no_secret_in_logs_health_or_exports(tmp_path, tls_broker):  # noqa: F81
         '[station]\ndevice_id = "kiosk-1"\nsite_id = "site-1"\n'
         f'[ledger]\npath = "{db}"\n[feedback]\nbackend = "console"\n'
         f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {tls_port}\ntls = true\n'
-        f'ca_file = "{pki.ca_file}"\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+        f'ca_file = "{ca.cert_path}"\ncert_file = "{cert}"\nkey_file = "{key}"\n'
         f'username = "kiosk-1"\npassword_file = "{password}"\nhealth_interval_s = 1\n'
     )
     collector = Subscriber(broker.port, "trace/v1/#").start()
