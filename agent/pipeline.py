@@ -72,7 +72,7 @@ class Pipeline:
         self.sinks = list(sinks)
         self.leading_digits = tuple(leading_digits)
         self.accept_gs1 = accept_gs1
-        self.queue: queue.Queue = queue.Queue()
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.last_progress = time.monotonic()
         self.faulted = False
         self._thread: threading.Thread | None = None
