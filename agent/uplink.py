@@ -66,7 +66,8 @@ RECORD_GATHER_S = 0.02
 #: uplink-net looks for new events to send at least this often.
 PUMP_S = 0.05
 #: ... and this often while it has room in the window but the uplink thread is
-#: still reading the backlog: paho's loop cannot be woken from another thread.
+#: still reading the backlog: paho has no public way to wake its loop short of
+#: sending something, so the uplink thread cannot say "rows ready".
 STARVED_PUMP_S = 0.002
 #: A connection that lasted this long resets the backoff.
 STABLE_S = 10.0
@@ -123,10 +124,14 @@ class _PahoLog(logging.LoggerAdapter):
         self.uplink = uplink
 
     def log(self, level: int, msg: object, *args, **kwargs) -> None:
-        if level >= logging.ERROR:
-            self.uplink._paho_error(str(msg) % args if args else str(msg))
-        else:
-            super().log(level, msg, *args, **kwargs)
+        # paho guards an on_log callback but not a logger: nothing may escape into its loop.
+        try:
+            if level >= logging.ERROR:
+                self.uplink._paho_error(str(msg) % args if args else str(msg))
+            else:
+                super().log(level, msg, *args, **kwargs)
+        except Exception:
+            log.exception("could not log a paho message %r", msg)
 
 
 class CommandError(Exception):
@@ -393,7 +398,7 @@ class Uplink:
             room -= 1
         if len(self._ready) < self.config.max_inflight:
             self._wake.set()  # the uplink thread prepares more
-        return room > 0 and not self._caught_up
+        return room > 0 and (not self._caught_up or bool(self._ahead))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         scan_id = self._inflight.pop(mid, None)

@@ -226,12 +226,24 @@ def test_pending_and_delivery(db, scanner):
     assert outbox.oldest_pending_ts() is None and outbox.depth() == 0
     later = scanner.scan("81234567890123456000")
     assert outbox.oldest_pending_ts() == later.ts
-    # depth counts above the delivered floor only; an event delivered out of
-    # order above it is not counted as pending.
-    newer = scanner.scan("81234567890123456001")
-    outbox.mark_delivered([newer.scan_id])
-    assert outbox.depth() == 1
-    assert [r["id"] for r in outbox.pending()] == [later.scan_id]
+
+
+def test_depth_matches_a_full_count_whatever_the_delivery_order(db, scanner):
+    """depth() counts only above the floor that oldest_pending_ts raises: it must still
+    equal a count of every undelivered event, with deliveries in any order."""
+    import random
+
+    ids = [scanner.scan(f"8123456789012345{n:04d}").scan_id for n in range(40)]
+    outbox = Outbox(db.conn)
+    undelivered = "SELECT COUNT(*) FROM outbox WHERE scan_id NOT IN (SELECT scan_id FROM deliveries)"
+    order = random.Random(7).sample(ids, len(ids))
+    for batch in (order[:3], order[3:4], [min(ids)], order[4:20], sorted(ids)[:25], order[20:], []):
+        outbox.mark_delivered(batch)
+        outbox.oldest_pending_ts()  # raises the floor as the uplink's health report does
+        assert outbox.depth() == db.conn.execute(undelivered).fetchone()[0]
+        assert outbox.depth() == len(outbox.pending(0, 1000))
+    later = scanner.scan("81234567890123459999")
+    assert outbox.depth() == 1 and outbox.oldest_pending_ts() == later.ts
 
 
 def test_hash_chain_links_every_row(db, scanner):

@@ -286,3 +286,19 @@ def test_mqtt_311_delivers_and_answers_with_correlation_field(tmp_path, broker):
     uplink.stop()
     pipeline.stop()
     sub.stop()
+
+
+def test_the_sender_polls_fast_only_while_it_has_room_and_backlog_left(tmp_path):
+    """uplink-net waits 2 ms instead of 50 ms in paho's loop exactly when the window has
+    room and backlog rows are still to be read or wait in the read-ahead."""
+    uplink = Uplink(
+        MqttConfig(enabled=True, max_inflight=4), db_path=tmp_path / "l.db", device_id="kiosk-1", site_id="site-1"
+    )
+    uplink._probing = False
+    assert uplink._pump() is True  # the backlog is not read yet
+    uplink._caught_up = True
+    assert uplink._pump() is False  # all read: new events arrive through decided()
+    uplink._ahead.append({"id": 1})
+    assert uplink._pump() is True  # read, but not made ready yet
+    uplink._inflight.update({mid: mid for mid in range(4)})
+    assert uplink._pump() is False  # window full: PUBACKs wake the loop
