@@ -33,9 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.config import MQTT_TLS_PORT
+
 DEFAULT_DIR = Path("/etc/scan-agent")
 AGENT_USER = "scan-agent"
-DEFAULT_TLS_PORT = 8883
 
 
 class ProvisionError(Exception):
@@ -86,7 +87,7 @@ def parse_broker(text: str) -> tuple[str, int]:
     >>> parse_broker("mqtt.example"), parse_broker("10.0.0.5:9883"), parse_broker("[::1]:8884")
     (('mqtt.example', 8883), ('10.0.0.5', 9883), ('::1', 8884))
     """
-    host, port = text, DEFAULT_TLS_PORT
+    host, port = text, MQTT_TLS_PORT
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         if rest:
