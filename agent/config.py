@@ -185,6 +185,15 @@ class MqttConfig:
     health_interval_s: float = 30.0
     backoff_max_s: float = 60.0
 
+    def password(self) -> str | None:
+        """The password from ``password_file`` (a trailing newline is not part of it), or None.
+
+        Raises :class:`OSError` if the file cannot be read.
+        """
+        if not self.password_file:
+            return None
+        return Path(self.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+
 
 @dataclass(frozen=True)
 class Config:

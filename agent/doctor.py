@@ -339,13 +339,10 @@ def check_mqtt_from_config(cfg: config_mod.Config, timeout: float = 10.0) -> Che
     mqtt = cfg.mqtt
     if not mqtt.enabled:
         return Check("broker", "skip", "[mqtt] enabled = false: events stay in the ledger")
-    password = None
-    if mqtt.password_file:
-        try:
-            # As the uplink reads it: a trailing newline is not part of the password.
-            password = Path(mqtt.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as problem:
-            return Check("broker", "fail", f"password_file: {problem}", "check [mqtt] password_file")
+    try:
+        password = mqtt.password()
+    except OSError as problem:
+        return Check("broker", "fail", f"password_file: {problem}", "check [mqtt] password_file")
     topics = Topics(mqtt.topic_prefix, cfg.station.site_id, cfg.station.device_id)
     return check_broker(
         mqtt.host,

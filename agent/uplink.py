@@ -287,10 +287,7 @@ class Uplink:
                 cert_reqs=ssl.CERT_REQUIRED,
             )
         if cfg.username:
-            password = None
-            if cfg.password_file:
-                password = Path(cfg.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-            client.username_pw_set(cfg.username, password)
+            client.username_pw_set(cfg.username, cfg.password())
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

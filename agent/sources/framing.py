@@ -62,7 +62,9 @@ class LineFramer:
         self._t_first = 0.0
         self._t_last = 0.0
         self._skipping = False  # after an overlong line, until the next terminator
-        self._after_cr = False  # last byte ended a scan with CR ("any", "cr"): a following LF belongs to it
+        # With these, an LF right after a CR that ended a scan belongs to that CR.
+        self._lf_joins_cr = terminator in ("any", "cr")
+        self._after_cr = False  # last byte ended a scan with CR: a following LF belongs to it
         self._prev = -1  # the byte before this one (for "crlf")
         self.dropped = 0  # bytes thrown away from overlong lines, for logs
 
@@ -82,7 +84,7 @@ class LineFramer:
             if self._skipping:
                 if end:
                     self._skipping = False
-                    self._after_cr = byte == CR and self.terminator in ("any", "cr")
+                    self._after_cr = byte == CR and self._lf_joins_cr
                 else:
                     self.dropped += 1
                 continue
@@ -91,7 +93,7 @@ class LineFramer:
             self._buf.append(byte)
             self._t_last = now
             if end:
-                self._after_cr = byte == CR and self.terminator in ("any", "cr")
+                self._after_cr = byte == CR and self._lf_joins_cr
                 if len(self._buf) > (2 if self.terminator == "crlf" else 1):
                     frames.append(self._take())
                 else:
