@@ -130,9 +130,11 @@ class Runner:
                     report_presence(sources, feedback)
                     presence_due += 1.0
         finally:
-            notifier.stopping()
+            # The watchdog thread is joined first: a ping after STOPPING=1 would
+            # reach a service systemd already treats as stopping.
             if watchdog is not None:
                 watchdog.stop()
+            notifier.stopping()
             for source in sources:
                 source.stop()
             pipeline.stop()
