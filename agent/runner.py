@@ -16,6 +16,7 @@ stdin does at EOF) and then finishes every queued scan before returning.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -54,6 +55,20 @@ log = logging.getLogger(__name__)
 #: without progress means it is stuck, and the watchdog pings stop.
 PIPELINE_STALL_S = 10.0
 PRESENCE_GRACE_S = 2.0
+
+
+def settle_heap() -> None:
+    """Collect once, then leave everything built so far out of later garbage collections.
+
+    A full collection walks every tracked object while holding the GIL, so no
+    reader thread runs meanwhile: about 20 ms for the agent's startup objects on
+    a server core (bench/gc_pause.py), several times that on a Pi. A keyboard-wedge
+    scanner typing a key a millisecond fills the kernel's 64-event buffer in about
+    10 ms, and the keys beyond it are lost. Frozen, the startup objects cost
+    later collections nothing; objects made afterwards are collected as before.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class Runner:
@@ -111,6 +126,7 @@ class Runner:
         sources = [self.make_source(s) for s in cfg.scanners]
         uplink = self.make_uplink(pipeline, sources) if cfg.mqtt.enabled else None
         log.info("scan-agent up: %s, ledger %s, movement %s", cfg.source, cfg.ledger.path, cfg.station.movement)
+        settle_heap()
         pipeline.start()
         if uplink is not None:
             uplink.start()  # connects in the background; scans never wait for it
