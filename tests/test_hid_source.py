@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from evdev import InputEvent
 from evdev import ecodes as e
 
 from agent.ledger import Ledger
@@ -159,7 +160,7 @@ def test_a_device_someone_else_grabbed_is_not_read(inputs, reads, caplog):
 
 def test_selected_by_stable_path(inputs, reads):
     scanner = inputs.plug("event5", NEWLAND)
-    inputs.plug("event6", NEWLAND_2)
+    twin = inputs.plug("event6", NEWLAND_2)
     by_id = Path(inputs.dir) / "by-id"
     by_id.mkdir()
     link = by_id / "usb-Newland_FM430_NLS0001-event-kbd"
@@ -167,7 +168,9 @@ def test_selected_by_stable_path(inputs, reads):
     source = start(inputs, reads, match=DeviceMatch(path=str(link)))
     try:
         wait_until(lambda: scanner.grabbed, 2, what="grabbed by path")
-        assert list(source.devices) == [str(Path(inputs.dir) / "event5")]
+        # The finder grabs, then hands the device to the reader.
+        wait_until(lambda: list(source.devices) == [str(Path(inputs.dir) / "event5")], 2, what="read: only event5")
+        assert not twin.grabbed
     finally:
         source.stop()
 
@@ -261,3 +264,49 @@ def test_the_real_evdev_opener_on_a_node_that_is_not_an_input_device(tmp_path, r
         assert caplog.text.count("no input device matches") == 1
     finally:
         source.stop()
+
+
+def test_keys_lost_between_scans_are_logged_and_the_fragment_is_not_accepted(inputs, reads, caplog):
+    # The kernel overflowed before the reader saw any key of this scan: the decoder
+    # had nothing unfinished to discard, but the keys lost must still be told.
+    caplog.set_level(logging.WARNING, logger="agent.sources.hid")
+    scanner = inputs.plug("event5", NEWLAND)
+    source = start(inputs, reads)
+    try:
+        wait_until(lambda: scanner.grabbed, 2, what="grabbed")
+        scanner.emit([InputEvent(0, 0, e.EV_SYN, e.SYN_DROPPED, 0), InputEvent(0, 0, e.EV_SYN, e.SYN_REPORT, 0)])
+        scanner.type_keys(keys(CODE[11:]))
+        wait_until(lambda: reads, 2, what="the fragment read")
+    finally:
+        source.stop()
+    assert [r.raw for r in reads] == [CODE[11:].encode() + b"\n"]
+    assert "keys lost: the kernel's event buffer overflowed" in caplog.text
+    assert "1eab:1d06:NLS0001" in caplog.text
+
+
+def test_scans_are_read_while_the_finder_is_busy_with_another_device(inputs, reads):
+    # udev is still working on a freshly plugged device and probing it is slow:
+    # the scanner already open must be read meanwhile, or its keys overflow the kernel's buffer.
+    scanner = inputs.plug("event5", NEWLAND)
+    probing, release = threading.Event(), threading.Event()
+
+    def opener(path, links):
+        if path.endswith("event9"):
+            probing.set()
+            release.wait(10)
+        return inputs.open(path, links)
+
+    source = HidSource(DeviceMatch(vendor_id=0x1EAB), name="counter", input_dir=inputs.dir, opener=opener)
+    source.start(reads.append)
+    try:
+        wait_until(lambda: scanner.grabbed, 2, what="grabbed")
+        inputs.plug("event9", KEYBOARD)
+        wait_until(probing.is_set, 2, what="the finder probing event9")
+        scanner.type_keys(keys(CODE))
+        wait_until(lambda: reads, 2, what="the scan read while event9 is still being probed")
+        assert reads[0].raw == CODE.encode() + b"\n"
+        assert not release.is_set()
+    finally:
+        release.set()
+        source.stop()
+    assert scanner.closed

@@ -27,13 +27,14 @@ import fcntl
 import fnmatch
 import logging
 import os
+import queue
 import re
 import select
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -369,6 +370,8 @@ class EvdevDevice:
 
 #: Safety net between inotify wake-ups while a scanner is missing.
 RECHECK_S = 1.0
+#: The longest the reader sleeps without looking for devices the finder handed over.
+FOUND_POLL_S = 1.0
 _EVENT_NODE = re.compile(r"event\d+")
 
 
@@ -377,10 +380,18 @@ class _Open:
     device: InputDeviceLike
     decoder: KeyDecoder
     identity: str
+    last_read: float = field(default_factory=time.monotonic)
 
 
 class HidSource:
     """Reads every input device matching ``match``, each grabbed and with its own decoder.
+
+    Two threads: a finder that watches ``input_dir``, opens and grabs matching
+    devices and hands them over, and a reader that does nothing but read them.
+    Looking at devices takes tens of milliseconds on a slow board while udev
+    adds a freshly plugged scanner's links, and the person may already be
+    scanning: the kernel keeps only 64 events (about ten keys) per reader, so
+    the reader must never wait for the finder.
 
     ``opener(path, links)`` opens one device node (default :class:`EvdevDevice`);
     ``input_dir`` is where nodes appear. Never sets ``done``.
@@ -409,10 +420,14 @@ class HidSource:
         self.input_dir = Path(input_dir)
         self.opener = opener
         self.done = threading.Event()
-        self.devices: dict[str, _Open] = {}
-        self._skip: dict[str, tuple] = {}  # nodes that are not ours, by (inode, ctime, links)
+        self.devices: dict[str, _Open] = {}  # the reader thread's
         self._reader = ReaderThread(f"hid:{name}")
+        self._finder = ReaderThread(f"hid:{name}:find")
+        self._found: queue.SimpleQueue[tuple[str, _Open]] = queue.SimpleQueue()  # finder -> reader
+        self._gone: queue.SimpleQueue[str] = queue.SimpleQueue()  # reader -> finder: dropped paths
+        self._skip: dict[str, tuple] = {}  # the finder's: nodes not ours, by (inode, ctime, links)
         self._last_problem = ""
+        self._last_absence = ""
 
     def present(self) -> bool:
         """True while at least one matching device is open and grabbed."""
@@ -420,43 +435,39 @@ class HidSource:
 
     def start(self, submit: Callable[[Read], None]) -> None:
         self._reader.start(self._run, submit)
+        self._finder.start(self._find)
 
     def stop(self) -> None:
+        self._finder.stop()  # first, so that nothing more is handed over
         self._reader.stop()
 
+    # -- the reader thread -------------------------------------------------------
+
     def _run(self, submit: Callable[[Read], None]) -> None:
-        watch = DirWatch([self.input_dir, self.input_dir / "by-id", self.input_dir / "by-path"])
         try:
-            self._rescan()
-            next_check = time.monotonic() + RECHECK_S
             while not self._reader.stopping.is_set():
                 try:
-                    next_check = self._step(watch, submit, next_check)
+                    self._step(submit)
                 except Exception as problem:  # a reader thread must never die
                     if repr(problem) != self._last_problem:  # once per distinct failure, not in a loop
                         self._last_problem = repr(problem)
                         log.exception("hid scanner %s: unexpected failure; carrying on", self.name)
                     time.sleep(0.1)
         finally:
+            self._adopt()
             for path in list(self.devices):
                 self._drop(path, submit, "released", level=logging.INFO)
-            watch.close()
 
-    def _step(self, watch: DirWatch, submit: Callable[[Read], None], next_check: float) -> float:
+    def _step(self, submit: Callable[[Read], None]) -> None:
+        self._adopt()
         deadlines = [d for d in (o.decoder.deadline() for o in self.devices.values()) if d is not None]
-        wait = max(0.0, min([next_check, *deadlines]) - time.monotonic())
+        # The finder pokes the wake pipe when it hands a device over; the timeout only
+        # bounds how late an adopted device is first read if that poke were missed.
+        wait = max(0.0, min([time.monotonic() + FOUND_POLL_S, *deadlines]) - time.monotonic())
         fds = {o.device.fileno(): path for path, o in self.devices.items()}
-        readable = [self._reader.wake_fd, *fds]
-        if watch.fileno() >= 0:
-            readable.append(watch.fileno())
-        ready, _, _ = select.select(readable, [], [], wait)
-        now = time.monotonic()
-        if watch.fileno() in ready and watch.drain():
-            self._rescan()
-        if now >= next_check:
-            if not self.devices:
-                self._rescan()
-            next_check = now + RECHECK_S
+        ready, _, _ = select.select([self._reader.wake_fd, *fds], [], [], wait)
+        if self._reader.wake_fd in ready:
+            os.read(self._reader.wake_fd, 4096)
         for fd in ready:
             if fd in fds:
                 self._read(fds[fd], submit)
@@ -464,7 +475,16 @@ class HidSource:
             typed = opened.decoder.expire(time.monotonic())
             if typed is not None:
                 self._submit(opened, typed, submit)
-        return next_check
+
+    def _adopt(self) -> None:
+        """Take over the devices the finder opened."""
+        while True:
+            try:
+                path, opened = self._found.get_nowait()
+            except queue.Empty:
+                return
+            opened.last_read = time.monotonic()
+            self.devices[path] = opened
 
     def _read(self, path: str, submit: Callable[[Read], None]) -> None:
         opened = self.devices[path]
@@ -473,9 +493,18 @@ class HidSource:
         except OSError as problem:
             reason = "unplugged" if problem.errno == errno.ENODEV else f"read failed: {problem}"
             self._drop(path, submit, reason)
-            self._rescan()
             return
-        now = None if opened.device.monotonic else time.monotonic()
+        read_at = time.monotonic()
+        since, opened.last_read = read_at - opened.last_read, read_at
+        if any(event.type == e.EV_SYN and event.code == e.SYN_DROPPED for event in events):
+            # Logged even between scans: then the lost keys were the start of the next one.
+            log.warning(
+                "hid scanner %s (%s): keys lost: the kernel's event buffer overflowed %.0f ms after the previous read",
+                self.name,
+                opened.identity,
+                since * 1000,
+            )
+        now = None if opened.device.monotonic else read_at
         for event in events:
             for typed in opened.decoder.feed(event, now):
                 self._submit(opened, typed, submit)
@@ -507,8 +536,36 @@ class HidSource:
             )
         )
 
-    def _rescan(self) -> None:
-        """Open and grab every matching node not yet open; forget nodes that vanished."""
+    # -- the finder thread -------------------------------------------------------
+
+    def _find(self) -> None:
+        watch = DirWatch([self.input_dir, self.input_dir / "by-id", self.input_dir / "by-path"])
+        held: set[str] = set()  # handed to the reader and not reported gone
+        try:
+            look = True
+            while not self._finder.stopping.is_set():
+                try:
+                    if look:
+                        self._look(held)
+                    readable = [self._finder.wake_fd] + ([watch.fileno()] if watch.fileno() >= 0 else [])
+                    ready, _, _ = select.select(readable, [], [], RECHECK_S)
+                    woken = self._finder.wake_fd in ready
+                    if woken:
+                        os.read(self._finder.wake_fd, 4096)
+                    while not self._gone.empty():
+                        held.discard(self._gone.get_nowait())
+                    changed = watch.fileno() in ready and watch.drain()
+                    look = woken or changed or (not ready and not held)
+                except Exception as problem:  # the finder must never die either
+                    if repr(problem) != self._last_absence:
+                        self._last_absence = repr(problem)
+                        log.exception("hid scanner %s: unexpected failure looking for devices; carrying on", self.name)
+                    time.sleep(0.1)
+        finally:
+            watch.close()
+
+    def _look(self, held: set[str]) -> None:
+        """Open and grab every matching node not yet held; forget nodes that vanished."""
         links = self._links()
         present = set()
         for node in sorted(self.input_dir.glob("event*")):
@@ -516,7 +573,7 @@ class HidSource:
                 continue
             path = str(node)
             present.add(path)
-            if path in self.devices:
+            if path in held:
                 continue
             try:
                 st = node.stat()
@@ -527,31 +584,35 @@ class HidSource:
             stamp = (st.st_ino, st.st_ctime_ns, links.get(path, ()))
             if self._skip.get(path) == stamp:
                 continue
-            self._try_open(path, links.get(path, ()), stamp)
+            opened = self._try_open(path, links.get(path, ()), stamp)
+            if opened is not None:
+                held.add(path)
+                self._found.put((path, opened))
+                self._reader.wake()
         self._skip = {p: s for p, s in self._skip.items() if p in present}
-        if self.devices:
-            self._last_problem = ""
+        if held:
+            self._last_absence = ""
         else:
-            self._problem(f"no input device matches {self.match}; waiting for one to be plugged in")
+            self._absent(f"no input device matches {self.match}; waiting for one to be plugged in")
 
-    def _try_open(self, path: str, links: tuple[str, ...], stamp: tuple) -> None:
+    def _try_open(self, path: str, links: tuple[str, ...], stamp: tuple) -> _Open | None:
         try:
             device = self.opener(path, links)
         except OSError as problem:
             if problem.errno in (errno.EACCES, errno.EPERM):
                 # udev may not have set the permissions yet; an IN_ATTRIB will bring us back.
-                self._problem(f"cannot open {path}: {problem.strerror}")
+                self._absent(f"cannot open {path}: {problem.strerror}")
             elif problem.errno not in (errno.ENOENT, errno.ENODEV):
                 self._skip[path] = stamp  # not an input device we can use; look again if it changes
-            return
-        except Exception as problem:  # whatever a driver answers, the reader carries on
+            return None
+        except Exception as problem:  # whatever a driver answers, the finder carries on
             log.warning("hid scanner %s: cannot read device info of %s: %s", self.name, path, problem)
             self._skip[path] = stamp
-            return
+            return None
         if not self.match.matches(device.info):
             device.close()
             self._skip[path] = stamp
-            return
+            return None
         try:
             device.grab()
         except OSError as problem:
@@ -559,12 +620,12 @@ class HidSource:
             log.error("hid scanner %s: cannot grab %s (%s): %s", self.name, path, device.info.name, problem)
             device.close()
             self._skip[path] = stamp
-            return
+            return None
         decoder = KeyDecoder(
             self.layout, key_timeout=self.key_timeout, tab_terminates=self.tab_terminates, name=self.name
         )
-        self.devices[path] = _Open(device, decoder, device.info.identity)
         log.info("hid scanner %s: grabbed %s %r as %s", self.name, path, device.info.name, device.info.identity)
+        return _Open(device, decoder, device.info.identity)
 
     def _drop(self, path: str, submit: Callable[[Read], None], reason: str, level: int = logging.WARNING) -> None:
         opened = self.devices.pop(path)
@@ -576,6 +637,8 @@ class HidSource:
         with contextlib.suppress(OSError):
             opened.device.close()
         log.log(level, "hid scanner %s: %s (%s) %s", self.name, opened.identity, path, reason)
+        self._gone.put(path)
+        self._finder.wake()  # look again: it may be back under another node
 
     def _links(self) -> dict[str, tuple[str, ...]]:
         """Node path -> the stable by-id / by-path links pointing at it."""
@@ -590,8 +653,8 @@ class HidSource:
                 links.setdefault(os.path.realpath(link), []).append(str(link))
         return {node: tuple(sorted(found)) for node, found in links.items()}
 
-    def _problem(self, message: str) -> None:
+    def _absent(self, message: str) -> None:
         """Log why no scanner is read, once per distinct reason."""
-        if message != self._last_problem:
-            self._last_problem = message
+        if message != self._last_absence:
+            self._last_absence = message
             log.warning("hid scanner %s: %s", self.name, message)

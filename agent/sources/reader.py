@@ -11,6 +11,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -25,25 +26,40 @@ class ReaderThread:
         self.stopping = threading.Event()
         self.wake_fd = -1
         self._wake_w = -1
+        self._pipe_lock = threading.Lock()  # a wake() from another thread never writes to a closed pipe
         self._thread: threading.Thread | None = None
 
     def start(self, target: Callable[..., None], *args: object) -> None:
         self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a full pipe already says "wake up"
         self._thread = threading.Thread(target=target, args=args, name=self.name, daemon=True)
         self._thread.start()
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def wake(self) -> None:
+        """Make the target's ``select()`` on :attr:`wake_fd` return; the target reads the byte.
+
+        Does nothing once stopping, so other threads may call it at any time.
+        """
+        with self._pipe_lock:
+            if self._wake_w >= 0 and not self.stopping.is_set():
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._wake_w, b"w")
+
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping.set()
         if self._thread is None:
             return
-        os.write(self._wake_w, b"x")
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
         self._thread.join(timeout)
         if not self._thread.is_alive():
             # A thread still stuck in a driver keeps its pipe; closing it under
             # the thread could hand the descriptor number to someone else.
-            os.close(self.wake_fd)
-            os.close(self._wake_w)
+            with self._pipe_lock:
+                os.close(self.wake_fd)
+                os.close(self._wake_w)
+                self.wake_fd = self._wake_w = -1
         self._thread = None

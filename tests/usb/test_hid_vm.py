@@ -103,7 +103,7 @@ def test_unplug_and_replug_twenty_times(make_gadget, agent_factory):
                 f"replug {i + 1}: {code} never decided; typed again: {again and again['verdict']};"
                 f" log:\n{agent.log_text()}"
             )
-        assert (d["code"], d["verdict"]) == (code, "accepted")
+        assert (d["code"], d["verdict"]) == (code, "accepted"), f"replug {i + 1}; log:\n{agent.log_text()}"
         late.append(round(d["at"] - replugged, 2))
     print("seconds from replug to decision:", late)
     assert max(late) <= 2.0, f"decided later than 2 s after the replug: {late}"
