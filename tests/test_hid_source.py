@@ -17,6 +17,7 @@ import pytest
 from evdev import InputEvent
 from evdev import ecodes as e
 
+from agent import codes
 from agent.ledger import Ledger
 from agent.pipeline import Pipeline
 from agent.sources.hid import DeviceInfo, DeviceMatch, HidSource
@@ -266,7 +267,7 @@ def test_the_real_evdev_opener_on_a_node_that_is_not_an_input_device(tmp_path, r
         source.stop()
 
 
-def test_keys_lost_between_scans_are_logged_and_the_fragment_is_not_accepted(inputs, reads, caplog):
+def test_keys_lost_between_scans_are_logged_and_the_fragment_is_rejected(inputs, reads, caplog):
     # The kernel overflowed before the reader saw any key of this scan: the decoder
     # had nothing unfinished to discard, but the keys lost must still be told.
     caplog.set_level(logging.WARNING, logger="agent.sources.hid")
@@ -280,6 +281,7 @@ def test_keys_lost_between_scans_are_logged_and_the_fragment_is_not_accepted(inp
     finally:
         source.stop()
     assert [r.raw for r in reads] == [CODE[11:].encode() + b"\n"]
+    assert codes.parse(reads[0].raw).reason == "wrong_length"
     assert "keys lost: the kernel's event buffer overflowed" in caplog.text
     assert "1eab:1d06:NLS0001" in caplog.text
 
@@ -310,3 +312,43 @@ def test_scans_are_read_while_the_finder_is_busy_with_another_device(inputs, rea
         release.set()
         source.stop()
     assert scanner.closed
+
+
+def test_a_scanner_replugged_under_the_same_node_is_read_again(inputs, reads):
+    # The kernel usually gives a replugged scanner its old eventN back.
+    first = inputs.plug("event5", NEWLAND)
+    source = start(inputs, reads)
+    try:
+        wait_until(lambda: first.grabbed, 2, what="grabbed")
+        for round_ in range(3):
+            inputs.unplug("event5")
+            wait_until(lambda: not source.devices, 2, what=f"round {round_}: dropped")
+            again = inputs.plug("event5", NEWLAND)
+            wait_until(lambda again=again: again.grabbed, 2, what=f"round {round_}: grabbed again")
+            again.type_keys(keys(CODE))
+            wait_until(lambda round_=round_: len(reads) == round_ + 1, 2, what=f"round {round_}: read")
+    finally:
+        source.stop()
+    assert [r.raw for r in reads] == [CODE.encode() + b"\n"] * 3
+
+
+def test_a_device_the_finder_opens_while_stopping_is_released(inputs, reads):
+    scanner = inputs.plug("event5", NEWLAND)
+    probing, release = threading.Event(), threading.Event()
+
+    def opener(path, links):
+        probing.set()
+        release.wait(20)  # a driver slow to answer while the agent stops
+        return inputs.open(path, links)
+
+    source = HidSource(DeviceMatch(vendor_id=0x1EAB), input_dir=inputs.dir, opener=opener)
+    source.start(reads.append)
+    wait_until(probing.is_set, 2, what="probing")
+    stopper = threading.Thread(target=source.stop)
+    stopper.start()
+    # stop() gives up on the finder after its join timeout and stops the reader.
+    wait_until(source._reader.stopping.is_set, 15, what="the reader stopping")
+    release.set()
+    stopper.join(15)
+    wait_until(lambda: scanner.closed, 5, what="the late device closed")
+    assert not scanner.grabbed

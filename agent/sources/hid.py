@@ -424,6 +424,7 @@ class HidSource:
         self._reader = ReaderThread(f"hid:{name}")
         self._finder = ReaderThread(f"hid:{name}:find")
         self._found: queue.SimpleQueue[tuple[str, _Open]] = queue.SimpleQueue()  # finder -> reader
+        self._handover = threading.Lock()  # a device is either handed over or released, never left behind
         self._gone: queue.SimpleQueue[str] = queue.SimpleQueue()  # reader -> finder: dropped paths
         self._skip: dict[str, tuple] = {}  # the finder's: nodes not ours, by (inode, ctime, links)
         self._last_problem = ""
@@ -454,7 +455,8 @@ class HidSource:
                         log.exception("hid scanner %s: unexpected failure; carrying on", self.name)
                     time.sleep(0.1)
         finally:
-            self._adopt()
+            with self._handover:  # the finder hands nothing over after this
+                self._adopt()
             for path in list(self.devices):
                 self._drop(path, submit, "released", level=logging.INFO)
 
@@ -477,14 +479,14 @@ class HidSource:
                 self._submit(opened, typed, submit)
 
     def _adopt(self) -> None:
-        """Take over the devices the finder opened."""
+        """Take over the devices the finder opened (``last_read`` stays their open time)."""
         while True:
             try:
                 path, opened = self._found.get_nowait()
             except queue.Empty:
                 return
-            opened.last_read = time.monotonic()
             self.devices[path] = opened
+            self._last_problem = ""
 
     def _read(self, path: str, submit: Callable[[Read], None]) -> None:
         opened = self.devices[path]
@@ -499,7 +501,7 @@ class HidSource:
         if any(event.type == e.EV_SYN and event.code == e.SYN_DROPPED for event in events):
             # Logged even between scans: then the lost keys were the start of the next one.
             log.warning(
-                "hid scanner %s (%s): keys lost: the kernel's event buffer overflowed %.0f ms after the previous read",
+                "hid scanner %s (%s): keys lost: the kernel's event buffer overflowed; %.0f ms since the previous read",
                 self.name,
                 opened.identity,
                 since * 1000,
@@ -569,6 +571,8 @@ class HidSource:
         links = self._links()
         present = set()
         for node in sorted(self.input_dir.glob("event*")):
+            if self._finder.stopping.is_set():
+                return
             if not _EVENT_NODE.fullmatch(node.name):
                 continue
             path = str(node)
@@ -585,15 +589,27 @@ class HidSource:
             if self._skip.get(path) == stamp:
                 continue
             opened = self._try_open(path, links.get(path, ()), stamp)
-            if opened is not None:
+            if opened is not None and self._hand_over(path, opened):
                 held.add(path)
-                self._found.put((path, opened))
-                self._reader.wake()
         self._skip = {p: s for p, s in self._skip.items() if p in present}
         if held:
             self._last_absence = ""
         else:
             self._absent(f"no input device matches {self.match}; waiting for one to be plugged in")
+
+    def _hand_over(self, path: str, opened: _Open) -> bool:
+        """Give ``opened`` to the reader; once the reader is stopping, release it instead."""
+        with self._handover:
+            if not self._reader.stopping.is_set():
+                self._found.put((path, opened))
+                self._reader.wake()
+                return True
+        with contextlib.suppress(OSError):
+            opened.device.ungrab()
+        with contextlib.suppress(OSError):
+            opened.device.close()
+        log.info("hid scanner %s: %s (%s) released: stopping", self.name, opened.identity, path)
+        return False
 
     def _try_open(self, path: str, links: tuple[str, ...], stamp: tuple) -> _Open | None:
         try:
