@@ -49,9 +49,8 @@ def reads():
 
 def start(inputs, reads, **kwargs):
     kwargs.setdefault("name", "counter")
-    source = HidSource(
-        kwargs.pop("match", DeviceMatch(vendor_id=0x1EAB)), input_dir=inputs.dir, opener=inputs.open, **kwargs
-    )
+    kwargs.setdefault("opener", inputs.open)
+    source = HidSource(kwargs.pop("match", DeviceMatch(vendor_id=0x1EAB)), input_dir=inputs.dir, **kwargs)
     source.start(reads.append)
     return source
 
@@ -298,8 +297,7 @@ def test_scans_are_read_while_the_finder_is_busy_with_another_device(inputs, rea
             release.wait(10)
         return inputs.open(path, links)
 
-    source = HidSource(DeviceMatch(vendor_id=0x1EAB), name="counter", input_dir=inputs.dir, opener=opener)
-    source.start(reads.append)
+    source = start(inputs, reads, opener=opener)
     try:
         wait_until(lambda: scanner.grabbed, 2, what="grabbed")
         inputs.plug("event9", KEYBOARD)
@@ -341,8 +339,7 @@ def test_a_device_the_finder_opens_while_stopping_is_released(inputs, reads):
         release.wait(20)  # a driver slow to answer while the agent stops
         return inputs.open(path, links)
 
-    source = HidSource(DeviceMatch(vendor_id=0x1EAB), input_dir=inputs.dir, opener=opener)
-    source.start(reads.append)
+    source = start(inputs, reads, opener=opener)
     wait_until(probing.is_set, 2, what="probing")
     stopper = threading.Thread(target=source.stop)
     stopper.start()

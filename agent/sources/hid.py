@@ -375,6 +375,14 @@ FOUND_POLL_S = 1.0
 _EVENT_NODE = re.compile(r"event\d+")
 
 
+def _release(device: InputDeviceLike) -> None:
+    """Ungrab and close ``device``; either may fail when the device is already gone."""
+    with contextlib.suppress(OSError):
+        device.ungrab()
+    with contextlib.suppress(OSError):
+        device.close()
+
+
 @dataclass
 class _Open:
     device: InputDeviceLike
@@ -465,11 +473,11 @@ class HidSource:
         deadlines = [d for d in (o.decoder.deadline() for o in self.devices.values()) if d is not None]
         # The finder pokes the wake pipe when it hands a device over; the timeout only
         # bounds how late an adopted device is first read if that poke were missed.
-        wait = max(0.0, min([time.monotonic() + FOUND_POLL_S, *deadlines]) - time.monotonic())
+        now = time.monotonic()
+        wait = max(0.0, min([now + FOUND_POLL_S, *deadlines]) - now)
         fds = {o.device.fileno(): path for path, o in self.devices.items()}
         ready, _, _ = select.select([self._reader.wake_fd, *fds], [], [], wait)
-        if self._reader.wake_fd in ready:
-            os.read(self._reader.wake_fd, 4096)
+        self._reader.woke(ready)
         for fd in ready:
             if fd in fds:
                 self._read(fds[fd], submit)
@@ -551,9 +559,7 @@ class HidSource:
                         self._look(held)
                     readable = [self._finder.wake_fd] + ([watch.fileno()] if watch.fileno() >= 0 else [])
                     ready, _, _ = select.select(readable, [], [], RECHECK_S)
-                    woken = self._finder.wake_fd in ready
-                    if woken:
-                        os.read(self._finder.wake_fd, 4096)
+                    woken = self._finder.woke(ready)
                     while not self._gone.empty():
                         held.discard(self._gone.get_nowait())
                     changed = watch.fileno() in ready and watch.drain()
@@ -604,10 +610,7 @@ class HidSource:
                 self._found.put((path, opened))
                 self._reader.wake()
                 return True
-        with contextlib.suppress(OSError):
-            opened.device.ungrab()
-        with contextlib.suppress(OSError):
-            opened.device.close()
+        _release(opened.device)
         log.info("hid scanner %s: %s (%s) released: stopping", self.name, opened.identity, path)
         return False
 
@@ -648,10 +651,7 @@ class HidSource:
         typed = opened.decoder.flush()
         if typed is not None:
             self._submit(opened, typed, submit)  # cut short, recorded and rejected rather than lost
-        with contextlib.suppress(OSError):  # gone with the device
-            opened.device.ungrab()
-        with contextlib.suppress(OSError):
-            opened.device.close()
+        _release(opened.device)
         log.log(level, "hid scanner %s: %s (%s) %s", self.name, opened.identity, path, reason)
         self._gone.put(path)
         self._finder.wake()  # look again: it may be back under another node

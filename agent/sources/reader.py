@@ -48,6 +48,13 @@ class ReaderThread:
                 with contextlib.suppress(BlockingIOError):
                     os.write(self._wake_w, b"w")
 
+    def woke(self, ready: list[int]) -> bool:
+        """Whether :attr:`wake_fd` is among ``ready`` (what ``select()`` returned); consumes the wake-ups."""
+        if self.wake_fd not in ready:
+            return False
+        os.read(self.wake_fd, 4096)
+        return True
+
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping.set()
         if self._thread is None:
