@@ -25,8 +25,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import __version__, codes, config, ledger, quarantine
+from agent import __version__, codes, config, ledger
 from agent.clock import iso
+from agent.domain import MOVEMENTS
+from agent.ledger import quarantine
 from agent.runner import Runner, with_overrides
 
 log = logging.getLogger("scan-agent")
@@ -143,7 +145,7 @@ def _open_existing(args: argparse.Namespace) -> sqlite3.Connection:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from agent import provision
+    from agent.ops import provision
 
     try:
         if args.install_cert:
@@ -164,7 +166,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from agent import doctor
+    from agent.ops import doctor
 
     checks = doctor.run_checks(Path(args.config), interactive=args.interactive, broker_timeout=args.timeout)
     print(doctor.report(checks, as_json=args.json))
@@ -185,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the agent")
     run.add_argument("--config", help=f"config file (default {config.DEFAULT_PATH}, else built-in)")
-    run.add_argument("--movement", choices=ledger.MOVEMENTS, help="override [station] movement")
+    run.add_argument("--movement", choices=MOVEMENTS, help="override [station] movement")
     run.add_argument("--db", help="override [ledger] path")
     run.add_argument("--json", action="store_true", help="print each decision as a JSON object")
     run.set_defaults(handler=cmd_run)

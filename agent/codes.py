@@ -35,7 +35,9 @@ REASONS = (
 # AIM symbology identifiers whose content is a GS1 element string.
 GS1_SYMBOLOGIES = frozenset({"]C1", "]d2", "]Q3", "]e0", "]J1"})
 
-_AIM = re.compile(r"\][A-Za-z][0-9A-Za-z]")
+#: An AIM symbology identifier: ``]``, a letter for the symbology, a modifier character.
+AIM_PATTERN = r"\][A-Za-z][0-9A-Za-z]"
+_AIM = re.compile(AIM_PATTERN)
 _TERMINATORS = "\r\n\t"
 
 # GS1 application identifiers we understand: AI -> (fixed length, or None for

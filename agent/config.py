@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.ledger import MOVEMENTS
-from agent.patterns import (
+from agent.domain import check_movement
+from agent.sinks.patterns import (
     DEFAULT_LOOKS,
     DEFAULT_PATTERNS,
     PATTERN_NAMES,
@@ -141,7 +141,7 @@ ScannerConfig = StdinScannerConfig | HidScannerConfig | SerialScannerConfig | Ca
 class FeedbackConfig:
     """How decisions and device states are shown. Pins are BCM numbers (``gpio`` backend).
 
-    ``patterns`` and ``states`` hold the defaults of :mod:`agent.patterns` with the
+    ``patterns`` and ``states`` hold the defaults of :mod:`agent.sinks.patterns` with the
     config's own tables replacing whole entries. ``backlog_alert_s``: events older than
     this still undelivered show the ``backlog`` state.
     """
@@ -260,7 +260,7 @@ def _station(t: Table) -> StationConfig:
     station = StationConfig(
         device_id=t.text("device_id", d.device_id, nonempty=True),
         site_id=t.text("site_id", d.site_id, nonempty=True),
-        movement=t.choice("movement", d.movement, MOVEMENTS),
+        movement=t.movement("movement", d.movement),
         operator=t.text("operator", d.operator),
     )
     t.finish()
@@ -299,13 +299,14 @@ def _ledger(t: Table) -> LedgerConfig:
 
 def _scanners(tables: list[Table]) -> tuple[ScannerConfig, ...]:
     scanners = []
+    # wiring's table holds each kind's reader; it imports this module, so it is looked up here.
+    from agent.wiring import SCANNER_KINDS
+
     for t in tables:
-        kind = t.choice("kind", "stdin", tuple(_SCANNER_KINDS))
+        kind = t.choice("kind", "stdin", tuple(SCANNER_KINDS))
         name = t.text("name", f"scanner{len(scanners) + 1}", nonempty=True)
-        movement = t.get("movement", None, str)
-        if movement is not None and movement not in MOVEMENTS:
-            t.fail("movement", f"{movement!r} is not allowed; allowed: {', '.join(MOVEMENTS)}")
-        scanners.append(_SCANNER_KINDS[kind](t, name, movement))
+        movement = t.movement("movement", None)
+        scanners.append(SCANNER_KINDS[kind].read_config(t, name, movement))
         t.finish()
     names = [s.name for s in scanners]
     for name in names:
@@ -314,12 +315,12 @@ def _scanners(tables: list[Table]) -> tuple[ScannerConfig, ...]:
     return tuple(scanners) if scanners else Config().scanners
 
 
-def _stdin_scanner(t: Table, name: str, movement: str | None) -> StdinScannerConfig:
+def read_stdin_scanner(t: Table, name: str, movement: str | None) -> StdinScannerConfig:
     return StdinScannerConfig(name=name, movement=movement)
 
 
-def _camera_scanner(t: Table, name: str, movement: str | None) -> CameraScannerConfig:
-    from agent.sources.barcodes import BINARIZERS, format_flags  # zxing-cpp only when a camera is configured
+def read_camera_scanner(t: Table, name: str, movement: str | None) -> CameraScannerConfig:
+    from agent.sources.camera.barcodes import BINARIZERS, format_flags  # zxing-cpp only when a camera is configured
 
     d = CameraScannerConfig()
     backend = t.choice("backend", d.backend, ("picamera2", "images"))
@@ -374,7 +375,7 @@ SERIAL_TERMINATORS = ("cr", "lf", "crlf", "any")
 SERIAL_PARITIES = ("none", "even", "odd")
 
 
-def _hid_scanner(t: Table, name: str, movement: str | None) -> HidScannerConfig:
+def read_hid_scanner(t: Table, name: str, movement: str | None) -> HidScannerConfig:
     d = HidScannerConfig()
     path = t.get("path", None, str)
     if path is not None and re.fullmatch(r"/dev/input/event\d+", path):
@@ -408,7 +409,7 @@ def _usb_id(t: Table, key: str) -> int | None:
     return value
 
 
-def _serial_scanner(t: Table, name: str, movement: str | None) -> SerialScannerConfig:
+def read_serial_scanner(t: Table, name: str, movement: str | None) -> SerialScannerConfig:
     d = SerialScannerConfig()
     read_timeout = t.get("read_timeout_ms", None, int)
     if read_timeout is not None and not 1 <= read_timeout <= 60000:
@@ -431,15 +432,6 @@ def _serial_scanner(t: Table, name: str, movement: str | None) -> SerialScannerC
         read_timeout_ms=read_timeout,
         profile=profile,
     )
-
-
-# kind -> reader of the kind's own keys (the common ones are read above).
-_SCANNER_KINDS = {
-    "stdin": _stdin_scanner,
-    "camera": _camera_scanner,
-    "hid": _hid_scanner,
-    "serial": _serial_scanner,
-}
 
 
 def _feedback(t: Table) -> FeedbackConfig:
@@ -567,6 +559,15 @@ class Table:
         value = self.get(key, default, str)
         if value not in allowed:
             self.fail(key, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
+        return value
+
+    def movement(self, key: str, default: str | None) -> str | None:
+        value = self.get(key, default, str)
+        if value is not None:
+            try:
+                check_movement(value)
+            except ValueError as problem:
+                self.fail(key, str(problem))
         return value
 
     def number(self, key: str, default: float, low: float, high: float) -> float:

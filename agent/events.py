@@ -42,7 +42,7 @@ def event_from_row(row: Mapping, now: datetime | None = None) -> dict:
     """The event for one ``scans`` row (a :class:`sqlite3.Row` or a dict).
 
     ``row`` may carry ``earlier_event_id`` and ``earlier_seq`` (joined in by
-    :class:`agent.outbox.Outbox`) naming the scan a duplicate conflicts with.
+    :class:`agent.ledger.outbox.Outbox`) naming the scan a duplicate conflicts with.
     """
     sent_ts, backfill_before = _stamps(now or datetime.now(UTC))
     earlier = None

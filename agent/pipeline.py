@@ -28,7 +28,8 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from agent import codes
-from agent.ledger import MOVEMENTS, Decision, Ledger, LedgerError
+from agent.domain import Decision, check_movement
+from agent.ledger import Ledger, LedgerError
 from agent.read import Read
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,8 @@ class Pipeline:
 
     def set_context(self, **changes: str) -> None:
         """Change movement, operator or bill for the reads queued after this call."""
-        movement = changes.get("movement")
-        if movement is not None and movement not in MOVEMENTS:
-            raise ValueError(f"unknown movement {movement!r}; allowed: {', '.join(MOVEMENTS)}")
+        if "movement" in changes:
+            check_movement(changes["movement"])
         self.queue.put(changes)
 
     def start(self) -> None:

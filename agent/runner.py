@@ -1,8 +1,9 @@
-"""Wiring: a :class:`~agent.config.Config` becomes a running agent.
+"""A :class:`~agent.config.Config` becomes a running agent.
 
 Holds no domain rules; it builds the ledger, pipeline, sinks and sources the
-config names, runs them until told to stop (or every source has ended, as
-stdin does at EOF) and then finishes every queued scan before returning.
+config names (through :mod:`agent.wiring`), runs them until told to stop (or
+every source has ended, as stdin does at EOF) and then finishes every queued
+scan before returning.
 
 >>> import io
 >>> from agent.config import Config, LedgerConfig, FeedbackConfig
@@ -21,33 +22,18 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from agent import config as config_file
-from agent.config import (
-    CameraScannerConfig,
-    Config,
-    ConfigError,
-    FeedbackConfig,
-    HidScannerConfig,
-    ScannerConfig,
-    SerialScannerConfig,
-    StdinScannerConfig,
-)
-from agent.feedback import ConsoleFeedback, Feedback, NoFeedback
-from agent.host_ack import host_ack_for
+from agent.config import Config, ScannerConfig
 from agent.ledger import Ledger, connect
-from agent.notify import Notifier, Watchdog, pipeline_healthy
-from agent.output import DecisionPrinter
+from agent.ledger.quarantine import prepare
+from agent.ops.systemd import Notifier, Watchdog, pipeline_healthy
 from agent.pipeline import Context, Pipeline, Sink
-from agent.quarantine import prepare
-from agent.sources.hid import DeviceMatch, HidSource
-from agent.sources.serial import SerialSource
-from agent.sources.stdin import StdinSource
-from agent.uplink import Uplink
-
-if TYPE_CHECKING:
-    from agent.sources.camera import CameraSource
+from agent.sinks.feedback import Feedback
+from agent.sinks.host_ack import host_ack_for
+from agent.sinks.printer import DecisionPrinter
+from agent.wiring import make_feedback, make_source, make_uplink
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +110,9 @@ class Runner:
             accept_gs1=cfg.codes.accept_gs1,
         )
         sources = [self.make_source(s) for s in cfg.scanners]
-        uplink = self.make_uplink(pipeline, sources) if cfg.mqtt.enabled else None
+        uplink = None
+        if cfg.mqtt.enabled:
+            uplink = make_uplink(cfg, pipeline, sources, reload=self.reload_config, on_state=feedback.set_state)
         log.info("scan-agent up: %s, ledger %s, movement %s", cfg.source, cfg.ledger.path, cfg.station.movement)
         settle_heap()
         pipeline.start()
@@ -174,24 +162,6 @@ class Runner:
         watchdog.start()
         return watchdog
 
-    def make_uplink(self, pipeline: Pipeline, sources: list) -> Uplink:
-        """The MQTT uplink, as a pipeline sink, with its command hooks."""
-        cfg = self.config
-        names = [s.name for s in cfg.scanners]
-        uplink = Uplink(
-            cfg.mqtt,
-            db_path=cfg.ledger.path,
-            device_id=cfg.station.device_id,
-            site_id=cfg.station.site_id,
-            set_context=pipeline.set_context,
-            reload=self.reload_config,
-            scanners=lambda: {n: s.present() for n, s in zip(names, sources, strict=True)},
-            on_state=None if self.feedback is None else self.feedback.set_state,
-            backlog_alert_s=cfg.feedback.backlog_alert_s,
-        )
-        pipeline.sinks.append(uplink)
-        return uplink
-
     def reload_config(self) -> dict:
         """Re-read the config file: apply what can change live, name what needs a restart."""
         if self.pipeline is None or self.config.source in ("built-in default", "<string>"):
@@ -214,61 +184,15 @@ class Runner:
         self.config = replace(new, station=replace(old.station, **applied))
         return {"applied": applied, "needs_restart": restart}
 
-    def make_source(self, scanner: ScannerConfig) -> StdinSource | SerialSource | HidSource | CameraSource:
-        """The source object for one ``[[scanners]]`` entry."""
-        if isinstance(scanner, StdinScannerConfig):
-            return StdinSource(self.stdin, name=scanner.name, movement=scanner.movement)
-        if isinstance(scanner, CameraScannerConfig):
-            from agent.sources.camera import CameraSource  # numpy and zxing-cpp only when a camera is configured
-
-            return CameraSource.from_config(scanner)
-        if isinstance(scanner, SerialScannerConfig):
-            return SerialSource(
-                scanner.port,
-                name=scanner.name,
-                movement=scanner.movement,
-                baudrate=scanner.baudrate,
-                bytesize=scanner.bytesize,
-                parity=scanner.parity,
-                stopbits=scanner.stopbits,
-                terminator=scanner.terminator,
-                read_timeout=None if scanner.read_timeout_ms is None else scanner.read_timeout_ms / 1000,
-            )
-        if isinstance(scanner, HidScannerConfig):
-            return HidSource(
-                DeviceMatch(
-                    vendor_id=scanner.vendor_id,
-                    product_id=scanner.product_id,
-                    serial=scanner.serial,
-                    name_pattern=scanner.name_pattern,
-                    path=scanner.path,
-                ),
-                name=scanner.name,
-                movement=scanner.movement,
-                layout=scanner.layout,
-                key_timeout=scanner.key_timeout_ms / 1000,
-                tab_terminates=scanner.tab_terminates,
-            )
-        raise ValueError(f"no source for scanner kind {scanner.kind!r}")
+    def make_source(self, scanner: ScannerConfig) -> Any:
+        """The source object for one ``[[scanners]]`` entry (stdin reads this runner's stream)."""
+        return make_source(scanner, self.stdin)
 
 
 def report_presence(sources: list, feedback: Feedback) -> None:
     """Show ``scanner_missing`` while any scanner's device is gone (one cause per scanner)."""
     for source in sources:
         feedback.set_state("scanner_missing", not source.present(), cause=source.name)
-
-
-def make_feedback(config: FeedbackConfig) -> Feedback:
-    if config.backend == "console":
-        return ConsoleFeedback()
-    if config.backend == "gpio":
-        from agent.gpio_feedback import GpioFeedback  # gpiozero only where it is used
-
-        try:
-            return GpioFeedback(config)
-        except Exception as problem:  # gpiozero: no pin factory here, pin in use, ...
-            raise ConfigError(f'[feedback] backend = "gpio": cannot drive the pins: {problem}') from problem
-    return NoFeedback()
 
 
 def with_overrides(config: Config, *, movement: str | None = None, db: str | None = None) -> Config:

@@ -32,8 +32,8 @@ import zxingcpp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.sources.barcodes import FrameDecoder  # noqa: E402
 from agent.sources.camera import CameraSource  # noqa: E402
+from agent.sources.camera.barcodes import FrameDecoder  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from tests.support.frames import Frame, code128, gs1_datamatrix  # noqa: E402
 

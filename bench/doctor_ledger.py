@@ -16,9 +16,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import codes
-from agent.doctor import check_ledger
 from agent.ledger import Ledger, connect
-from agent.notify import pipeline_healthy
+from agent.ops.doctor import check_ledger
+from agent.ops.systemd import pipeline_healthy
 from agent.read import Read
 from bench.machine import describe
 

@@ -7,7 +7,7 @@ free port, then in the same run:
 
 1. bare paho: one MQTT v5 client publishes the same N payloads with QoS 1
    (prebuilt, same window) and waits for every PUBACK;
-2. the uplink: :class:`agent.uplink.Uplink` drains the outbox, building each
+2. the uplink: :class:`agent.sinks.uplink.Uplink` drains the outbox, building each
    event from its row and recording every PUBACK in ``deliveries``.
 
 Prints both rates (events/s), the ratio uplink/bare (target >= 0.6) and the machine.
@@ -30,8 +30,8 @@ import paho.mqtt.client as mqtt  # noqa: E402
 
 from agent.config import MqttConfig  # noqa: E402
 from agent.events import encode, event_from_row  # noqa: E402
-from agent.outbox import Outbox  # noqa: E402
-from agent.uplink import Topics, Uplink  # noqa: E402
+from agent.ledger.outbox import Outbox  # noqa: E402
+from agent.sinks.uplink import Topics, Uplink  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from tests.support.backlog import fill_ledger  # noqa: E402
 from tests.support.mosquitto import Mosquitto  # noqa: E402

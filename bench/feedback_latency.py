@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from agent.config import FeedbackConfig
-from agent.gpio_feedback import GpioFeedback
 from agent.ledger import Ledger
 from agent.pipeline import Pipeline
 from agent.read import Read
+from agent.sinks.gpio import GpioFeedback
 from agent.sources.serial import SerialSource
 from bench.machine import describe
 from tests.support.pty import PtyPair

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from agent import codes
-from agent.sources.agreement import Agreement
-from agent.sources.barcodes import FrameDecoder
 from agent.sources.camera import CameraSource
-from agent.sources.frames import ImageFiles, Picamera2Frames
+from agent.sources.camera.agreement import Agreement
+from agent.sources.camera.barcodes import FrameDecoder
+from agent.sources.camera.frames import ImageFiles, Picamera2Frames
 from tests.support.frames import Frame, barcode, blank, code128, gs1_datamatrix, save_frames
 from tests.support.net import wait_until
 

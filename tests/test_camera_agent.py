@@ -9,7 +9,7 @@ import pytest
 from agent.config import CameraScannerConfig, ConfigError, parse_toml
 from agent.runner import Runner
 from agent.sources.camera import CameraSource
-from agent.sources.frames import ImageFiles, Picamera2Frames
+from agent.sources.camera.frames import ImageFiles, Picamera2Frames
 from tests.support.agent import run_agent
 from tests.support.frames import Frame, barcode, blank, code128, gs1_datamatrix, save_frames
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from agent import codes, doctor
+from agent import codes, wiring
 from agent.ledger import Ledger
+from agent.ops import doctor
+from agent.ops.checks import device_present
 from agent.read import Read
 from tests.support.agent import run_agent
 from tests.support.mosquitto import Mosquitto
@@ -50,11 +52,11 @@ def write_config(tmp_path: Path, extra: str = "") -> Path:
 def test_missing_scanner_fails_with_a_fix(tmp_path, monkeypatch):
     present = tmp_path / "ttyACM0"
     present.touch()
-    monkeypatch.setitem(
-        doctor.SCANNER_PRESENCE,
-        "serial",
-        lambda s: doctor.device_present(f"scanner {s.name}", s.device, "plug the scanner in; ls -l /dev/scanner/"),
-    )
+
+    def node_present(s):
+        return device_present(f"scanner {s.name}", s.device, "plug the scanner in; ls -l /dev/scanner/")
+
+    monkeypatch.setitem(wiring.SCANNER_KINDS, "serial", replace(wiring.SCANNER_KINDS["serial"], check_present=node_present))
     here, gone = doctor.check_scanners([SerialLike("dock", str(present)), SerialLike("counter", "/dev/scanner/none")])
     assert here.status == "ok"
     assert gone.failed and "/dev/scanner/none is not there" in gone.detail
@@ -278,9 +280,9 @@ def test_doctor_cli_on_a_provisioned_kiosk_reaches_the_tls_broker(tmp_path, tls_
 def test_led_and_buzzer_self_test_asks_the_technician(monkeypatch):
     from gpiozero import Device
 
-    from agent import feedback
     from agent.config import parse_toml
-    from agent.doctor import check_feedback_selftest
+    from agent.ops.doctor import check_feedback_selftest
+    from agent.sinks import feedback
     from tests.support.gpio import mock_factory
 
     factory = mock_factory()

@@ -9,7 +9,7 @@ import jsonschema
 from agent import codes
 from agent.events import BACKFILL_AFTER_S, encode, event_from_row, hashed_row
 from agent.ledger import Ledger, row_hash
-from agent.outbox import Outbox
+from agent.ledger.outbox import Outbox
 from agent.read import Read
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "event.schema.json").read_text())

@@ -8,10 +8,11 @@ import pytest
 
 from agent import codes
 from agent.config import ConfigError, FeedbackConfig, parse_toml
-from agent.feedback import ConsoleFeedback, NoFeedback
-from agent.ledger import Decision, Ledger
-from agent.patterns import DEFAULT_PATTERNS, Pattern, Step
+from agent.domain import Decision
+from agent.ledger import Ledger
 from agent.read import Read
+from agent.sinks.feedback import ConsoleFeedback, NoFeedback
+from agent.sinks.patterns import DEFAULT_PATTERNS, Pattern, Step
 
 
 def decide(ledger: Ledger, raw: bytes) -> Decision:

@@ -9,16 +9,17 @@ import pytest
 
 from agent import codes
 from agent.config import FeedbackConfig
-from agent.gpio_feedback import GpioFeedback
-from agent.ledger import Decision, Ledger
-from agent.patterns import DEFAULT_LOOKS, DEFAULT_PATTERNS, Step
+from agent.domain import Decision
+from agent.ledger import Ledger
 from agent.read import Read
+from agent.sinks.gpio import GpioFeedback
+from agent.sinks.patterns import DEFAULT_LOOKS, DEFAULT_PATTERNS, Step
 from tests.support.gpio import assert_runs, mock_factory, runs
 
 PINS = {"green": 23, "red": 24, "amber": 25, "buzzer": 18}
 T, F = True, False
 
-# What the default patterns must do on the pins, written out independently of agent.patterns.
+# What the default patterns must do on the pins, written out independently of agent.sinks.patterns.
 EXPECTED = {
     "accepted": {"green": [(T, 0.3), (F, None)], "buzzer": [(T, 0.08), (F, None)]},
     "duplicate": {"red": [(T, 1.0), (F, None)], "buzzer": [(T, 0.8), (F, None)]},

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from agent.config import ConfigError
-from agent.feedback import NoFeedback
-from agent.host_ack import HostAck, host_ack_for
 from agent.ledger import Ledger, connect
 from agent.pipeline import Pipeline
-from agent.profiles import load_profile, load_profiles
 from agent.read import Read
+from agent.sinks.feedback import NoFeedback
+from agent.sinks.host_ack import HostAck, host_ack_for
+from agent.sinks.profiles import load_profile, load_profiles
 
 GOOD = "1B 07 0D"
 BAD = "1B 31 0D"

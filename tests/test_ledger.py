@@ -6,8 +6,8 @@ import sqlite3
 import pytest
 
 from agent import codes, ledger
-from agent.ledger import Ledger, LedgerError, row_hash, verify
-from agent.outbox import Outbox
+from agent.ledger import Ledger, LedgerError, checkpoint, row_hash, store, verify
+from agent.ledger.outbox import Outbox
 from agent.read import Read
 
 A = "81234567890123456789"
@@ -194,7 +194,7 @@ def test_operator_and_bill_are_recorded(db, scanner):
 
 
 def test_a_full_bill_rejects_further_codes(db, scanner, monkeypatch):
-    monkeypatch.setattr(ledger, "BILL_LIMIT", 2)
+    monkeypatch.setattr(store, "BILL_LIMIT", 2)
     results = [scanner.scan(f"8123456789012345678{i}", bill="B1") for i in range(3)]
     assert [r.verdict for r in results] == ["accepted", "accepted", "rejected"]
     assert results[2].reason == "bill_full"
@@ -361,7 +361,7 @@ def test_a_wal_past_its_bound_is_restarted_and_truncated(tmp_path, monkeypatch):
     conn = ledger.connect(path)
     ledger.Checkpointer.checkpoint(conn)  # under the bound: passive, the WAL file stays
     assert wal.stat().st_size == grown > 0
-    monkeypatch.setattr(ledger, "WAL_RESTART_PAGES", 50)
+    monkeypatch.setattr(checkpoint, "WAL_RESTART_PAGES", 50)
     ledger.Checkpointer.checkpoint(conn)  # past it: restarted and truncated
     assert wal.stat().st_size == 0
     s.scan("81234567890123456789")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from agent.ledger import Ledger, connect
-from agent.notify import Notifier, Watchdog, pipeline_healthy
+from agent.ops.systemd import Notifier, Watchdog, pipeline_healthy
 from agent.pipeline import Pipeline
 from agent.read import Read
 from tests.support.agent import start_agent

@@ -5,9 +5,9 @@ import threading
 
 from agent import config
 from agent.config import parse_toml
-from agent.doctor import _hid_present as hid_present
-from agent.doctor import check_scanners
+from agent.ops.doctor import check_scanners
 from agent.runner import Runner
+from agent.wiring import hid_present
 from tests.support.net import wait_until
 from tests.support.pty import PtyPair
 

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from agent import provision
+from agent.ops import provision
 from tests.support.agent import run_agent
 from tests.support.pki import TestCA
 

@@ -12,7 +12,7 @@ from agent.config import MqttConfig
 from agent.ledger import Ledger, connect
 from agent.pipeline import Pipeline
 from agent.read import Read
-from agent.uplink import MAX_COMMAND_BYTES, Uplink
+from agent.sinks.uplink import MAX_COMMAND_BYTES, Uplink
 from tests.support.backlog import code, fill_ledger
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import Commander, Subscriber

@@ -12,7 +12,7 @@ import pytest
 
 from agent.config import MqttConfig
 from agent.ledger import connect
-from agent.uplink import Uplink
+from agent.sinks.uplink import Uplink
 from tests.support.backlog import fill_ledger
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import Subscriber

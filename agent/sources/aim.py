@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import re
 
-_AIM = re.compile(rb"\][A-Za-z][0-9A-Za-z]")
+from agent.codes import AIM_PATTERN
+
+_AIM = re.compile(AIM_PATTERN.encode("ascii"))
 
 
 def symbology(raw: bytes) -> str | None:

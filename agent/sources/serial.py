@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import serial
 
@@ -83,6 +84,21 @@ class SerialSource:
         self._last_problem = ""
 
     # -- the source interface -------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: Any) -> SerialSource:
+        """The source for a ``kind = "serial"`` entry (:class:`agent.config.SerialScannerConfig`)."""
+        return cls(
+            config.port,
+            name=config.name,
+            movement=config.movement,
+            baudrate=config.baudrate,
+            bytesize=config.bytesize,
+            parity=config.parity,
+            stopbits=config.stopbits,
+            terminator=config.terminator,
+            read_timeout=None if config.read_timeout_ms is None else config.read_timeout_ms / 1000,
+        )
 
     def start(self, submit: Callable[[Read], None]) -> None:
         self._reader.start(self._run, submit)

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from agent.read import Read
 
@@ -40,6 +40,11 @@ class StdinSource:
         self.done = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, config: Any, stream: BinaryIO | None = None) -> StdinSource:
+        """The source for a ``kind = "stdin"`` entry (:class:`agent.config.StdinScannerConfig`)."""
+        return cls(stream, name=config.name, movement=config.movement)
 
     def start(self, submit: Callable[[Read], None]) -> None:
         self._thread = threading.Thread(target=self._run, args=(submit,), name=f"stdin:{self.name}", daemon=True)

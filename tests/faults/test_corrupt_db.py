@@ -10,7 +10,7 @@ import pytest
 
 from agent import ledger
 from agent.config import ConfigError, parse_toml
-from agent.quarantine import inspect, moved_aside_copies
+from agent.ledger.quarantine import inspect, moved_aside_copies
 from tests.faults.ledgers import code, damage, filled_ledger
 from tests.support.agent import run_agent
 

@@ -14,10 +14,10 @@ import os
 import time
 
 from agent import ledger
-from agent.feedback import ConsoleFeedback
 from agent.ledger import Ledger
 from agent.pipeline import Pipeline
 from agent.read import Read
+from agent.sinks.feedback import ConsoleFeedback
 from tests.faults.conftest import cycles
 from tests.faults.ledgers import code
 from tests.faults.smallfs import fill, free, small_filesystem

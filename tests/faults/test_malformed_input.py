@@ -8,7 +8,8 @@ import logging
 import threading
 
 from agent import codes
-from agent.ledger import VERDICTS, Ledger
+from agent.domain import VERDICTS
+from agent.ledger import Ledger
 from agent.pipeline import Pipeline
 from agent.sources.stdin import StdinSource
 from tests.faults.conftest import cycles

@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 
 from agent.config import MqttConfig
 from agent.ledger import connect
-from agent.uplink import Uplink
+from agent.sinks.uplink import Uplink
 from tests.faults.ledgers import code
 from tests.support.agent import run_agent, start_agent
 from tests.support.backlog import fill_ledger
@@ -52,7 +52,7 @@ def refused_for(tmp_path, broker, tls_port, caplog, *, ca, cert, key) -> list[st
     path = tmp_path / "ledger.db"
     fill_ledger(path, 5, device_id="kiosk-1", site_id="site-1")
     uplink = uplink_for(path, tls_port, ca=ca, cert=cert, key=key)
-    caplog.set_level(logging.WARNING, logger="agent.uplink")
+    caplog.set_level(logging.WARNING, logger="agent.sinks.uplink")
     uplink.start()
     try:
         wait_until(lambda: uplink.connection_errors >= 2, timeout=20, what="two refused attempts, counted")
@@ -100,7 +100,7 @@ def test_device_confined_to_its_own_topics(tmp_path, tls_broker, caplog, figures
     fill_ledger(path, 10, device_id="kiosk-1", site_id="site-1")
     collector = Subscriber(broker.port, "trace/v1/#").start()
     cert, key = ca.client_cert("kiosk-2")
-    caplog.set_level(logging.WARNING, logger="agent.uplink")
+    caplog.set_level(logging.WARNING, logger="agent.sinks.uplink")
     uplink = uplink_for(path, tls_port, ca=ca.cert_path, cert=cert, key=key)
     uplink.start()
     try:

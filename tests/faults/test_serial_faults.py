@@ -14,7 +14,8 @@ import threading
 import time
 
 from agent import codes, ledger
-from agent.ledger import VERDICTS, Ledger
+from agent.domain import VERDICTS
+from agent.ledger import Ledger
 from agent.pipeline import Pipeline
 from agent.sources.serial import SerialSource
 from tests.faults.conftest import cycles

@@ -4,7 +4,7 @@ Honeywell-style scanners in host-acknowledgement mode wait after each read for t
 host's verdict. For a decision from a scanner whose profile supports it, this sink
 sends the profile's ``good`` or ``bad`` bytes through ``decision.read.reply``.
 
->>> from agent.profiles import HostAckCommands, ScannerProfile
+>>> from agent.sinks.profiles import HostAckCommands, ScannerProfile
 >>> from agent.ledger import Ledger
 >>> from agent import codes
 >>> from agent.read import Read
@@ -24,15 +24,15 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from agent.ledger import Decision
-from agent.profiles import PROFILE_DIR, ScannerProfile, load_profile
+from agent.domain import Decision
+from agent.sinks.profiles import PROFILE_DIR, ScannerProfile, load_profile
 
 log = logging.getLogger(__name__)
 
 
 class HostAck:
     """A sink: ``scanners`` maps a ``[[scanners]]`` name to its profile name,
-    ``profiles`` a profile name to its :class:`~agent.profiles.ScannerProfile`.
+    ``profiles`` a profile name to its :class:`~agent.sinks.profiles.ScannerProfile`.
 
     ``in_fault`` (e.g. ``lambda: feedback.is_on("fault")``) turns a good answer
     bad while the station is in fault, as the LEDs and buzzer do. A double read

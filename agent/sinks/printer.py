@@ -1,7 +1,7 @@
 """Printing decisions for ``scan-agent run``: one line each, plain or JSON.
 
 >>> import io
->>> from agent.ledger import Decision
+>>> from agent.domain import Decision
 >>> from agent.codes import parse
 >>> from agent.read import Read
 >>> out = io.StringIO()
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
-from agent.ledger import Decision
+from agent.domain import Decision
 
 
 class DecisionPrinter:

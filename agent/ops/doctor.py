@@ -7,8 +7,8 @@
                           fix: plug the scanner in (or check `ls -l /dev/scanner/`) ...
 
 Every check is a small function returning a :class:`Check`; ``run_checks``
-collects them. Scanner presence is one function per ``[[scanners]]`` kind in
-:data:`SCANNER_PRESENCE`, so each source kind adds its own.
+collects them. Scanner presence is each ``[[scanners]]`` kind's own check, in
+:data:`agent.wiring.SCANNER_KINDS`.
 
 >>> Check("disk", "ok", "2.1 GB free").line()
 '✓ disk                2.1 GB free'
@@ -16,7 +16,6 @@ collects them. Scanner presence is one function per ``[[scanners]]`` kind in
 
 from __future__ import annotations
 
-import glob
 import json
 import queue
 import shutil
@@ -27,38 +26,19 @@ import sys
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from agent import config as config_mod
 from agent import ledger as ledger_mod
 from agent.clock import Clock
+from agent.ops.checks import Check
+from agent.wiring import SCANNER_KINDS, make_feedback
 
-SYMBOLS = {"ok": "✓", "fail": "✗", "warn": "!", "skip": "-"}
 MIN_FREE_BYTES = 200 * 1024 * 1024
 MIN_FREE_FRACTION = 0.05
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the report. ``status`` is ok, fail, warn (reported, not a failure) or skip."""
-
-    name: str
-    status: str
-    detail: str
-    fix: str = ""
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "fail"
-
-    def line(self) -> str:
-        text = f"{SYMBOLS[self.status]} {self.name:<19} {self.detail}"
-        if self.fix and self.status in ("fail", "warn"):
-            text += f"\n  {'':<19} fix: {self.fix}"
-        return text
 
 
 # -- config ------------------------------------------------------------------
@@ -147,98 +127,18 @@ def check_clock(clock: Clock | None = None) -> Check:
 # -- scanners ----------------------------------------------------------------
 
 
-def _stdin_present(scanner) -> Check:
-    # Always there; but under systemd stdin is empty, so an agent whose only
-    # scanner is stdin ends at once: worth a warning on a kiosk.
-    return Check(
-        f"scanner {scanner.name}",
-        "warn",
-        "standard input: fine from a terminal, but under systemd it is empty and the agent stops at once",
-        "name the kiosk's scanner under [[scanners]] (device /dev/scanner/..., see hardware.md)",
-    )
-
-
-def _serial_present(scanner) -> Check:
-    matches = sorted(glob.glob(scanner.port)) if glob.has_magic(scanner.port) else [scanner.port]
-    return device_present(
-        f"scanner {scanner.name}",
-        matches[0] if matches else scanner.port,
-        "plug the scanner in and set it to USB serial (CDC) mode (scripts/config-sheet); check `ls /dev/serial/by-id/`",
-    )
-
-
-def _hid_present(scanner, input_dir: str = "/dev/input") -> Check:
-    from agent.sources.hid import DeviceMatch, EvdevDevice
-
-    match = DeviceMatch(scanner.vendor_id, scanner.product_id, scanner.serial, scanner.name_pattern, scanner.path)
-    seen = []
-    for node in sorted(Path(input_dir).glob("event*")):
-        try:
-            device = EvdevDevice(str(node))
-        except Exception:  # not readable, or not an input device: not ours either way
-            continue
-        try:
-            if match.matches(device.info):
-                return Check(f"scanner {scanner.name}", "ok", f"{node}: {device.info.name} ({device.info.identity})")
-            seen.append(device.info.name)
-        finally:
-            device.close()
-    others = f"; keyboards here: {', '.join(seen)}" if seen else ""
-    return Check(
-        f"scanner {scanner.name}",
-        "fail",
-        f"no input device matches {match}{others}",
-        "plug the scanner in; compare its ids with `cat /proc/bus/input/devices` and the [[scanners]] selectors",
-    )
-
-
-def _camera_present(scanner) -> Check:
-    name = f"scanner {scanner.name}"
-    if scanner.backend == "images":
-        files = sorted(glob.glob(str(Path(scanner.path) / "*") if Path(scanner.path).is_dir() else scanner.path))
-        if files:
-            return Check(name, "ok", f"{len(files)} image files at {scanner.path}")
-        return Check(name, "fail", f"no image files at {scanner.path}", "point [[scanners]] path at frames to replay")
-    try:
-        import picamera2  # noqa: F401
-    except ImportError:
-        return Check(name, "fail", "picamera2 is not installed", "sudo apt install python3-picamera2 (see install.sh)")
-    nodes = glob.glob("/dev/video*") + glob.glob("/dev/media*")
-    if nodes:
-        return Check(name, "ok", f"camera devices: {', '.join(sorted(nodes)[:3])}")
-    return Check(name, "fail", "no /dev/video* or /dev/media* device", "check the camera ribbon; `rpicam-hello --list`")
-
-
-#: kind -> presence check for one ``[[scanners]]`` entry.
-SCANNER_PRESENCE: dict[str, Callable[[Any], Check]] = {
-    "stdin": _stdin_present,
-    "serial": _serial_present,
-    "hid": _hid_present,
-    "camera": _camera_present,
-}
-
-
 def check_scanners(scanners: Iterable) -> list[Check]:
     checks = []
     for scanner in scanners:
-        present = SCANNER_PRESENCE.get(scanner.kind)
-        if present is None:
+        kind = SCANNER_KINDS.get(scanner.kind)
+        if kind is None:
             checks.append(Check(f"scanner {scanner.name}", "fail", f"no presence check for kind {scanner.kind!r}"))
             continue
         try:
-            checks.append(present(scanner))
+            checks.append(kind.check_present(scanner))
         except Exception as problem:  # a check that crashes is a failed check, not a crashed doctor
             checks.append(Check(f"scanner {scanner.name}", "fail", f"check failed: {problem}"))
     return checks
-
-
-def device_present(name: str, path: str | Path, fix: str) -> Check:
-    """Presence of a device node, for the per-kind checks (``/dev/scanner/...``)."""
-    p = Path(path)
-    if p.exists():
-        target = f" -> {p.resolve()}" if p.is_symlink() else ""
-        return Check(name, "ok", f"{p}{target}")
-    return Check(name, "fail", f"{p} is not there", fix)
 
 
 # -- broker ------------------------------------------------------------------
@@ -334,7 +234,7 @@ def check_mqtt_from_config(cfg: config_mod.Config, timeout: float = 10.0) -> Che
     """The broker check with the agent's own ``[mqtt]`` settings (:class:`MqttConfig`),
     publishing on the device's own topics (``{prefix}/{site}/{device}/doctor``), where a
     per-device ACL such as ``pattern write trace/v1/+/%u/#`` lets the device write."""
-    from agent.uplink import Topics  # paho only when the broker is checked
+    from agent.sinks.uplink import Topics  # paho only when the broker is checked
 
     mqtt = cfg.mqtt
     if not mqtt.enabled:
@@ -401,8 +301,6 @@ def ask_on_stderr(question: str) -> str:
 def check_feedback_selftest(cfg: config_mod.Config, ask=ask_on_stderr) -> Check:
     """Play every feedback pattern (LEDs, buzzer; on the console backend, lines and
     bells) and ask the technician whether they showed."""
-    from agent.runner import make_feedback
-
     sink = make_feedback(cfg.feedback)
     try:
         sink.self_test()

@@ -30,9 +30,9 @@ from gpiozero import LED, Buzzer, TonalBuzzer
 from gpiozero.tones import Tone
 
 from agent.config import FeedbackConfig
-from agent.feedback import Feedback
-from agent.ledger import Decision
-from agent.patterns import DEFAULT_TONE_HZ, LEDS, STATES, Step, tones
+from agent.domain import Decision
+from agent.sinks.feedback import Feedback
+from agent.sinks.patterns import DEFAULT_TONE_HZ, LEDS, STATES, Step, tones
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Every backend shares the rules of :class:`Feedback`: which pattern a decision ge
 (``product_barcode`` for that reject reason, nothing for a double read), the device
 states, and never the accept pattern while the station is in fault. Backends:
 ``console`` (a coloured line and the terminal bell on stderr, for machines without
-GPIO), ``gpio`` (LEDs and a buzzer, :class:`agent.gpio_feedback.GpioFeedback`) and
+GPIO), ``gpio`` (LEDs and a buzzer, :class:`agent.sinks.gpio.GpioFeedback`) and
 ``none``.
 
 Device states are set by whoever knows them, from any thread; a state is on while any
@@ -33,8 +33,8 @@ import threading
 import time
 from typing import TextIO
 
-from agent.ledger import Decision
-from agent.patterns import PATTERN_NAMES, STATES
+from agent.domain import Decision
+from agent.sinks.patterns import PATTERN_NAMES, STATES
 
 SELF_TEST = tuple(name for name in PATTERN_NAMES if name != "double_read")
 
@@ -111,7 +111,7 @@ class Feedback:
             return sorted(self._causes.get(name, ()))
 
     def play(self, name: str, decision: Decision | None = None) -> None:
-        """Show pattern ``name`` (from :data:`agent.patterns.PATTERN_NAMES`)."""
+        """Show pattern ``name`` (from :data:`agent.sinks.patterns.PATTERN_NAMES`)."""
 
     def show_states(self, states: frozenset[str]) -> None:
         """Show the device states beneath the patterns."""

@@ -1,10 +1,10 @@
 """Scans read from a camera: frames decoded by zxing-cpp, agreed over several frames.
 
 Two threads per camera. The *capture* thread takes frames from the backend
-(:mod:`agent.sources.frames`) and leaves the newest in a one-frame slot; the
+(:mod:`agent.sources.camera.frames`) and leaves the newest in a one-frame slot; the
 *decoder* thread takes whatever is in the slot, decodes it
-(:mod:`agent.sources.barcodes`, zxing-cpp releases the GIL) and feeds the
-codes to :class:`~agent.sources.agreement.Agreement`. A frame that arrives
+(:mod:`agent.sources.camera.barcodes`, zxing-cpp releases the GIL) and feeds the
+codes to :class:`~agent.sources.camera.agreement.Agreement`. A frame that arrives
 while the decoder is busy replaces the one waiting, so latency never grows:
 the decoder always works on the latest frame and at most one waits.
 
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from agent.read import Read
-from agent.sources.agreement import Agreement
-from agent.sources.barcodes import FrameDecoder
-from agent.sources.frames import CameraUnavailable, FrameSource, ImageFiles, Picamera2Frames
+from agent.sources.camera.agreement import Agreement
+from agent.sources.camera.barcodes import FrameDecoder
+from agent.sources.camera.frames import CameraUnavailable, FrameSource, ImageFiles, Picamera2Frames
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class LatestFrame:
 class CameraSource:
     """One camera as a scanner source (``kind = "camera"`` in ``[[scanners]]``).
 
-    ``frames`` is a frame source from :mod:`agent.sources.frames`; ``done`` is
+    ``frames`` is a frame source from :mod:`agent.sources.camera.frames`; ``done`` is
     set only when it ends for good (an ``images`` pass without ``loop``).
     """
 

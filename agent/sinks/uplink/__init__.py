@@ -45,9 +45,9 @@ from paho.mqtt.properties import Properties
 
 from agent.clock import iso
 from agent.config import MqttConfig
+from agent.domain import VERDICTS, Decision, check_movement
 from agent.events import encode, event_from_row
-from agent.ledger import MOVEMENTS, VERDICTS, Decision
-from agent.outbox import Outbox
+from agent.ledger.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Topics:
 
 
 class _PahoLog(logging.LoggerAdapter):
-    """paho's log, under ``agent.uplink.paho``; its errors are counted as connection errors.
+    """paho's log, under ``agent.sinks.uplink.paho``; its errors are counted as connection errors.
 
     Given to paho instead of an ``on_log`` callback: paho formats every line
     for ``on_log``, two per event, while a logger formats only what it emits.
@@ -641,8 +641,11 @@ class Uplink:
         for key, value in body.items():
             if not isinstance(value, str):
                 raise CommandError(f"{key} must be a string")
-            if key == "movement" and value not in MOVEMENTS:
-                raise CommandError(f"movement {value!r} is not allowed; allowed: {', '.join(MOVEMENTS)}")
+            if key == "movement":
+                try:
+                    check_movement(value)
+                except ValueError as problem:
+                    raise CommandError(f"movement {problem}") from None
             if len(value) > MAX_FIELD_CHARS or not value.isprintable():
                 raise CommandError(f"{key} must be printable and at most {MAX_FIELD_CHARS} characters")
         if self.set_context is None:

@@ -1,0 +1,63 @@
+"""Copying the WAL back into the database, off the scan path.
+
+The pipeline's connection has automatic checkpoints off: a checkpoint inside a
+scan's commit would add milliseconds to that one beep. :class:`Checkpointer`
+does it on its own thread and connection instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+from agent.ledger.sqlite import connect
+
+log = logging.getLogger(__name__)
+
+WAL_RESTART_PAGES = 4096  # 16 MB of 4 KiB pages
+
+
+class Checkpointer:
+    """Checkpoints the ledger at ``path`` every ``interval_s`` on a thread of its own.
+
+    :meth:`start` and :meth:`stop` are for the thread that owns the ledger.
+    """
+
+    def __init__(self, path: str | Path, interval_s: float = 1.0) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ledger-checkpoint", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    @staticmethod
+    def checkpoint(conn: sqlite3.Connection) -> None:
+        """A passive checkpoint; under a steady stream of scans a passive one never
+        reaches the end of the WAL, which then only grows, so past a bound the WAL
+        is restarted (the pipeline waits a few milliseconds, once per bound)."""
+        _busy, wal_pages, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if wal_pages > WAL_RESTART_PAGES:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _run(self) -> None:
+        conn = connect(self.path)
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_PAGES * 4096}")
+        try:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self.checkpoint(conn)
+                except sqlite3.Error as problem:
+                    log.warning("ledger checkpoint failed: %s", problem)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as problem:
+            log.warning("ledger checkpoint failed: %s", problem)
+        finally:
+            conn.close()

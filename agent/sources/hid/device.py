@@ -1,0 +1,145 @@
+"""Which input devices are ours, and an evdev device behind a small interface.
+
+- :class:`DeviceInfo` is what identifies a device (node, name, USB ids, serial, links);
+- :class:`DeviceMatch` says whether one is ours, from a ``[[scanners]]`` entry's selectors;
+- :class:`EvdevDevice` opens one; :class:`InputDeviceLike` is the seam tests use instead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import os
+import struct
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from evdev import InputEvent
+from evdev import ecodes as e
+
+from agent.sources.identity import usb_identity
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What identifies an input device: its node, name, USB ids, serial (``uniq``) and stable links."""
+
+    path: str
+    name: str = ""
+    vendor: int = 0
+    product: int = 0
+    serial: str = ""
+    phys: str = ""
+    links: tuple[str, ...] = ()
+    keyboard: bool = True
+
+    @property
+    def identity(self) -> str:
+        """``VID:PID:serial`` (or ``VID:PID@phys``), else a by-id link, else the name."""
+        if self.vendor or self.product:
+            return usb_identity(self.vendor, self.product, self.serial, location=self.phys)
+        by_id = [link for link in self.links if "/by-id/" in link]
+        return by_id[0] if by_id else f"input:{self.name}"
+
+
+@dataclass(frozen=True)
+class DeviceMatch:
+    """The selectors of one ``[[scanners]]`` entry; every one given must match.
+
+    >>> m = DeviceMatch(vendor_id=0x1EAB, name_pattern="Newland*")
+    >>> m.matches(DeviceInfo("/dev/input/event5", "Newland FM430", 0x1EAB, 0x1D06))
+    True
+    >>> m.matches(DeviceInfo("/dev/input/event3", "AT Translated Set 2 keyboard", 1, 1))
+    False
+    """
+
+    vendor_id: int | None = None
+    product_id: int | None = None
+    serial: str | None = None
+    name_pattern: str | None = None
+    path: str | None = None
+
+    def matches(self, info: DeviceInfo) -> bool:
+        if not info.keyboard:
+            return False
+        if self.vendor_id is not None and info.vendor != self.vendor_id:
+            return False
+        if self.product_id is not None and info.product != self.product_id:
+            return False
+        if self.serial is not None and info.serial != self.serial:
+            return False
+        if self.name_pattern is not None and not fnmatch.fnmatchcase(info.name, self.name_pattern):
+            return False
+        return self.path is None or self.path in info.links or os.path.realpath(self.path) == info.path
+
+    def __str__(self) -> str:
+        parts = [
+            f"{k}={v:#06x}" if isinstance(v, int) else f"{k}={v!r}" for k, v in vars(self).items() if v is not None
+        ]
+        return ", ".join(parts)
+
+
+class InputDeviceLike(Protocol):
+    """What :class:`HidSource` needs from an opened input device (see :class:`EvdevDevice`)."""
+
+    info: DeviceInfo
+    monotonic: bool
+
+    def fileno(self) -> int: ...
+    def read(self) -> list[InputEvent]: ...
+    def grab(self) -> None: ...
+    def ungrab(self) -> None: ...
+    def active_keys(self) -> list[int]: ...
+    def close(self) -> None: ...
+
+
+# _IOW('E', 0xa0, int): choose the clock of event timestamps.
+EVIOCSCLOCKID = 0x400445A0
+
+
+class EvdevDevice:
+    """A real ``/dev/input/eventN`` through python-evdev, with event times on the monotonic clock."""
+
+    def __init__(self, path: str, links: tuple[str, ...] = ()) -> None:
+        import evdev
+
+        self.device = evdev.InputDevice(path)
+        keys = set(self.device.capabilities().get(e.EV_KEY, []))
+        self.info = DeviceInfo(
+            path=path,
+            name=self.device.name,
+            vendor=self.device.info.vendor,
+            product=self.device.info.product,
+            serial=self.device.uniq or "",
+            phys=self.device.phys or "",
+            links=links,
+            keyboard=e.KEY_ENTER in keys and (e.KEY_1 in keys or e.KEY_KP1 in keys),
+        )
+        try:
+            # Event times on the same clock as Read.t_first (time.monotonic).
+            fcntl.ioctl(self.device.fd, EVIOCSCLOCKID, struct.pack("i", time.CLOCK_MONOTONIC))
+            self.monotonic = True
+        except OSError:
+            self.monotonic = False
+
+    def fileno(self) -> int:
+        return self.device.fd
+
+    def read(self) -> list[InputEvent]:
+        try:
+            return list(self.device.read())
+        except BlockingIOError:
+            return []
+
+    def grab(self) -> None:
+        self.device.grab()
+
+    def ungrab(self) -> None:
+        self.device.ungrab()
+
+    def active_keys(self) -> list[int]:
+        return list(self.device.active_keys())
+
+    def close(self) -> None:
+        self.device.close()
