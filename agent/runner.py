@@ -28,7 +28,7 @@ from agent import config as config_file
 from agent.config import Config, ScannerConfig
 from agent.ledger import Ledger, connect
 from agent.ledger.quarantine import prepare
-from agent.ops.systemd import Notifier, Watchdog, pipeline_healthy
+from agent.ops.systemd import LedgerProbe, Notifier, Watchdog, pipeline_healthy
 from agent.pipeline import Context, Pipeline, Sink
 from agent.sinks.feedback import Feedback
 from agent.sinks.host_ack import host_ack_for
@@ -155,7 +155,7 @@ class Runner:
         if interval is None:
             return None
         # Its own connection: the pipeline's belongs to the pipeline thread.
-        probe = connect(self.config.ledger.path)
+        probe = LedgerProbe(connect(self.config.ledger.path), self.config.ledger.path)
         watchdog = Watchdog(
             notifier, interval, lambda: pipeline_healthy(pipeline, probe, stall_s=PIPELINE_STALL_S), on_stop=probe.close
         )

@@ -201,15 +201,17 @@ def test_a_full_bill_rejects_further_codes(db, scanner, monkeypatch):
     assert scanner.scan("81234567890123456788", bill="B2").verdict == "accepted"
 
 
-@pytest.mark.parametrize("table", ["scans", "outbox", "deliveries"])
+@pytest.mark.parametrize("table", ["scans", "outbox", "deliveries", "alarms"])
 def test_tables_are_append_only(db, scanner, table):
     d = scanner.scan(A)
     Outbox(db.conn).mark_delivered([d.scan_id])
-    key = "id" if table == "scans" else "scan_id"
+    alarm = db.record_alarm("ledger_damaged", "moved aside at start")
+    key, row = {"scans": ("id", d.scan_id), "alarms": ("id", alarm)}.get(table, ("scan_id", d.scan_id))
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.conn.execute(f"UPDATE {table} SET {key} = 99 WHERE {key} = ?", (d.scan_id,))
+        db.conn.execute(f"UPDATE {table} SET {key} = 99 WHERE {key} = ?", (row,))
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         db.conn.execute(f"DELETE FROM {table}")
+    assert db.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 1
 
 
 def test_pending_and_delivery(db, scanner):
@@ -300,7 +302,7 @@ def test_verify_names_a_deleted_row(tmp_path):
     assert not result.ok and result.bad_id == 3 and "missing" in result.problem
 
 
-def test_verify_notices_a_deleted_tail_by_missing_outbox_link(tmp_path):
+def test_verify_notices_an_outbox_row_deleted(tmp_path):
     path = _filled(tmp_path)
     conn = sqlite3.connect(path)
     conn.execute("DROP TRIGGER outbox_no_delete")
@@ -308,6 +310,25 @@ def test_verify_notices_a_deleted_tail_by_missing_outbox_link(tmp_path):
     conn.commit()
     result = verify(ledger.connect(path))
     assert not result.ok and result.bad_id == 5
+
+
+def test_a_tail_cut_off_still_verifies_and_only_the_seq_check_past_the_kiosk_sees_it(tmp_path):
+    """The limit of a hash chain (agent/ledger/chain.py): what is left after the newest
+    rows are deleted is a valid chain. The back end, which already holds seq 6 and its
+    hash, is what notices a ledger that now ends at seq 4."""
+    path = _filled(tmp_path)
+    conn = ledger.connect(path)
+    sent = {row["seq"]: row["hash"] for row in conn.execute("SELECT seq, hash FROM scans")}
+    conn.close()
+    conn = sqlite3.connect(path)
+    for table in ("scans", "outbox"):
+        conn.execute(f"DROP TRIGGER {table}_no_delete")
+    conn.execute("DELETE FROM outbox WHERE scan_id > 4")
+    conn.execute("DELETE FROM scans WHERE id > 4")
+    conn.commit()
+    assert verify(ledger.connect(path)).ok, "a chain cannot see its own tail cut"
+    top = ledger.connect(path).execute("SELECT MAX(seq) FROM scans").fetchone()[0]
+    assert top == 4 < max(sent), "what the back end received goes further than the ledger"
 
 
 def test_nothing_is_recorded_when_the_database_cannot_be_written(tmp_path):

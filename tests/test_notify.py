@@ -11,7 +11,7 @@ import time
 import pytest
 
 from agent.ledger import Ledger, connect
-from agent.ops.systemd import Notifier, Watchdog, pipeline_healthy
+from agent.ops.systemd import LedgerProbe, Notifier, Watchdog, pipeline_healthy
 from agent.pipeline import Pipeline
 from agent.read import Read
 from tests.support.agent import start_agent
@@ -90,7 +90,7 @@ def test_watchdog_pings_stop_while_the_pipeline_is_stalled(tmp_path):
 
     db = tmp_path / "ledger.db"
     pipeline = Pipeline(Ledger.open(db, device_id="k", site_id="s"), sinks=[StuckSink()])
-    probe = connect(db)
+    probe = LedgerProbe(connect(db), db)
     watchdog = Watchdog(notifier, notifier.watchdog_interval(), lambda: pipeline_healthy(pipeline, probe, stall_s=0.5))
     pipeline.start()
     watchdog.start()
@@ -112,12 +112,33 @@ def test_watchdog_pings_stop_while_the_pipeline_is_stalled(tmp_path):
 def test_unhealthy_when_the_database_is_gone(tmp_path):
     db = tmp_path / "ledger.db"
     pipeline = Pipeline(Ledger.open(db, device_id="k", site_id="s"))
-    probe = connect(db)
+    probe = LedgerProbe(connect(db), db)
     assert pipeline_healthy(pipeline, probe, stall_s=60)
     probe.close()
     assert not pipeline_healthy(pipeline, probe, stall_s=60)
     pipeline.faulted = True
-    assert not pipeline_healthy(pipeline, connect(db), stall_s=60)
+    assert not pipeline_healthy(pipeline, LedgerProbe(connect(db), db), stall_s=60)
+
+
+def test_unhealthy_when_the_ledger_file_is_unlinked_under_the_agent(tmp_path):
+    db = tmp_path / "ledger.db"
+    pipeline = Pipeline(Ledger.open(db, device_id="k", site_id="s"))
+    probe = LedgerProbe(connect(db), db)
+    assert pipeline_healthy(pipeline, probe, stall_s=60)
+    db.unlink()  # the open connections still answer queries: only the path tells
+    assert probe.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+    assert not pipeline_healthy(pipeline, probe, stall_s=60)
+
+
+def test_unhealthy_when_the_ledger_file_is_replaced_under_the_agent(tmp_path):
+    db = tmp_path / "ledger.db"
+    pipeline = Pipeline(Ledger.open(db, device_id="k", site_id="s"))
+    probe = LedgerProbe(connect(db), db)
+    assert pipeline_healthy(pipeline, probe, stall_s=60)
+    other = tmp_path / "other.db"
+    Ledger.open(other, device_id="k", site_id="s").close()
+    other.replace(db)  # a valid ledger, but not the file the agent writes to
+    assert not pipeline_healthy(pipeline, probe, stall_s=60)
 
 
 def test_no_socket_no_messages():

@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +126,48 @@ class Watchdog:
             self._stop.wait(self.interval)
 
 
-def pipeline_healthy(pipeline, conn, *, stall_s: float, clock: Callable[[], float] = time.monotonic) -> bool:
+class LedgerProbe:
+    """The watchdog's look at the ledger: the database answers a query, and ``path`` still
+    names the file the agent opened, not unlinked and not replaced by another file.
+
+    A ledger unlinked or moved away under a running agent still takes writes, into a
+    file nobody will ever read again; only a restart opens the real one. Made and
+    used on one thread, the watchdog's (its connection is its own).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: str | Path) -> None:
+        self.conn = conn
+        self.path = str(path)
+        #: (device, inode) of the ledger when the probe was made; None for ``:memory:``.
+        self.identity = None if self.path == ":memory:" else _file_identity(self.path)
+
+    def healthy(self) -> bool:
+        if self.identity is not None and _file_identity(self.path) != self.identity:
+            return False
+        try:
+            # Reads the schema page: touches the file, cheap at any ledger size.
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except Exception:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def pipeline_healthy(
+    pipeline, ledger: LedgerProbe, *, stall_s: float, clock: Callable[[], float] = time.monotonic
+) -> bool:
     """True while the pipeline thread made progress within ``stall_s`` seconds and
-    the database answers a query.
+    the ledger is healthy (:class:`LedgerProbe`).
 
     The pipeline refreshes ``last_progress`` at least once a second even when
     idle, so a stale value means its thread is stuck (in a sink, in SQLite...).
@@ -135,9 +176,4 @@ def pipeline_healthy(pipeline, conn, *, stall_s: float, clock: Callable[[], floa
     """
     if clock() - pipeline.last_progress > stall_s or pipeline.faulted:
         return False
-    try:
-        # Reads the schema page: touches the file, cheap at any ledger size.
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except Exception:
-        return False
-    return True
+    return ledger.healthy()
