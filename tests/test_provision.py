@@ -4,14 +4,19 @@ certificate for this key from the regional CA."""
 
 from __future__ import annotations
 
+import difflib
 import stat
 import tomllib
+from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from agent.config import parse_toml
 from agent.ops import provision
 from tests.support.agent import run_agent
 from tests.support.pki import TestCA
@@ -46,8 +51,6 @@ def test_provision_makes_a_private_key_and_a_csr_for_the_device(tmp_path, ca):
 
 
 def test_provision_writes_station_and_mqtt_tables(tmp_path, ca):
-    # Content checked with tomllib: agent.config accepts these [mqtt] keys only
-    # once the uplink work (its MqttConfig) is merged.
     etc = tmp_path / "etc"
     etc.mkdir()
     (etc / "agent.toml").write_text(
@@ -128,3 +131,166 @@ def test_provision_needs_all_its_options(tmp_path):
 def test_bad_broker_is_refused(bad):
     with pytest.raises(provision.ProvisionError, match="--broker"):
         provision.parse_broker(bad)
+
+
+# A config as a site writes it: comments, a subtable, a multi-line string (whose
+# lines look like table headers), and an [mqtt] table from before.
+SITE_CONFIG = """\
+# Kiosk 42, pharmacy counter -- keep this file in the site binder.
+[station]
+device_id = "old-id"  # from the sticker
+movement = "receive"
+operator = \"\"\"
+Shift A
+[mqtt] questions: ask the pharmacist
+\"\"\"
+
+[feedback]
+backend = "console"
+
+[feedback.patterns.accepted] # replaces the whole default pattern
+green = { on = 0.3, off = 0.2 }
+buzzer = [{ on = 0.08, tone = 2700 }]
+
+[mqtt]
+enabled = false
+host = "old.example"
+topic_prefix = "rx/v1"  # the region's prefix
+keepalive_s = 30
+
+[ledger]
+path = "/var/lib/scan-agent/ledger.db"  # keep
+"""
+
+
+def test_provision_changes_only_its_keys_in_a_site_config(tmp_path, ca):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "agent.toml").write_text(SITE_CONFIG)
+    before = tomllib.loads(SITE_CONFIG)
+    csr = provision_cli(tmp_path, ca)
+    assert csr.returncode == 0, csr.stderr
+    text = (etc / "agent.toml").read_text()
+
+    provisioned = {
+        "station": {"device_id": "kiosk-0042", "site_id": "site-07"},
+        "mqtt": {
+            "enabled": True,
+            "host": "mqtt.region.example",
+            "port": 9883,
+            "tls": True,
+            "ca_file": str(etc / "ca.pem"),
+            "cert_file": str(etc / "device.crt"),
+            "key_file": str(etc / "device.key"),
+        },
+    }
+    expected = {**before, **{name: {**before[name], **keys} for name, keys in provisioned.items()}}
+    assert tomllib.loads(text) == expected
+    assert tomllib.loads(text)["station"]["operator"] == "Shift A\n[mqtt] questions: ask the pharmacist\n"
+    # Line by line: only lines of provisioned keys went, every comment stayed.
+    diff = list(difflib.ndiff(SITE_CONFIG.splitlines(), text.splitlines()))
+    removed = [line[2:] for line in diff if line.startswith("- ")]
+    assert {line.split(" = ")[0] for line in removed} <= {"device_id", "enabled", "host"}, removed
+    for line in SITE_CONFIG.splitlines():
+        if "#" in line and not line.startswith(("device_id", "host")):
+            assert line in text
+    assert "[feedback.patterns.accepted] # replaces the whole default pattern\n" in text
+
+    signed = tmp_path / "kiosk.crt"
+    signed.write_bytes(ca.sign_csr(csr.stdout))
+    assert provision.install_cert(signed, etc).startswith("installed")
+    config = parse_toml(text, "agent.toml")  # the agent takes it (its cert_file exists now)
+    assert (config.station.device_id, config.mqtt.host, config.mqtt.port) == ("kiosk-0042", "mqtt.region.example", 9883)
+    assert config.feedback.patterns["accepted"].buzzer[0].tone_hz == 2700
+
+
+def test_provision_refuses_a_config_that_is_not_toml(tmp_path, ca):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "agent.toml").write_text("[station\ndevice_id = 1\n")
+    with pytest.raises(provision.ProvisionError, match="not valid TOML"):
+        provision.provision("k1", "s1", "h:8883", ca.cert_path, etc)
+    assert (etc / "agent.toml").read_text() == "[station\ndevice_id = 1\n"
+
+
+def test_provision_adds_its_tables_to_a_config_without_them(tmp_path, ca):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "agent.toml").write_text('[ledger]\npath = "/l.db"')  # no newline at the end
+    provision.provision("k1", "s1", "h", ca.cert_path, etc)
+    text = (etc / "agent.toml").read_text()
+    assert text.startswith('[ledger]\npath = "/l.db"\n\n[station]\n')
+    assert tomllib.loads(text)["mqtt"]["port"] == 8883
+
+
+# Debian 12's cryptography is 38: no load_pem_x509_certificates (39), no
+# verify_directly_issued_by (40), no not_valid_*_utc (42). These check the code
+# that stands in for them, whatever cryptography runs the tests; the real 38 is
+# exercised by tests/test_kiosk_path.py.
+
+
+def test_pem_bundle_is_split_into_certificates(tmp_path, ca):
+    one, _ = ca.client_cert("a")
+    two, _ = ca.client_cert("b")
+    bundle = b"subject=CN=a\n" + one.read_bytes() + b"\n# then b\n" + two.read_bytes()
+    certs = provision.load_pem_certificates(bundle)
+    assert [c.subject.rfc4514_string() for c in certs] == ["CN=a", "CN=b"]
+    assert certs == [x509.load_pem_x509_certificate(one.read_bytes()), x509.load_pem_x509_certificate(two.read_bytes())]
+    with pytest.raises(ValueError, match="no -----BEGIN CERTIFICATE"):
+        provision.load_pem_certificates(b"not a certificate")
+    with pytest.raises(ValueError):
+        provision.load_pem_certificates(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+
+
+def test_a_ca_that_is_not_pem_is_refused(tmp_path):
+    bad = tmp_path / "ca.der"
+    bad.write_bytes(b"\x30\x82garbage")
+    with pytest.raises(provision.ProvisionError, match=r"--ca .*ca.der: not a readable PEM CA certificate"):
+        provision.provision("k1", "s1", "h", bad, tmp_path / "etc")
+
+
+def _self_signed(key, cn: str, algorithm) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now)
+        .sign(key, algorithm)
+    )
+
+
+@pytest.mark.parametrize(
+    ("make_key", "algorithm"),
+    [
+        (lambda: ec.generate_private_key(ec.SECP384R1()), hashes.SHA384()),
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), hashes.SHA256()),
+        (ed25519.Ed25519PrivateKey.generate, None),
+    ],
+    ids=["ecdsa", "rsa", "ed25519"],
+)
+def test_signature_check_without_verify_directly_issued_by(make_key, algorithm):
+    key = make_key()
+    cert = _self_signed(key, "Region CA", algorithm)
+    assert provision._issued_by_38(cert, cert)
+    impostor = _self_signed(make_key(), "Region CA", algorithm)  # the same name, another key
+    assert not provision._issued_by_38(cert, impostor)
+    assert not provision._issued_by_38(impostor, cert)
+    other_name = _self_signed(key, "Other CA", algorithm)  # the right key, another name
+    assert not provision._issued_by_38(cert, other_name)
+
+
+def test_signature_check_without_verify_directly_issued_by_on_the_test_ca(tmp_path, ca):
+    leaf = x509.load_pem_x509_certificate(ca.client_cert("kiosk-1")[0].read_bytes())
+    assert provision._issued_by_38(leaf, ca.cert)
+    assert not provision._issued_by_38(leaf, TestCA(tmp_path, "Other CA").cert)
+    assert provision._chains(leaf, [], [ca.cert])
+
+
+def test_validity_from_naive_utc_times_as_cryptography_38_gives_them():
+    old = SimpleNamespace(not_valid_before=datetime(2024, 1, 1), not_valid_after=datetime(2025, 1, 1, 12))
+    assert provision._validity(old) == (datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, 12, tzinfo=UTC))

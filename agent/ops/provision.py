@@ -16,22 +16,29 @@ Files, all in ``--dir`` (default ``/etc/scan-agent``):
 - ``agent.toml``  ``[station]`` device_id/site_id and the ``[mqtt]`` table are
   (re)written; every other table, and other keys of those two, are kept.
 
-Needs the ``cryptography`` package (``apt install python3-cryptography`` on
-Raspberry Pi OS; the installer's venv sees system packages).
+Needs ``cryptography`` 38 or later: a kiosk takes Debian's ``python3-cryptography``
+(38.0.4 on Bookworm) through its ``--system-site-packages`` venv, so only APIs
+that 38 has are used here, or a fallback for them (PEM bundles, signature and
+validity checks). ``agent.toml`` is edited with ``tomlkit``, which keeps comments,
+subtables and string styles as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import os
 import pwd
+import re
 import tomllib
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
 
 from agent.config import MQTT_TLS_PORT
 
@@ -160,13 +167,13 @@ def provision(
 def install_cert(cert_file: str | Path, directory: str | Path = DEFAULT_DIR) -> str:
     """Check ``cert_file`` is for this device's key and chains to ``ca.pem``, then
     install it as ``device.crt``. Returns a one-line description."""
-    x509, _, serialization, _, NameOID = _crypto()
+    _, _, serialization, _, NameOID = _crypto()
     paths = Paths(Path(directory))
     for needed in (paths.key, paths.ca):
         if not needed.exists():
             raise ProvisionError(f"{needed} is missing: run scan-agent provision --device-id ... first")
     try:
-        chain = x509.load_pem_x509_certificates(Path(cert_file).read_bytes())
+        chain = load_pem_certificates(Path(cert_file).read_bytes())
     except (OSError, ValueError) as problem:
         raise ProvisionError(f"{cert_file}: not a PEM certificate ({problem})") from problem
     leaf, intermediates = chain[0], chain[1:]
@@ -178,21 +185,25 @@ def install_cert(cert_file: str | Path, directory: str | Path = DEFAULT_DIR) -> 
             f"{cert_file} is for another key, not this device's {paths.key}: "
             "send the CSR printed by scan-agent provision (also in device.csr) to the CA"
         )
-    ca = x509.load_pem_x509_certificates(paths.ca.read_bytes())
+    try:
+        ca = load_pem_certificates(paths.ca.read_bytes())
+    except (OSError, ValueError) as problem:
+        raise ProvisionError(f"{paths.ca}: not a PEM CA certificate ({problem}); run provision again") from problem
     if not _chains(leaf, intermediates, ca):
         raise ProvisionError(
             f"{cert_file} does not chain to the regional CA in {paths.ca}: ask the right CA to sign it"
         )
     now = datetime.now(UTC)
-    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+    not_before, not_after = _validity(leaf)
+    if not not_before <= now <= not_after:
         raise ProvisionError(
-            f"{cert_file} is valid {leaf.not_valid_before_utc:%Y-%m-%d} to {leaf.not_valid_after_utc:%Y-%m-%d}, "
+            f"{cert_file} is valid {not_before:%Y-%m-%d} to {not_after:%Y-%m-%d}, "
             f"not now ({now:%Y-%m-%d}): check the clock, or get a current certificate"
         )
     _write(paths.cert, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain), 0o644)
     names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = names[0].value if names else "?"
-    return f"installed {paths.cert}: CN={cn}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}"
+    return f"installed {paths.cert}: CN={cn}, valid until {not_after:%Y-%m-%d}"
 
 
 def _chains(leaf, intermediates: list, roots: list) -> bool:
@@ -210,73 +221,109 @@ def _chains(leaf, intermediates: list, roots: list) -> bool:
     return False
 
 
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def load_pem_certificates(data: bytes) -> list:
+    """Every ``CERTIFICATE`` block in ``data``, in order (text around them is ignored).
+
+    ``x509.load_pem_x509_certificates`` does this from cryptography 39 on; Debian 12
+    has 38, so each block is loaded with ``load_pem_x509_certificate``. ValueError
+    when there is none, or a block is not a certificate.
+    """
+    x509 = _crypto()[0]
+    blocks = _PEM_CERT.findall(data)
+    if not blocks:
+        raise ValueError("no -----BEGIN CERTIFICATE----- block found")
+    return [x509.load_pem_x509_certificate(block) for block in blocks]
+
+
 def _issued_by(cert, issuer) -> bool:
+    """True if ``issuer`` is named as ``cert``'s issuer and its key signed ``cert``."""
+    if not hasattr(cert, "verify_directly_issued_by"):  # cryptography 38 and 39
+        return _issued_by_38(cert, issuer)
     try:
         cert.verify_directly_issued_by(issuer)
-    except Exception:  # InvalidSignature, or a key type that cannot have signed it
+    except Exception:  # InvalidSignature, a name mismatch, or a key type that cannot have signed it
         return False
     return True
 
 
+def _issued_by_38(cert, issuer) -> bool:
+    """``_issued_by`` with only cryptography 38 APIs (``verify_directly_issued_by``
+    is 40+): ECDSA, RSA PKCS#1 v1.5, Ed25519 and Ed448 signatures. RSA-PSS needs
+    the signature's parameters, which 38 does not expose: it counts as not signed."""
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        public_key, data, signature = issuer.public_key(), cert.tbs_certificate_bytes, cert.signature
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, data, ec.ECDSA(cert.signature_hash_algorithm))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, data, padding.PKCS1v15(), cert.signature_hash_algorithm)
+        elif isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            public_key.verify(signature, data)
+        else:
+            return False
+    except (InvalidSignature, UnsupportedAlgorithm, TypeError, ValueError):
+        return False
+    return True
+
+
+def _validity(cert) -> tuple[datetime, datetime]:
+    """``cert``'s not-before and not-after as aware UTC datetimes. The ``*_utc``
+    properties are cryptography 42+; before that the naive ones are UTC."""
+    if hasattr(cert, "not_valid_after_utc"):
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    return cert.not_valid_before.replace(tzinfo=UTC), cert.not_valid_after.replace(tzinfo=UTC)
+
+
 def _read_ca(ca_file: str | Path) -> bytes:
-    x509 = _crypto()[0]
     try:
         data = Path(ca_file).read_bytes()
-        x509.load_pem_x509_certificates(data)
+        load_pem_certificates(data)
     except (OSError, ValueError) as problem:
         raise ProvisionError(f"--ca {ca_file}: not a readable PEM CA certificate ({problem})") from problem
     return data
 
 
 def write_config(path: Path, *, station: dict[str, Any], mqtt: dict[str, Any]) -> None:
-    """Set ``station`` keys and the whole ``[mqtt]`` table (keeping its other keys)
-    in the TOML at ``path``; other tables keep their text, comments included."""
+    """Set the ``station`` keys in ``[station]`` and the ``mqtt`` keys in ``[mqtt]``
+    of the TOML at ``path`` (each table's other keys stay). Everything else is
+    kept as written: other tables and subtables, comments, string styles."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if text and not text.endswith("\n"):
+        text += "\n"
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as problem:
+        tomllib.loads(text)  # the strict reader the agent uses
+        doc = tomlkit.parse(text)
+    except (tomllib.TOMLDecodeError, tomlkit.exceptions.TOMLKitError) as problem:
         raise ProvisionError(f"{path}: not valid TOML ({problem}); fix or remove it first") from problem
-    tables = {
-        "station": {**data.get("station", {}), **station},
-        "mqtt": {**data.get("mqtt", {}), **mqtt},
-    }
-    kept = _without_tables(text, set(tables))
-    new = kept.rstrip("\n") + "\n\n" if kept.strip() else ""
-    new += "\n".join(_table(name, values) for name, values in tables.items())
-    assert tomllib.loads(new)["mqtt"]["host"] == mqtt["host"]  # what we wrote reads back
+    wanted = {"station": station, "mqtt": mqtt}
+    for name, values in wanted.items():
+        table = doc.get(name)
+        if table is None:
+            if doc.as_string().strip() and not doc.as_string().endswith("\n\n"):
+                doc.add(tomlkit.nl())  # a blank line before the new table
+            doc[name] = table = tomlkit.table()
+        elif not isinstance(table, MutableMapping):
+            raise ProvisionError(f"{path}: {name} is not a table; make it [{name}] or remove it first")
+        for key, value in values.items():
+            table[key] = value
+    new = tomlkit.dumps(doc)
+    try:
+        written = tomllib.loads(new)
+    except tomllib.TOMLDecodeError as problem:  # a tomlkit bug; never replace a valid config with it
+        raise ProvisionError(
+            f"{path}: the edited config would not be valid TOML ({problem}); left unchanged"
+        ) from problem
+    if any(written[name].get(key) != value for name, values in wanted.items() for key, value in values.items()):
+        raise ProvisionError(f"{path}: the edited config does not read back as written; left unchanged")
     _write(path, new.encode(), 0o640)
     _own(path, "root", AGENT_USER)
-
-
-def _without_tables(text: str, names: set[str]) -> str:
-    """The TOML text minus the ``[name]`` tables in ``names`` (header to next header)."""
-    out, skipping = [], False
-    for line in text.splitlines(keepends=True):
-        stripped = line.strip()
-        if stripped.startswith("["):
-            header = stripped.split("#")[0].strip()
-            skipping = header.strip("[]").strip() in names and not header.startswith("[[")
-        if not skipping:
-            out.append(line)
-    return "".join(out)
-
-
-def _table(name: str, values: dict[str, Any]) -> str:
-    return f"[{name}]\n" + "".join(f"{key} = {_value(v)}\n" for key, v in values.items()) + "\n"
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_value(v)}" for k, v in value.items()) + " }"
-    raise ProvisionError(f"cannot write {value!r} to TOML")
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
