@@ -5,8 +5,8 @@
 
 Prints p50/p99/max of ``Ledger.decide_and_record`` (synchronous=FULL, WAL) over
 ``--scans`` new scans (a tenth of them duplicates), for a fresh ledger and one
-pre-filled with ``--rows`` scans, each a distinct code with its movement state,
-outbox row and delivery. The pre-fill is a bulk SQL insert: its hashes are not
+pre-filled with ``--rows`` scans, each a distinct code with its movement state
+and delivery. The pre-fill is a bulk SQL insert: its hashes are not
 a valid chain, which the timing does not depend on.
 """
 
@@ -58,7 +58,6 @@ def prefill(path: Path, rows: int) -> None:
             "INSERT INTO code_state (code, out_count, out_id, in_held) SELECT code, 1, id, 0 FROM scans WHERE id > ?",
             (low,),
         )
-        conn.execute("INSERT INTO outbox (scan_id) SELECT id FROM scans WHERE id > ?", (low,))
         conn.execute(
             "INSERT INTO deliveries (scan_id, ts, reason_code) SELECT id, ts, 0 FROM scans WHERE id > ?", (low,)
         )

@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from agent import codes, ledger
-from agent.ledger import Ledger, LedgerError, checkpoint, row_hash, store, verify
+from agent.ledger import APPEND_ONLY, Ledger, LedgerError, checkpoint, row_hash, store, verify
 from agent.ledger.outbox import Outbox
 from agent.read import Read
 
@@ -201,7 +201,7 @@ def test_a_full_bill_rejects_further_codes(db, scanner, monkeypatch):
     assert scanner.scan("81234567890123456788", bill="B2").verdict == "accepted"
 
 
-@pytest.mark.parametrize("table", ["scans", "outbox", "deliveries", "alarms"])
+@pytest.mark.parametrize("table", APPEND_ONLY)
 def test_tables_are_append_only(db, scanner, table):
     d = scanner.scan(A)
     Outbox(db.conn).mark_delivered([d.scan_id])
@@ -302,14 +302,14 @@ def test_verify_names_a_deleted_row(tmp_path):
     assert not result.ok and result.bad_id == 3 and "missing" in result.problem
 
 
-def test_verify_notices_an_outbox_row_deleted(tmp_path):
-    path = _filled(tmp_path)
-    conn = sqlite3.connect(path)
-    conn.execute("DROP TRIGGER outbox_no_delete")
-    conn.execute("DELETE FROM outbox WHERE scan_id = 5")
-    conn.commit()
-    result = verify(ledger.connect(path))
-    assert not result.ok and result.bad_id == 5
+def test_the_outbox_is_every_scan_with_a_seq_and_cannot_be_edited(db, scanner):
+    ean = "6901234567892"
+    made = [scanner.scan(A), scanner.scan(A), scanner.scan(ean), scanner.scan(ean, gap=0.1), scanner.scan(B)]
+    assert [d.verdict for d in made] == ["accepted", "duplicate", "rejected", "double_read", "accepted"]
+    events = [row[0] for row in db.conn.execute("SELECT scan_id FROM outbox ORDER BY scan_id")]
+    assert events == [d.scan_id for d in made if d.seq is not None]
+    with pytest.raises(sqlite3.OperationalError, match="view"):
+        db.conn.execute("DELETE FROM outbox")
 
 
 def test_a_tail_cut_off_still_verifies_and_only_the_seq_check_past_the_kiosk_sees_it(tmp_path):
@@ -321,9 +321,7 @@ def test_a_tail_cut_off_still_verifies_and_only_the_seq_check_past_the_kiosk_see
     sent = {row["seq"]: row["hash"] for row in conn.execute("SELECT seq, hash FROM scans")}
     conn.close()
     conn = sqlite3.connect(path)
-    for table in ("scans", "outbox"):
-        conn.execute(f"DROP TRIGGER {table}_no_delete")
-    conn.execute("DELETE FROM outbox WHERE scan_id > 4")
+    conn.execute("DROP TRIGGER scans_no_delete")
     conn.execute("DELETE FROM scans WHERE id > 4")
     conn.commit()
     assert verify(ledger.connect(path)).ok, "a chain cannot see its own tail cut"

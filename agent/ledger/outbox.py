@@ -1,8 +1,11 @@
 """The uplink's view of the ledger: undelivered events out, delivery records in.
 
 It works on its own connection (:func:`agent.ledger.connect`), never on the
-pipeline's, and it only ever reads ``scans``/``outbox`` and inserts into
-``deliveries``: it decides nothing about a scan.
+pipeline's, and it only ever reads ``scans`` and inserts into ``deliveries``:
+it decides nothing about a scan. Every scan with a ``seq`` is an event (the
+``outbox`` view says the same); it is undelivered until ``deliveries`` has its id.
+Lookups walk ``scans`` by rowid, which ``seq`` follows: no index on the scan path
+serves them (:mod:`agent.ledger.schema`).
 
 >>> from agent.ledger import Ledger
 >>> from agent.read import Read
@@ -32,12 +35,14 @@ from pathlib import Path
 from agent.clock import iso
 from agent.ledger import connect
 
-_ROWS = """
+_EVENTS = """
 SELECT scans.*, earlier.event_id AS earlier_event_id, earlier.seq AS earlier_seq
-FROM outbox JOIN scans ON scans.id = outbox.scan_id LEFT JOIN scans AS earlier ON earlier.id = scans.earlier_id
-WHERE {where} AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_id = outbox.scan_id)
-ORDER BY outbox.scan_id
+FROM scans LEFT JOIN scans AS earlier ON earlier.id = scans.earlier_id
+WHERE {where} AND scans.seq IS NOT NULL{undelivered}
+ORDER BY scans.id
 """
+_UNDELIVERED = " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_id = scans.id)"
+_ROWS = _EVENTS.replace("{undelivered}", _UNDELIVERED)
 
 
 class Outbox:
@@ -60,7 +65,7 @@ class Outbox:
 
     def pending(self, after_id: int = 0, limit: int = 100) -> list[sqlite3.Row]:
         """Undelivered events' scan rows with ``id > after_id``, oldest first."""
-        query = _ROWS.format(where="outbox.scan_id > ?") + " LIMIT ?"
+        query = _ROWS.format(where="scans.id > ?") + " LIMIT ?"
         return self.conn.execute(query, (after_id, limit)).fetchall()
 
     def rows(self, scan_ids: Iterable[int]) -> list[sqlite3.Row]:
@@ -68,15 +73,19 @@ class Outbox:
         ids = list(scan_ids)
         if not ids:
             return []
-        query = _ROWS.format(where=f"outbox.scan_id IN ({','.join('?' * len(ids))})")
+        query = _ROWS.format(where=f"scans.id IN ({','.join('?' * len(ids))})")
         return self.conn.execute(query, ids).fetchall()
 
     def by_seq(self, device_id: str, first: int, last: int) -> list[sqlite3.Row]:
         """The events ``first``..``last`` of a device, delivered or not, in order."""
-        query = _ROWS.replace(
-            "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_id = outbox.scan_id)", ""
-        ).format(where="scans.device_id = ? AND scans.seq BETWEEN ? AND ?")
-        return self.conn.execute(query, (device_id, first, last)).fetchall()
+        # A device's seq never runs ahead of the row id (double reads take an id but
+        # no seq), so its seq ``first`` is at id >= first: the walk starts there and
+        # stops once it has them all.
+        query = _EVENTS.replace("{undelivered}", "").format(
+            where="scans.id >= :first AND scans.device_id = :device AND scans.seq BETWEEN :first AND :last"
+        )
+        params = {"first": first, "last": last, "device": device_id, "n": max(0, last - first + 1)}
+        return self.conn.execute(query + " LIMIT :n", params).fetchall()
 
     def mark_delivered(self, scan_ids: Iterable[int], reason_code: int = 0) -> None:
         """Record delivery (a PUBACK with a success reason code) in one transaction. Idempotent."""
@@ -102,8 +111,7 @@ class Outbox:
         so a health report on a ledger of millions of delivered events stays cheap.
         """
         return self.conn.execute(
-            "SELECT COUNT(*) FROM outbox WHERE scan_id > :floor AND NOT EXISTS"
-            " (SELECT 1 FROM deliveries WHERE deliveries.scan_id = outbox.scan_id)",
+            "SELECT COUNT(*) FROM scans WHERE id > :floor AND seq IS NOT NULL" + _UNDELIVERED,
             {"floor": self._delivered_floor},
         ).fetchone()[0]
 
@@ -111,13 +119,17 @@ class Outbox:
         """When the oldest undelivered event was recorded (ISO UTC), or None."""
         # The newest id is read first: an event queued after it is above it, so
         # raising the floor to it can never skip an undelivered event.
-        newest = self.conn.execute("SELECT COALESCE(MAX(scan_id), 0) FROM outbox").fetchone()[0]
+        newest = self.newest()
         rows = self.pending(self._delivered_floor, 1)
         if rows:
             self._delivered_floor = rows[0]["id"] - 1
             return rows[0]["ts"]
         self._delivered_floor = max(self._delivered_floor, newest)
         return None
+
+    def newest(self) -> int:
+        """The id of the newest scan (0 when none): every event is at or below it."""
+        return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM scans").fetchone()[0]
 
     def alarms(self, limit: int = 10) -> list[dict]:
         """The latest alarms (e.g. ``ledger_damaged``), newest first, as ``{id, ts, kind, detail}``."""

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 ON_CORRUPT = ("refuse", "new")
 _SIDE_FILES = ("-wal", "-shm", "-journal")
-_TABLES = ("scans", "code_state", "outbox", "deliveries")
+_TABLES = ("scans", "code_state", "deliveries")
 
 
 class LedgerDamaged(LedgerError):

@@ -1,9 +1,16 @@
 """The ledger's tables, indexes and append-only triggers, and moving an old ledger forward.
 
 :func:`create_schema` runs at every open. On a ledger already at
-:data:`SCHEMA_VERSION` it reads one pragma and returns; otherwise it adds what is
-missing (tables, indexes, triggers: ``IF NOT EXISTS`` each), never rewriting a
-row, so a kiosk's existing ledger keeps its history and its hash chain.
+:data:`SCHEMA_VERSION` it reads one pragma and returns; otherwise it creates what
+is missing, or migrates an older ledger forward in one transaction. A migration
+never touches a row of ``scans``: the hash chain verifies as before.
+
+Every page a scan writes costs time before the beep and wears the SD card, so the
+scan path writes few B-trees (``bench/pages.py``): an accepted scan touches
+``scans``, its ``event_id`` index and the code's ``code_state`` row. The outbox is
+not a table but a view: every scan with a ``seq`` is an event, and ``deliveries``
+says which were delivered. ``seq`` and ``ts`` have no index; the lookups that need
+them read ``scans`` by rowid, which ``seq`` and ``ts`` follow (:mod:`~agent.ledger.outbox`).
 
 >>> import sqlite3
 >>> conn = sqlite3.connect(":memory:", isolation_level=None)
@@ -14,81 +21,104 @@ True
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
-SCHEMA_VERSION = 2  # 2: the alarms table
+log = logging.getLogger(__name__)
+
+#: 2: the alarms table; 3: the write budget (outbox view, code_state without rowid,
+#: deliveries keyed to scans, no seq or ts index).
+SCHEMA_VERSION = 3
 
 #: Tables whose rows are never updated or deleted (triggers refuse it).
-APPEND_ONLY = ("scans", "outbox", "deliveries", "alarms")
+APPEND_ONLY = ("scans", "deliveries", "alarms")
+
+_SCANS = """
+CREATE TABLE IF NOT EXISTS "scans" (
+   "id" INTEGER PRIMARY KEY,
+   "seq" INTEGER,
+   "event_id" TEXT NOT NULL,
+   "device_id" TEXT NOT NULL,
+   "site_id" TEXT NOT NULL,
+   "ts" TEXT NOT NULL,
+   "clock_synced" INTEGER,
+   "movement" TEXT NOT NULL,
+   "verdict" TEXT NOT NULL,
+   "reason" TEXT,
+   "detail" TEXT,
+   "code" TEXT,
+   "raw" TEXT NOT NULL,
+   "kind" TEXT,
+   "product_id" TEXT,
+   "serial" TEXT,
+   "symbology" TEXT,
+   "ais" TEXT,
+   "source_kind" TEXT,
+   "source_id" TEXT,
+   "operator" TEXT,
+   "bill" TEXT,
+   "earlier_id" INTEGER,
+   "prev_hash" TEXT NOT NULL,
+   "hash" TEXT NOT NULL
+)
+"""
+
+# Keyed by the code itself: one B-tree, where a rowid table needs a second for its key.
+_CODE_STATE = """
+CREATE TABLE IF NOT EXISTS "{name}" (
+   "code" TEXT PRIMARY KEY,
+   "out_count" INTEGER NOT NULL DEFAULT 0,
+   "out_id" INTEGER,
+   "in_held" INTEGER NOT NULL DEFAULT 0,
+   "in_id" INTEGER,
+   "destroyed_id" INTEGER
+) WITHOUT ROWID
+"""
+
+_DELIVERIES = """
+CREATE TABLE IF NOT EXISTS "{name}" (
+   "scan_id" INTEGER PRIMARY KEY REFERENCES "scans"("id"),
+   "ts" TEXT,
+   "reason_code" INTEGER
+)
+"""
+
+_ALARMS = """
+CREATE TABLE IF NOT EXISTS "alarms" (
+   "id" INTEGER PRIMARY KEY,
+   "ts" TEXT NOT NULL,
+   "kind" TEXT NOT NULL,
+   "detail" TEXT NOT NULL
+)
+"""
+
+_INDEXES = (
+    # Event ids are unique (and increase with id): the index is their guard and their lookup.
+    'CREATE UNIQUE INDEX IF NOT EXISTS "idx_scans_event_id" ON "scans" ("event_id")',
+    "CREATE INDEX IF NOT EXISTS scans_bill ON scans (bill, verdict) WHERE bill != ''",
+)
+
+#: The events to publish: every scan with a seq (all but double reads).
+_OUTBOX_VIEW = 'CREATE VIEW IF NOT EXISTS "outbox" AS SELECT id AS scan_id FROM scans WHERE seq IS NOT NULL'
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Create the tables, indexes and append-only triggers if missing."""
-    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+    """Create the tables, indexes and append-only triggers, or move an older ledger forward."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
         return
-    import sqlite_utils  # only when a ledger is created or migrated: it costs a tenth of a second to import
-
-    db = sqlite_utils.Database(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        db["scans"].create(
-            {
-                "id": int,
-                "seq": int,
-                "event_id": str,
-                "device_id": str,
-                "site_id": str,
-                "ts": str,
-                "clock_synced": int,
-                "movement": str,
-                "verdict": str,
-                "reason": str,
-                "detail": str,
-                "code": str,
-                "raw": str,
-                "kind": str,
-                "product_id": str,
-                "serial": str,
-                "symbology": str,
-                "ais": str,
-                "source_kind": str,
-                "source_id": str,
-                "operator": str,
-                "bill": str,
-                "earlier_id": int,
-                "prev_hash": str,
-                "hash": str,
-            },
-            pk="id",
-            not_null={"event_id", "device_id", "site_id", "ts", "movement", "verdict", "raw", "prev_hash", "hash"},
-            if_not_exists=True,
-        )
-        db["scans"].create_index(["event_id"], unique=True, if_not_exists=True)
-        db["scans"].create_index(["device_id", "seq"], unique=True, if_not_exists=True)
-        db["scans"].create_index(["ts"], if_not_exists=True)
-        db["code_state"].create(
-            {"code": str, "out_count": int, "out_id": int, "in_held": int, "in_id": int, "destroyed_id": int},
-            pk="code",
-            not_null={"out_count", "in_held"},
-            defaults={"out_count": 0, "in_held": 0},
-            if_not_exists=True,
-        )
-        db["outbox"].create(
-            {"scan_id": int}, pk="scan_id", foreign_keys=[("scan_id", "scans", "id")], if_not_exists=True
-        )
-        db["deliveries"].create(
-            {"scan_id": int, "ts": str, "reason_code": int},
-            pk="scan_id",
-            foreign_keys=[("scan_id", "outbox", "scan_id")],
-            if_not_exists=True,
-        )
-        db["alarms"].create(
-            {"id": int, "ts": str, "kind": str, "detail": str},
-            pk="id",
-            not_null={"ts", "kind", "detail"},
-            if_not_exists=True,
-        )
-        conn.execute("CREATE INDEX IF NOT EXISTS scans_bill ON scans (bill, verdict) WHERE bill != ''")
+        if version and version < 3:
+            log.warning("ledger: moving schema %d forward to %d (once; scans are not touched)", version, SCHEMA_VERSION)
+            _migrate_to_3(conn)
+        conn.execute(_SCANS)
+        conn.execute(_CODE_STATE.format(name="code_state"))
+        conn.execute(_DELIVERIES.format(name="deliveries"))
+        conn.execute(_ALARMS)
+        for index in _INDEXES:
+            conn.execute(index)
+        conn.execute(_OUTBOX_VIEW)
         for table in APPEND_ONLY:
             for action in ("UPDATE", "DELETE"):
                 conn.execute(
@@ -100,3 +130,26 @@ def create_schema(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """From schema 1 or 2: the derived tables and indexes take their lean shape.
+
+    ``code_state`` and ``deliveries`` are copied row for row into their new
+    shape (deliveries referred to the outbox table, which becomes a view of
+    ``scans``); the outbox table and the seq and ts indexes are dropped. Dropping a
+    table fires no DELETE trigger, and ``scans`` keeps every row and hash.
+    """
+    conn.execute(_CODE_STATE.format(name="code_state_v3"))
+    conn.execute(
+        "INSERT INTO code_state_v3 SELECT code, out_count, out_id, in_held, in_id, destroyed_id FROM code_state"
+    )
+    conn.execute("DROP TABLE code_state")
+    conn.execute("ALTER TABLE code_state_v3 RENAME TO code_state")
+    conn.execute(_DELIVERIES.format(name="deliveries_v3"))
+    conn.execute("INSERT INTO deliveries_v3 SELECT scan_id, ts, reason_code FROM deliveries")
+    conn.execute("DROP TABLE deliveries")  # its triggers go with it; create_schema makes them anew
+    conn.execute("ALTER TABLE deliveries_v3 RENAME TO deliveries")
+    conn.execute("DROP TABLE outbox")
+    conn.execute('DROP INDEX IF EXISTS "idx_scans_device_id_seq"')
+    conn.execute('DROP INDEX IF EXISTS "idx_scans_ts"')

@@ -28,7 +28,7 @@ from agent.domain import BILL_LIMIT, Decision, Earlier, check_movement
 from agent.ids import EventIds
 from agent.ledger.chain import GENESIS, HASHED, row_hash
 from agent.ledger.checkpoint import Checkpointer
-from agent.ledger.rules import RULES, Verdict, judge
+from agent.ledger.rules import RULES, State, judge
 from agent.ledger.schema import create_schema
 from agent.ledger.sqlite import CACHE_KIB, connect
 from agent.read import Read
@@ -73,7 +73,18 @@ class Ledger:
         # restart even when the wall clock was set back meanwhile.
         self._ids = EventIds(after=None if last is None else last[0])
         #: The latest ts recorded; a wall clock behind it is not trustworthy.
-        self._latest_ts: str | None = conn.execute("SELECT MAX(ts) FROM scans").fetchone()[0]
+        self._latest_ts = latest_ts(conn)
+        #: The chain's end, kept here so a scan reads no index for it (one writer: the pipeline).
+        self._tail: tuple[int, str, int] = (0, GENESIS, 0)  # last id, its hash, this device's last seq
+        self._load_tail()
+
+    def _load_tail(self) -> None:
+        last = self.conn.execute("SELECT id, hash FROM scans ORDER BY id DESC LIMIT 1").fetchone()
+        # seq grows with id for a device, so its last seq is on its last row that has one.
+        seq = self.conn.execute(
+            "SELECT seq FROM scans WHERE device_id = ? AND seq IS NOT NULL ORDER BY id DESC LIMIT 1", (self.device_id,)
+        ).fetchone()
+        self._tail = (0, GENESIS, 0) if last is None else (last["id"], last["hash"], 0 if seq is None else seq[0])
 
     @classmethod
     def open(cls, path: str | Path, **kwargs) -> Ledger:
@@ -131,6 +142,7 @@ class Ledger:
                 raise
         except sqlite3.Error as problem:
             raise LedgerError(f"could not record scan: {problem}") from problem
+        self._tail = (decision.scan_id, decision.hash, decision.seq or self._tail[2])
         self._last_by_source[read.source_id] = (text, read.t_last)
         if self._latest_ts is None or decision.ts > self._latest_ts:
             self._latest_ts = decision.ts
@@ -147,6 +159,7 @@ class Ledger:
         bill: str,
     ) -> Decision:
         earlier_id: int | None = None
+        state = None
         if double_read:
             verdict, reason, detail = "double_read", "double_read", "same scan again within the double-read window"
         elif not parsed.valid:
@@ -154,14 +167,13 @@ class Ledger:
         elif bill and self._bill_count(bill) >= BILL_LIMIT:
             verdict, reason, detail = "rejected", "bill_full", f"bill {bill} already holds {BILL_LIMIT} codes"
         else:
-            verdict, reason, detail, earlier_id = self._apply_movement(parsed, movement)
+            state = self._state(parsed.code)
+            allowed = self.split_packs.get(parsed.product_id, 1)
+            verdict, reason, detail, earlier_id = judge(movement, state, allowed=allowed)
 
-        last = self.conn.execute("SELECT id, hash FROM scans ORDER BY id DESC LIMIT 1").fetchone()
-        scan_id = 1 if last is None else last["id"] + 1
-        seq = None
-        if verdict != "double_read":
-            top = self.conn.execute("SELECT MAX(seq) FROM scans WHERE device_id = ?", (self.device_id,)).fetchone()[0]
-            seq = (top or 0) + 1
+        last_id, last_hash, last_seq = self._tail
+        scan_id = last_id + 1
+        seq = None if verdict == "double_read" else last_seq + 1
         now = self.clock.now()
         ts = iso(now)
         # clock_synced = 0 when the kernel is not NTP-synchronised, or when the
@@ -192,14 +204,12 @@ class Ledger:
             "operator": operator,
             "bill": bill,
             "earlier_id": earlier_id,
-            "prev_hash": GENESIS if last is None else last["hash"],
+            "prev_hash": last_hash,
         }
         row["hash"] = row_hash(row)
         self.conn.execute(_INSERT_SCAN, row)
-        if verdict != "double_read":
-            self.conn.execute("INSERT INTO outbox (scan_id) VALUES (?)", (scan_id,))
-        if verdict == "accepted" and parsed.valid:
-            self._store_state(parsed.code, movement, scan_id)
+        if verdict == "accepted" and state is not None:
+            self._store_state(parsed.code, state, RULES[movement].then(state, scan_id))
         return Decision(
             verdict=verdict,
             reason=reason,
@@ -216,16 +226,13 @@ class Ledger:
             earlier=self._earlier(earlier_id),
         )
 
-    def _apply_movement(self, parsed: TraceCode, movement: str) -> Verdict:
-        state = self.conn.execute("SELECT * FROM code_state WHERE code = ?", (parsed.code,)).fetchone()
-        return judge(movement, state, allowed=self.split_packs.get(parsed.product_id, 1))
+    def _state(self, code: str) -> State:
+        row = self.conn.execute(_SELECT_STATE, (code,)).fetchone()
+        return State() if row is None else State(*row)
 
-    def _store_state(self, code: str, movement: str, scan_id: int) -> None:
-        changes = RULES[movement].changes
-        if not changes:
-            return
-        self.conn.execute("INSERT OR IGNORE INTO code_state (code) VALUES (?)", (code,))
-        self.conn.execute(f"UPDATE code_state SET {changes} WHERE code = :code", {"id": scan_id, "code": code})
+    def _store_state(self, code: str, before: State, after: State) -> None:
+        if after != before:  # a stock check changes nothing, and writes nothing
+            self.conn.execute(_WRITE_STATE, (code, *after))
 
     def _bill_count(self, bill: str) -> int:
         return self.conn.execute(
@@ -250,6 +257,18 @@ class Ledger:
         return cursor.lastrowid
 
 
+def latest_ts(conn: sqlite3.Connection) -> str | None:
+    """The latest ``ts`` in the ledger, read without an index on ``ts``.
+
+    A row recorded with ``clock_synced = 1`` was at or past every ts before it,
+    so the latest is among it and the rows after it: the search walks back from
+    the end to the last synchronised row (the whole ledger only on a kiosk whose
+    clock was never synchronised).
+    """
+    since = conn.execute("SELECT id FROM scans WHERE clock_synced = 1 ORDER BY id DESC LIMIT 1").fetchone()
+    return conn.execute("SELECT MAX(ts) FROM scans WHERE id >= ?", (0 if since is None else since[0],)).fetchone()[0]
+
+
 def export_rows(conn: sqlite3.Connection, since: str | None = None) -> Iterator[dict]:
     """Scans in chain order, optionally only those at or after ISO time ``since``."""
     import sqlite_utils  # only for an export: it costs a tenth of a second to import
@@ -260,4 +279,9 @@ def export_rows(conn: sqlite3.Connection, since: str | None = None) -> Iterator[
         yield dict(row)
 
 
+_SELECT_STATE = "SELECT out_count, out_id, in_held, in_id, destroyed_id FROM code_state WHERE code = ?"
+_WRITE_STATE = (
+    "INSERT OR REPLACE INTO code_state (code, out_count, out_id, in_held, in_id, destroyed_id)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
 _INSERT_SCAN = f"INSERT INTO scans ({', '.join(HASHED)}, hash) VALUES ({', '.join(':' + c for c in HASHED)}, :hash)"
