@@ -142,7 +142,7 @@ def parse(
     text, symbology = _strip(text)
     if not text:
         return Rejection("empty", "", "nothing but terminators or spaces", symbology)
-    if any(_is_control(ch) for ch in text):
+    if _CONTROL.search(text):
         return Rejection("not_text", escape(text), "control characters in the scan", symbology)
     if _looks_gs1(text, symbology, leading_digits):
         if not accept_gs1:
@@ -175,6 +175,8 @@ def escape(raw: bytes | str) -> str:
     as_bytes = isinstance(raw, bytes)
     if as_bytes:
         raw = raw.decode("latin-1")
+    if _PLAIN.fullmatch(raw):  # the usual scan: printable ASCII, nothing to escape
+        return raw
     out = []
     for ch in raw:
         if ch == "\\":
@@ -188,6 +190,9 @@ def escape(raw: bytes | str) -> str:
         else:
             out.append(f"\\U{ord(ch):08x}")
     return "".join(out)
+
+
+_PLAIN = re.compile(r"[ -\[\]-~]*")
 
 
 def gtin_check_digit(body: str) -> str:
@@ -211,8 +216,8 @@ def _decode(raw: bytes) -> str | None:
         return None
 
 
-def _is_control(ch: str) -> bool:
-    return ch != GS and (ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0)
+#: C0 and C1 control characters, all but GS (0x1D), which separates GS1 fields.
+_CONTROL = re.compile("[\x00-\x1c\x1e-\x1f\x7f-\x9f]")
 
 
 def _strip(text: str) -> tuple[str, str | None]:
