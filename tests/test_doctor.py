@@ -56,7 +56,8 @@ def test_missing_scanner_fails_with_a_fix(tmp_path, monkeypatch):
     def node_present(s):
         return device_present(f"scanner {s.name}", s.device, "plug the scanner in; ls -l /dev/scanner/")
 
-    monkeypatch.setitem(wiring.SCANNER_KINDS, "serial", replace(wiring.SCANNER_KINDS["serial"], check_present=node_present))
+    serial = replace(wiring.SCANNER_KINDS["serial"], check_present=node_present)
+    monkeypatch.setitem(wiring.SCANNER_KINDS, "serial", serial)
     here, gone = doctor.check_scanners([SerialLike("dock", str(present)), SerialLike("counter", "/dev/scanner/none")])
     assert here.status == "ok"
     assert gone.failed and "/dev/scanner/none is not there" in gone.detail

@@ -28,8 +28,9 @@ from pathlib import Path
 
 from agent.config import ConfigError, Table
 
-#: Where the profiles live in a checkout (and in an install made from one).
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "firmware_config"
+#: Where the profiles are: beside the package in a checkout, where install.sh puts them on a kiosk.
+_PLACES = (Path(__file__).resolve().parents[2] / "firmware_config", Path("/opt/scan-agent/firmware_config"))
+PROFILE_DIR = next((place for place in _PLACES if place.is_dir()), _PLACES[0])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,188 @@
+"""Commands from ``{p}/cmd/<name>``, each answered on ``{p}/reply``.
+
+A command is a JSON object, at most :data:`MAX_COMMAND_BYTES`, sent live (a
+retained one would replay on every reconnect). ``correlation`` in it comes
+back in the reply, and so does an MQTT v5 correlation-data property.
+
+- ``set``: change movement, operator and/or bill for the scans read after it;
+- ``health``: the health report, now;
+- ``reload``: re-read the config file, apply what can be applied;
+- ``resend``: send events ``from_seq``..``to_seq`` again, delivered or not.
+
+>>> commands = Commands(
+...     Topics("trace/v1", "site-01", "kiosk-7"), send=print, health=lambda: {"ok": 1}, resend=lambda first, last: {}
+... )
+>>> commands.reply_to("health", b"{}")
+{'command': 'health', 'ok': True, 'result': {'ok': 1}, 'correlation': None}
+>>> commands.reply_to("set", b'{"movement": "receive", "correlation": "c-1"}')["error"]
+'this agent takes no context changes'
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.domain import check_movement
+
+from .topics import Topics
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("set", "health", "reload", "resend")
+#: Commands bigger than this are refused unread.
+MAX_COMMAND_BYTES = 4096
+#: Operator and bill ids longer than this are refused.
+MAX_FIELD_CHARS = 64
+#: At most this many events per ``resend`` command.
+MAX_RESEND = 10_000
+
+
+class CommandError(Exception):
+    """A command that is refused; the message goes back in the error reply."""
+
+
+class Commands:
+    """Checks and runs commands, and answers them.
+
+    Threads: :meth:`received` is called on uplink-net (paho's ``on_message``)
+    and only queues the message and calls ``wake``; :meth:`answer_waiting` runs
+    on the uplink thread, which then runs the hooks and ``send``.
+    :meth:`reply_to` runs the hooks on whichever thread calls it.
+
+    The hooks: ``health()`` returns the health report; ``resend(first, last)``
+    queues events ``first``..``last`` and returns ``{"found": n, "queued": m}``;
+    ``set_context(**fields)`` is :meth:`agent.pipeline.Pipeline.set_context`;
+    ``reload()`` re-reads the config and returns what it applied and what needs
+    a restart, raising :class:`ValueError` for a bad config. ``send(topic,
+    body, properties)`` publishes a reply.
+    """
+
+    def __init__(
+        self,
+        topics: Topics,
+        *,
+        send: Callable[[str, dict, Properties | None], None],
+        health: Callable[[], dict],
+        resend: Callable[[int, int], dict],
+        set_context: Callable[..., None] | None = None,
+        reload: Callable[[], dict] | None = None,
+        wake: Callable[[], None] = lambda: None,
+        v5: bool = True,
+    ) -> None:
+        self.health = health
+        self.resend = resend
+        self.set_context = set_context
+        self.reload = reload
+        self.topics = topics
+        self.send = send
+        self.wake = wake
+        self.v5 = v5
+        self._waiting: collections.deque[mqtt.MQTTMessage] = collections.deque()
+        self._run: dict[str, Callable[[dict], dict]] = {
+            "set": self._set,
+            "health": self._health,
+            "reload": self._reload,
+            "resend": self._resend,
+        }
+
+    def received(self, message: mqtt.MQTTMessage) -> None:
+        """A command arrived (uplink-net): queue it for the uplink thread."""
+        self._waiting.append(message)
+        self.wake()
+
+    def answer_waiting(self) -> None:
+        """Run and answer every command received so far (uplink thread)."""
+        while self._waiting:
+            self.answer(self._waiting.popleft())
+
+    def answer(self, message: mqtt.MQTTMessage) -> None:
+        """Run one command and publish the reply, with the v5 correlation data it came with."""
+        name = self.topics.command_name(message.topic)
+        correlation_data = getattr(message.properties, "CorrelationData", None) if message.properties else None
+        reply = self.reply_to(name, message.payload, retain=message.retain)
+        properties = None
+        if self.v5 and correlation_data is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = correlation_data
+        self.send(self.topics.reply, reply, properties)
+
+    def reply_to(self, name: str, payload: bytes, *, retain: bool = False) -> dict:
+        """Check and run command ``name``; returns the reply, ``ok`` or with the ``error``."""
+        correlation = None
+        try:
+            if len(payload) > MAX_COMMAND_BYTES:
+                raise CommandError(f"command is {len(payload)} bytes; at most {MAX_COMMAND_BYTES} allowed")
+            try:
+                body = json.loads(payload or b"{}")
+            except (ValueError, UnicodeDecodeError) as problem:
+                raise CommandError(f"payload is not JSON: {problem}") from None
+            if not isinstance(body, dict):
+                raise CommandError("payload must be a JSON object")
+            correlation = body.pop("correlation", None)
+            if retain:
+                raise CommandError("retained command refused: commands must be sent live, not retained")
+            if name not in COMMANDS:
+                raise CommandError(f"unknown command {name!r}; known: {', '.join(COMMANDS)}")
+            result = self._run[name](body)
+        except CommandError as problem:
+            log.warning("command %s refused: %s", name, problem)
+            reply = {"command": name, "ok": False, "error": str(problem)}
+        else:
+            log.info("command %s done", name)
+            reply = {"command": name, "ok": True, "result": result}
+        reply["correlation"] = correlation
+        return reply
+
+    def _set(self, body: dict) -> dict:
+        allowed = ("movement", "operator", "bill")
+        unknown = sorted(set(body) - set(allowed))
+        if unknown or not body:
+            raise CommandError(f"set takes one or more of {', '.join(allowed)}; got {', '.join(unknown) or 'none'}")
+        for key, value in body.items():
+            if not isinstance(value, str):
+                raise CommandError(f"{key} must be a string")
+            if key == "movement":
+                try:
+                    check_movement(value)
+                except ValueError as problem:
+                    raise CommandError(f"movement {problem}") from None
+            if len(value) > MAX_FIELD_CHARS or not value.isprintable():
+                raise CommandError(f"{key} must be printable and at most {MAX_FIELD_CHARS} characters")
+        if self.set_context is None:
+            raise CommandError("this agent takes no context changes")
+        self.set_context(**body)
+        return {"queued": body, "applies": "to scans read after this command"}
+
+    def _health(self, body: dict) -> dict:
+        if body:
+            raise CommandError(f"health takes no arguments; got {', '.join(sorted(body))}")
+        return self.health()
+
+    def _reload(self, body: dict) -> dict:
+        if body:
+            raise CommandError(f"reload takes no arguments; got {', '.join(sorted(body))}")
+        if self.reload is None:
+            raise CommandError("this agent has no config file to reload")
+        try:
+            return self.reload()
+        except ValueError as problem:
+            raise CommandError(f"config not reloaded: {problem}") from None
+
+    def _resend(self, body: dict) -> dict:
+        """Send events ``from_seq``..``to_seq`` again, delivered or not: how the back end
+        recovers events a broker acknowledged and then lost (it sees the gap in ``seq``)."""
+        first, last = body.get("from_seq"), body.get("to_seq", body.get("from_seq"))
+        if set(body) - {"from_seq", "to_seq"} or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (first, last)
+        ):
+            raise CommandError("resend takes from_seq and optionally to_seq, whole numbers >= 1")
+        if last < first or last - first + 1 > MAX_RESEND:
+            raise CommandError(f"resend: to_seq must be from from_seq to from_seq + {MAX_RESEND - 1}")
+        return {"from_seq": first, "to_seq": last, **self.resend(first, last)}

@@ -1,0 +1,325 @@
+"""The MQTT connection: the paho client and ``uplink-net``, the one thread that drives it.
+
+uplink-net connects, reconnects with exponential backoff and jitter, reads and
+writes the socket, keeps the connection alive, and fills the window with ready
+events. paho's callbacks all run on it.
+
+It drives paho through paho's API for an outside event loop (``socket()``,
+``loop_read()``, ``loop_write()``, ``loop_misc()``) rather than ``loop()``,
+so that it can also wait on a wake-up socket of its own: with nothing to send
+it sleeps until a new event is ready (:meth:`Connection.wake`) or the
+keepalive needs it, instead of polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.config import MqttConfig
+
+from .health import Counters
+from .topics import Topics
+from .window import Window
+
+log = logging.getLogger(__name__)
+
+#: A v5 session outlives a disconnection by this long, so commands sent meanwhile wait.
+SESSION_EXPIRY_S = 24 * 3600
+#: First reconnect delay; doubles up to ``backoff_max_s``.
+BACKOFF_MIN_S = 0.5
+#: A connection that lasted this long resets the backoff.
+STABLE_S = 10.0
+#: While events are in flight or ready, uplink-net looks for more to send at
+#: least this often (a safety net: whoever makes events ready wakes it).
+PUMP_S = 0.05
+#: ... and this often while it has room in the window but the uplink thread is
+#: still reading the backlog, rather than waking for every batch it reads.
+STARVED_PUMP_S = 0.002
+#: With nothing in flight or ready, uplink-net sleeps this long unless woken:
+#: paho's keepalive needs it (``loop_misc()`` pings a quiet broker and notices
+#: a silent one). paho's own ``loop_forever()`` wakes as often.
+IDLE_S = 1.0
+
+
+class _PahoLog(logging.LoggerAdapter):
+    """paho's log, under ``agent.sinks.uplink.paho``; its errors go to ``on_error`` instead.
+
+    Given to paho instead of an ``on_log`` callback: paho formats every line
+    for ``on_log``, two per event, while a logger formats only what it emits.
+    paho logs on whichever thread calls it, so ``on_error`` may run on any.
+    """
+
+    def __init__(self, on_error: Callable[[str], None]) -> None:
+        super().__init__(logging.getLogger(f"{__package__}.paho"))
+        self.on_error = on_error
+
+    def log(self, level: int, msg: object, *args, **kwargs) -> None:
+        # paho guards an on_log callback but not a logger: nothing may escape into its loop.
+        try:
+            if level >= logging.ERROR:
+                self.on_error(str(msg) % args if args else str(msg))
+            else:
+                super().log(level, msg, *args, **kwargs)
+        except Exception:
+            log.exception("could not log a paho message %r", msg)
+
+
+class Connection:
+    """The paho client, and the body of uplink-net that drives it.
+
+    Threads: :meth:`run` is uplink-net, and paho calls its callbacks there,
+    which call ``on_ready()`` (connected and subscribed), ``on_command(message)``
+    and the window's uplink-net methods. :meth:`wake`, :meth:`send`,
+    :meth:`say_offline`, :meth:`stop` and :attr:`connected` may be used from
+    any thread: paho queues what they publish, and uplink-net writes it.
+
+        connection = Connection(config, client_id="kiosk-7", topics=topics, window=window)
+        threading.Thread(target=connection.run, name="uplink-net").start()
+        ...
+        connection.stop()
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        client_id: str,
+        topics: Topics,
+        window: Window,
+        counters: Counters | None = None,
+        on_ready: Callable[[], None] = lambda: None,
+        on_command: Callable[[mqtt.MQTTMessage], None] = lambda message: None,
+    ) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.topics = topics
+        self.window = window
+        self.counters = counters or Counters()
+        self.on_ready = on_ready
+        self.on_command = on_command
+        self.v5 = config.protocol == "5"
+        self._connected = threading.Event()  # connected and subscribed
+        self._stopping = threading.Event()
+        self._backoff = BACKOFF_MIN_S
+        self._connected_at = 0.0
+        self._thread: int | None = None  # uplink-net's ident, once it runs
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self.client = self._make_client()
+        self._publish_event = functools.partial(self.client.publish, topics.events, qos=1)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # -- any thread ------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make uplink-net look at once for events to send and packets to write."""
+        wake_w = self._wake_w
+        if wake_w is not None:
+            with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
+                wake_w.send(b"\0")
+
+    def send(self, topic: str, body: dict, properties: Properties | None = None) -> None:
+        """Publish ``body`` as JSON with QoS 1 (health, replies)."""
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        self.client.publish(topic, payload, qos=1, properties=properties)
+
+    def say_offline(self, timeout: float) -> None:
+        """Publish the retained ``offline`` status and wait up to ``timeout`` for its PUBACK."""
+        info = self.client.publish(self.topics.status, "offline", qos=1, retain=True)
+        with contextlib.suppress(RuntimeError, ValueError):
+            info.wait_for_publish(timeout)
+
+    def stop(self) -> None:
+        """Disconnect and end :meth:`run`; no reconnecting after this."""
+        self._stopping.set()
+        self.client.disconnect()
+        self.wake()
+
+    # -- uplink-net ------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Connect, serve, and reconnect with backoff, until :meth:`stop`."""
+        self._thread = threading.get_ident()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        try:
+            self._connect_until_stopped()
+        finally:
+            wake_r, wake_w = self._wake_r, self._wake_w
+            self._wake_r = self._wake_w = None
+            wake_r.close()
+            wake_w.close()
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        protocol = mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=protocol,
+            clean_session=None if self.v5 else False,
+        )
+        # Our window is the limit; paho never needs to queue behind it.
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.will_set(self.topics.status, "offline", qos=1, retain=True)
+        if cfg.tls:
+            client.tls_set(
+                ca_certs=cfg.ca_file or None,
+                certfile=cfg.cert_file or None,
+                keyfile=cfg.key_file or None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password())
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        # With this set, paho leaves every write to uplink-net: a publish from
+        # another thread only queues the packet and calls it.
+        client.on_socket_register_write = self._on_write_wanted
+        client.enable_logger(_PahoLog(self._paho_error))
+        return client
+
+    def _connect_until_stopped(self) -> None:
+        cfg = self.config
+        properties = None
+        if self.v5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        while not self._stopping.is_set():
+            try:
+                self.client.connect(
+                    cfg.host,
+                    cfg.port,
+                    keepalive=cfg.keepalive_s,
+                    clean_start=False if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                    properties=properties,
+                )
+            except (OSError, ssl.SSLError, ValueError) as problem:
+                self.counters.connection_errors += 1
+                log.warning("MQTT broker %s:%d unreachable: %s", cfg.host, cfg.port, problem)
+            else:
+                self._serve()
+            if self._connected_at and time.monotonic() - self._connected_at >= STABLE_S:
+                # Only a connection that held resets the backoff: a broker that
+                # accepts and then drops us at once (e.g. on an ACL denial) must
+                # not be hammered.
+                self._backoff = BACKOFF_MIN_S
+            self._connected_at = 0.0
+            self._connected.clear()
+            if self._stopping.is_set():
+                return
+            # Full jitter over the upper half, so a region's kiosks do not reconnect in step.
+            delay = random.uniform(self._backoff / 2, self._backoff)
+            self._backoff = min(self._backoff * 2, cfg.backoff_max_s)
+            self._stopping.wait(delay)
+
+    def _serve(self) -> None:
+        """Fill the window and drive paho until the connection drops or stop() is called."""
+        while not self._stopping.is_set():
+            starved = False
+            if self._connected.is_set():
+                starved = self.window.fill(self._publish_event)
+            if starved:
+                timeout = STARVED_PUMP_S
+            elif self.window.sending:
+                timeout = PUMP_S
+            else:
+                timeout = IDLE_S
+            if self._turn(timeout) != mqtt.MQTT_ERR_SUCCESS:
+                break
+
+    def _turn(self, timeout: float) -> mqtt.MQTTErrorCode:
+        """One turn of paho's own ``loop()``, with our wake-up socket beside paho's."""
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            return mqtt.MQTT_ERR_NO_CONN
+        # TLS may hold bytes already decrypted, which select() cannot see.
+        pending = sock.pending() if hasattr(sock, "pending") else 0
+        wlist = [sock] if client.want_write() else []
+        try:
+            readable, _, _ = select.select([sock, self._wake_r], wlist, [], 0.0 if pending else timeout)
+        except (TypeError, ValueError, OSError):
+            return mqtt.MQTT_ERR_CONN_LOST  # the socket was closed under us
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(4096)
+        if sock in readable or pending:
+            rc = client.loop_read()
+            if rc or client.socket() is None:
+                return rc
+        if client.want_write():
+            # Written whether or not select() said so: a packet queued while it
+            # waited is not in wlist; a socket that cannot take it says so.
+            rc = client.loop_write()
+            if rc or client.socket() is None:
+                return rc
+        return client.loop_misc()
+
+    def _on_write_wanted(self, client, userdata, sock) -> None:
+        if threading.get_ident() != self._thread:  # uplink-net writes at the end of its turn anyway
+            self.wake()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT broker refused the connection: %s", reason_code)
+            return
+        log.info("MQTT connected to %s:%d as %s", self.config.host, self.config.port, self.client_id)
+        self._connected_at = time.monotonic()
+        # Subscribe first: the broker handles one client's packets in order, so
+        # whoever sees "online" can already send commands.
+        client.subscribe(self.topics.commands, qos=1)
+        client.publish(self.topics.status, "online", qos=1, retain=True)
+        self.window.restart()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        # Drain only once the broker has answered status and subscription: a
+        # broker that drops us on a refused publish then still sends its
+        # refusal (mosquitto 2.0 discards replies it had queued when it does).
+        for reason in reason_codes:
+            if reason.is_failure:
+                log.error("broker refused the command subscription %s: %s", self.topics.commands, reason)
+        self._connected.set()
+        self.on_ready()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self._connected.is_set() and not self._stopping.is_set():
+            log.warning("MQTT disconnected: %s; events stay in the outbox", reason_code)
+        self._connected.clear()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if not self.window.acknowledged(mid, reason_code) and reason_code.is_failure:
+            # A status, health or reply message refused by the broker's ACL, say:
+            # surfaced like a refused event.
+            self.counters.refused_publishes += 1
+            log.warning("broker refused a status/health/reply publish: %s (0x%02x)", reason_code, reason_code.value)
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.on_command(message)
+
+    def _paho_error(self, message: str) -> None:
+        # With TLS 1.3 a broker refuses a certificate (expired, unknown CA) after
+        # the handshake, on the first read; paho reports that only in its log.
+        self.counters.connection_errors += 1
+        log.warning("MQTT connection to %s:%d failed: %s", self.config.host, self.config.port, message)

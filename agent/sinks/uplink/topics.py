@@ -1,0 +1,53 @@
+"""The device's MQTT topics, with ``{p}`` = ``{topic_prefix}/{site}/{device}``.
+
+``{p}/events``, ``{p}/status`` (retained ``online``/``offline``, ``offline`` as
+the Will), ``{p}/health``, ``{p}/cmd/#`` (in) and ``{p}/reply`` (out).
+
+>>> Topics("trace/v1", "site-01", "kiosk-7").events
+'trace/v1/site-01/kiosk-7/events'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The device's topics under ``{prefix}/{site}/{device}``. Frozen, so any thread may use it."""
+
+    prefix: str
+    site: str
+    device: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.site}/{self.device}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}/events"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def health(self) -> str:
+        return f"{self.base}/health"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.base}/cmd/#"
+
+    @property
+    def reply(self) -> str:
+        return f"{self.base}/reply"
+
+    def command_name(self, topic: str) -> str:
+        """The command a message on ``topic`` asks for.
+
+        >>> Topics("trace/v1", "site-01", "kiosk-7").command_name("trace/v1/site-01/kiosk-7/cmd/set")
+        'set'
+        """
+        return topic.removeprefix(self.base + "/cmd/")
