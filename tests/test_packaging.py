@@ -1,0 +1,44 @@
+"""What a kiosk installs: the runtime pulls in no camera stack; the camera extra does."""
+
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+CAMERA_STACK = {"numpy", "pillow", "zxing-cpp"}
+
+
+def name(requirement: Requirement) -> str:
+    return re.sub(r"[-_.]+", "-", requirement.name).lower()
+
+
+def closure(requirements: list[str]) -> set[str]:
+    """Every distribution the requirements pull in, through the installed packages' own metadata."""
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        if name(req) in seen:
+            continue
+        seen.add(name(req))
+        try:
+            todo += [Requirement(r) for r in metadata.requires(req.name) or []]
+        except metadata.PackageNotFoundError:
+            pass  # not installed here (another platform's marker): nothing more to follow
+    return seen
+
+
+def test_the_runtime_pulls_in_no_camera_stack():
+    runtime = closure(PYPROJECT["project"]["dependencies"])
+    assert {"paho-mqtt", "sqlite-utils", "cryptography"} <= runtime, "the closure was followed"
+    assert not runtime & CAMERA_STACK, f"a camera-less kiosk would install {sorted(runtime & CAMERA_STACK)}"
+
+
+def test_the_camera_extra_brings_the_camera_stack():
+    camera = {name(Requirement(r)) for r in PYPROJECT["project"]["optional-dependencies"]["camera"]}
+    assert camera == CAMERA_STACK
