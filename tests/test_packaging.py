@@ -1,5 +1,6 @@
 """What a kiosk installs: the runtime pulls in no camera stack; the camera extra does."""
 
+import contextlib
 import re
 import tomllib
 from importlib import metadata
@@ -26,10 +27,9 @@ def closure(requirements: list[str]) -> set[str]:
         if name(req) in seen:
             continue
         seen.add(name(req))
-        try:
+        # Not installed here (another platform's marker): nothing more to follow.
+        with contextlib.suppress(metadata.PackageNotFoundError):
             todo += [Requirement(r) for r in metadata.requires(req.name) or []]
-        except metadata.PackageNotFoundError:
-            pass  # not installed here (another platform's marker): nothing more to follow
     return seen
 
 
