@@ -16,27 +16,28 @@ Exit status: 0 success, 1 a check or verification failed, 2 bad usage or config,
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import logging
-import signal
-import sqlite3
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent import __version__, codes, config, ledger
-from agent.clock import iso
+from agent import __version__, config
 from agent.domain import MOVEMENTS
-from agent.ledger import quarantine
-from agent.runner import Runner, with_overrides
 
-log = logging.getLogger("scan-agent")
+if TYPE_CHECKING:
+    import sqlite3
+
+    from agent import codes
+
+# Each command imports what it needs itself: ``check`` must not pay for the ledger,
+# the runner, logging or the scanners' libraries (bench/startup.py times it).
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if args.handler is not cmd_check:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
     except config.ConfigError as problem:
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from agent import codes
+
+    if args.json:
+        import json
     cfg = config.load(args.config) if args.config else config.builtin_default()
     all_valid = True
     for text in args.codes:
@@ -81,6 +86,12 @@ def _check_dict(parsed: codes.TraceCode | codes.Rejection) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import sqlite3
+
+    from agent.ledger import quarantine
+    from agent.runner import Runner, with_overrides
+
     cfg = with_overrides(config.load(args.config), movement=args.movement, db=args.db)
     runner = Runner(cfg, out=sys.stdout, as_json=args.json)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -96,6 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from agent import ledger
+    from agent.ledger import quarantine
+
     path = Path(args.db) if args.db else config.load(args.config).ledger.path
     damage = quarantine.inspect(path) if path.exists() else []
     if damage:
@@ -113,6 +127,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from agent import ledger
+
     rows = ledger.export_rows(_open_existing(args), since=_iso_since(args.since))
     if args.format == "jsonl":
         for row in rows:
@@ -127,6 +146,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _iso_since(text: str | None) -> str | None:
     if text is None:
         return None
+    from datetime import UTC, datetime
+
+    from agent.clock import iso
+
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -135,6 +158,8 @@ def _iso_since(text: str | None) -> str | None:
 
 
 def _open_existing(args: argparse.Namespace) -> sqlite3.Connection:
+    import sqlite3
+
     path = Path(args.db) if args.db else config.load(args.config).ledger.path
     if not path.exists():
         raise SystemExit(f"scan-agent: no ledger at {path}")

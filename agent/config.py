@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +163,7 @@ MQTT_TLS_PORT = 8883
 
 @dataclass(frozen=True)
 class MqttConfig:
-    """The uplink to the regional broker (``[mqtt]``); see ``agent/uplink.py``.
+    """The uplink to the regional broker (``[mqtt]``); see :mod:`agent.sinks.uplink`.
 
     ``port`` defaults to 1883, or :data:`MQTT_TLS_PORT` when the table sets ``tls = true``.
     """
@@ -236,6 +235,8 @@ def load(path: str | Path | None = None) -> Config:
 
 def parse_toml(text: str, source: str = "<string>") -> Config:
     """Parse and validate config text."""
+    import tomllib  # only where a file is read: ``scan-agent check`` on the built-in default never is
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as problem:

@@ -34,6 +34,11 @@ from agent.read import Read
 
 log = logging.getLogger(__name__)
 
+#: An idle pipeline wakes this often, only to refresh ``last_progress``: the watchdog
+#: (:func:`agent.ops.systemd.pipeline_healthy`) calls a pipeline stuck after 10 s
+#: without progress (``agent.runner.PIPELINE_STALL_S``), so this stays well under that.
+IDLE_REFRESH_S = 2.5
+
 
 class Sink(Protocol):
     """Anything told about each decision after it is committed (feedback, uplink, printers).
@@ -101,7 +106,7 @@ class Pipeline:
     def run(self) -> None:
         while True:
             try:
-                item = self.queue.get(timeout=1.0)
+                item = self.queue.get(timeout=IDLE_REFRESH_S)
             except queue.Empty:
                 self.last_progress = time.monotonic()
                 continue
@@ -143,4 +148,7 @@ class Pipeline:
                 sink.decided(decision)
             except Exception:
                 log.exception("%s failed on a decision; the scan is recorded regardless", type(sink).__name__)
+        checkpointer = getattr(self.ledger, "checkpointer", None)
+        if checkpointer is not None:
+            checkpointer.wrote()  # after the sinks: the WAL's copy-back waits, the operator does not
         return decision

@@ -37,10 +37,13 @@ from agent.wiring import make_feedback, make_source, make_uplink
 
 log = logging.getLogger(__name__)
 
-#: The pipeline refreshes its progress every second when idle; this long
-#: without progress means it is stuck, and the watchdog pings stop.
+#: An idle pipeline refreshes its progress every ``agent.pipeline.IDLE_REFRESH_S``
+#: (2.5 s); this long without progress means it is stuck, and the watchdog pings stop.
 PIPELINE_STALL_S = 10.0
+#: Devices get this long to be found before they count as missing ...
 PRESENCE_GRACE_S = 2.0
+#: ... and are then looked at this often (``scanner_missing`` on the feedback).
+PRESENCE_S = 1.0
 
 
 def settle_heap() -> None:
@@ -73,6 +76,8 @@ class Runner:
         self.as_json = as_json
         self.stdin = stdin
         self.stop_requested = threading.Event()
+        #: Set by a stop request and (see :meth:`wait_until_done`) when every source has ended.
+        self._wake = threading.Event()
         self.pipeline: Pipeline | None = None
         self.feedback: Feedback | None = None
         #: Alarms raised at start (e.g. a damaged ledger moved aside), also recorded in the ledger.
@@ -80,6 +85,7 @@ class Runner:
 
     def request_stop(self) -> None:
         self.stop_requested.set()
+        self._wake.set()
 
     def run(self) -> int:
         cfg = self.config
@@ -125,14 +131,7 @@ class Runner:
             # systemd: ready only now that config, ledger and sources are up.
             notifier.ready(f"scanning, movement {cfg.station.movement}")
             watchdog = self.start_watchdog(notifier, pipeline)
-            # Devices get a moment to be found before they count as missing.
-            presence_due = time.monotonic() + PRESENCE_GRACE_S
-            while not self.stop_requested.wait(0.1):
-                if all(source.done.is_set() for source in sources):
-                    break
-                if time.monotonic() >= presence_due:
-                    report_presence(sources, feedback)
-                    presence_due += 1.0
+            self.wait_until_done(sources, feedback)
         finally:
             # The watchdog thread is joined first: a ping after STOPPING=1 would
             # reach a service systemd already treats as stopping.
@@ -161,6 +160,31 @@ class Runner:
         )
         watchdog.start()
         return watchdog
+
+    def wait_until_done(self, sources: list, feedback: Feedback) -> None:
+        """Return when a stop is requested or every source has ended (stdin at EOF);
+        meanwhile show ``scanner_missing`` while a device is gone.
+
+        Sleeps in between: it wakes once per ``PRESENCE_S`` only when some source's
+        device can vanish, else only when woken.
+        """
+        polled = [source for source in sources if not getattr(source, "always_present", False)]
+        if not polled:
+            # Sources that end also end when stopped (stdin does): this thread never outlives run().
+            threading.Thread(target=self._wake_when_ended, args=(sources,), name="sources-ended", daemon=True).start()
+        presence_due = time.monotonic() + PRESENCE_GRACE_S
+        while True:
+            self._wake.wait(max(0.0, presence_due - time.monotonic()) if polled else None)
+            if self.stop_requested.is_set() or all(source.done.is_set() for source in sources):
+                return
+            if polled and time.monotonic() >= presence_due:
+                report_presence(sources, feedback)
+                presence_due += PRESENCE_S
+
+    def _wake_when_ended(self, sources: list) -> None:
+        for source in sources:
+            source.done.wait()
+        self._wake.set()
 
     def reload_config(self) -> dict:
         """Re-read the config file: apply what can change live, name what needs a restart."""

@@ -28,7 +28,8 @@ def receiver(address: str) -> socket.socket:
 
 
 def messages(sock: socket.socket, until: str, limit: int = 500) -> list[str]:
-    """Datagrams received until one containing ``until`` (or a timeout)."""
+    """Datagrams received until one containing ``until`` (or 10 s without one)."""
+    sock.settimeout(10)  # drain() leaves it at 0.05 s: too short for a loaded machine
     got = []
     for _ in range(limit):
         try:

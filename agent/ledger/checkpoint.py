@@ -20,15 +20,22 @@ WAL_RESTART_PAGES = 4096  # 16 MB of 4 KiB pages
 
 
 class Checkpointer:
-    """Checkpoints the ledger at ``path`` every ``interval_s`` on a thread of its own.
+    """Checkpoints the ledger at ``path`` on a thread of its own, ``interval_s`` after
+    :meth:`wrote` says a transaction was committed (at most once per ``interval_s``).
 
-    :meth:`start` and :meth:`stop` are for the thread that owns the ledger.
+    The pipeline calls :meth:`wrote` after each scan; while nothing is written the
+    thread sleeps, waking every ``idle_s`` only to catch writes nobody announced
+    (:class:`~agent.ledger.Ledger` used without a pipeline, as tests and benches do).
+    :meth:`start` and :meth:`stop` are for the thread that owns the ledger;
+    :meth:`wrote` is for any.
     """
 
-    def __init__(self, path: str | Path, interval_s: float = 1.0) -> None:
+    def __init__(self, path: str | Path, interval_s: float = 1.0, idle_s: float = 5.0) -> None:
         self.path = path
         self.interval_s = interval_s
+        self.idle_s = idle_s
         self._stop = threading.Event()
+        self._written = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ledger-checkpoint", daemon=True)
 
     def start(self) -> None:
@@ -36,7 +43,13 @@ class Checkpointer:
 
     def stop(self) -> None:
         self._stop.set()
+        self._written.set()
         self._thread.join(10)
+
+    def wrote(self) -> None:
+        """Something was committed: checkpoint within ``interval_s``. Cheap (no wake-up while one is due)."""
+        if not self._written.is_set():
+            self._written.set()
 
     @staticmethod
     def checkpoint(conn: sqlite3.Connection) -> None:
@@ -51,7 +64,14 @@ class Checkpointer:
         conn = connect(self.path)
         conn.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_PAGES * 4096}")
         try:
-            while not self._stop.wait(self.interval_s):
+            while True:
+                # Announced: let the scan's feedback and the next scans go first, gather their
+                # pages. Not announced within idle_s: look anyway, at once (usually nothing to do).
+                if self._written.wait(self.idle_s) and self._stop.wait(self.interval_s):
+                    break
+                if self._stop.is_set():
+                    break
+                self._written.clear()
                 try:
                     self.checkpoint(conn)
                 except sqlite3.Error as problem:

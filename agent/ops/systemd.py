@@ -169,7 +169,7 @@ def pipeline_healthy(
     """True while the pipeline thread made progress within ``stall_s`` seconds and
     the ledger is healthy (:class:`LedgerProbe`).
 
-    The pipeline refreshes ``last_progress`` at least once a second even when
+    The pipeline refreshes ``last_progress`` every few seconds (``IDLE_REFRESH_S``) even when
     idle, so a stale value means its thread is stuck (in a sink, in SQLite...).
     A ledger that cannot write (``faulted``) is unhealthy too: a restart may
     clear a stale lock, and the operator hears fault tones meanwhile.

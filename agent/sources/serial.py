@@ -184,7 +184,9 @@ class SerialSource:
         try:
             while not self._reader.stopping.is_set():
                 deadline = framer.deadline()
-                wait = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                # No partial scan pending: sleep until bytes come, the port goes (it reads
+                # as ready, then fails) or stop() wakes us; no timeout to wake for.
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ready, _, _ = select.select([fd, self._reader.wake_fd], [], [], wait)
                 now = time.monotonic()
                 if fd not in ready:

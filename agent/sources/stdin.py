@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from agent.read import Read
+from agent.sources.reader import ReaderThread
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,15 @@ class StdinSource:
     """Reads lines on a thread; ``done`` is set at EOF. :meth:`stop` ends the thread."""
 
     kind = "stdin"
+    #: :meth:`present` is always True: the runner need not look at it.
+    always_present = True
 
     def __init__(self, stream: BinaryIO | None = None, *, name: str = "console", movement: str | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdin.buffer
         self.name = name
         self.movement = movement
         self.done = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reader = ReaderThread(f"stdin:{name}")
 
     @classmethod
     def from_config(cls, config: Any, stream: BinaryIO | None = None) -> StdinSource:
@@ -47,13 +49,10 @@ class StdinSource:
         return cls(stream, name=config.name, movement=config.movement)
 
     def start(self, submit: Callable[[Read], None]) -> None:
-        self._thread = threading.Thread(target=self._run, args=(submit,), name=f"stdin:{self.name}", daemon=True)
-        self._thread.start()
+        self._reader.start(self._run, submit)
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
+        self._reader.stop(2.0)
 
     def present(self) -> bool:
         return True
@@ -84,20 +83,22 @@ class StdinSource:
         except (OSError, io.UnsupportedOperation):
             yield from iter(lambda: self.stream.readline(MAX_LINE), b"")
             return
-        # Read the descriptor directly, with a timeout, so that stop() can end
-        # this thread: a thread blocked inside a buffered readline at exit
-        # makes the interpreter abort.
+        # Read the descriptor directly, beside the reader's wake pipe, so that
+        # stop() can end this thread at once (and it sleeps until then): a thread
+        # blocked inside a buffered readline at exit makes the interpreter abort.
         pending = b""
         discarding = False
+        stopping = self._reader.stopping
         with selectors.DefaultSelector() as selector:
             try:
                 selector.register(fd, selectors.EVENT_READ)
+                selector.register(self._reader.wake_fd, selectors.EVENT_READ)
                 wait = selector.select
             except (PermissionError, ValueError):
                 wait = None  # a regular file (stdin redirected from it) never blocks
-            while not self._stopping.is_set():
-                if wait is not None and not wait(0.2):
-                    continue
+            while not stopping.is_set():
+                if wait is not None and not any(key.fd == fd for key, _ in wait()):
+                    continue  # woken by stop()
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
@@ -113,5 +114,5 @@ class StdinSource:
                     pending, discarding = b"", True
                 elif discarding:
                     pending = b""
-        if pending and not discarding and not self._stopping.is_set():
+        if pending and not discarding and not stopping.is_set():
             yield pending

@@ -51,9 +51,14 @@ _MASK = IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DEL
 
 
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
+    # The process's own symbols include libc's: find_library() only as a last resort,
+    # as it runs ldconfig in a subprocess (milliseconds of every start with a serial scanner).
+    return _with_inotify(None) or _with_inotify("libc.so.6") or _with_inotify(ctypes.util.find_library("c"))
+
+
+def _with_inotify(name: str | None) -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(name or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(name, use_errno=True)
         libc.inotify_init1  # noqa: B018 - probe: raises AttributeError where inotify is missing
     except (OSError, AttributeError):
         return None
