@@ -11,7 +11,7 @@ True
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import time
 from datetime import UTC, datetime
 
@@ -47,11 +47,17 @@ class _Timex(ctypes.Structure):
 
 def _kernel_says_synchronised() -> bool:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        state = libc.adjtimex(ctypes.byref(_Timex()))
+        state = _libc().adjtimex(ctypes.byref(_Timex()))
     except (OSError, AttributeError):
         return False
     return 0 <= state != _TIME_ERROR
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # The process's own symbols, libc's among them. ctypes.util.find_library runs
+    # ldconfig in a subprocess (2-7 ms here), and this is asked from inside a scan's commit.
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def iso(moment: datetime) -> str:
