@@ -1,0 +1,441 @@
+"""The power-cut suite, host side: ``scripts/powercut-tests`` runs it after installing the VM tools.
+
+    python -m tests.powercut.run --kernel /boot/vmlinuz-... --out DIR [--cycles 3] [--control-cycles 3]
+
+Each boot of the VM (qemu without KVM, through virtme-ng) gets one raw ext4
+disk image per role as virtio-blk with ``cache=none`` (the guest's flushes
+reach this machine's disk) and one virtio serial port per role whose host end
+is a file that qemu writes as the guest prints. ``real`` runs ``scan-agent``
+as shipped; ``control`` runs it with the test-only switch that opens the
+ledger with ``synchronous=OFF``. Both run in the same boots, so one cut hits
+both. 3-15 s (random) after every agent has printed its first decision, qemu
+is SIGKILLed: a power cut. A decision in the port file was printed before the
+cut, since qemu wrote it there. Then, per role, on a copy of the image:
+``e2fsck -fy``, ``debugfs dump`` of the ledger and its WAL, and the checks:
+
+- every decision received (accepted, duplicate, rejected, double read) is in
+  the ledger with the same verdict and seq (otherwise it is **lost**);
+- ``scan-agent ledger verify`` passes, ``PRAGMA integrity_check`` is ok and
+  seq has no gaps (otherwise the ledger is **broken**).
+
+Rows committed but never received are counted (allowed: the cut came between
+commit and print). The image is used again at the next boot, so the agent
+restarts on a ledger that has just lost power; only a role whose check failed
+gets a new image. Recovery = qemu started to that role's first decision.
+
+Exit status: 0 when ``real`` lost nothing and was never broken and the control
+showed loss or breakage (it must: that is how the suite shows it can fail); 1
+otherwise; 77 when the VM did not come up at the first boot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE_MIB = 256
+FAULT = {
+    "real": "power cut (qemu SIGKILL), plain dispensing",
+    "control": "power cut, control: ledger with synchronous=OFF",
+}
+#: Verdicts the agent records; ``fault`` (ledger unwritable) says it was not recorded.
+RECORDED = {"accepted", "duplicate", "rejected", "double_read"}
+
+
+@dataclass
+class Role:
+    name: str
+    image: Path
+    port: Path
+    cycles: int
+    received: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # since the image was made
+    results: list[dict] = field(default_factory=list)
+    offset: int = 0
+    partial: bytes = b""
+    first_at: float | None = None
+    this_boot: list[dict] = field(default_factory=list)
+
+
+def make_image(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(IMAGE_MIB * 2**20)
+    subprocess.run(["mkfs.ext4", "-F", "-q", "-L", path.stem, str(path)], check=True)
+
+
+def qemu_opts(roles: list[Role]) -> str:
+    opts = ["-device virtio-serial-pci,id=pcser"]
+    for r in roles:
+        opts += [
+            f"-drive if=none,id=d-{r.name},file={r.image},format=raw,cache=none,aio=threads",
+            f"-device virtio-blk-pci,drive=d-{r.name},serial=pc-{r.name}",
+            f"-chardev file,id=c-{r.name},path={r.port}",
+            f"-device virtserialport,bus=pcser.0,chardev=c-{r.name},name=pc.{r.name}",
+        ]
+    return " ".join(opts)
+
+
+class Console:
+    """vng's output (the guest's console) to a file, each line with seconds since the launch."""
+
+    def __init__(self, proc: subprocess.Popen, path: Path, launched: float) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self._thread = threading.Thread(target=self._read, args=(proc, path, launched), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc, path, launched) -> None:
+        with open(path, "w", encoding="utf-8") as log:
+            for raw in proc.stdout:
+                at = time.monotonic() - launched
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                self.lines.append((at, line))
+                log.write(f"{at:7.2f} {line}\n")
+                log.flush()
+
+    def seen(self, text: str) -> float | None:
+        return next((at for at, line in self.lines if text in line), None)
+
+    def tail(self, n: int = 25) -> str:
+        return "\n".join(line for _, line in self.lines[-n:])
+
+    def join(self) -> None:
+        self._thread.join(10)
+
+
+def read_port(role: Role) -> None:
+    """New complete lines from the role's port file: decisions as the guest printed them."""
+    with open(role.port, "rb") as f:
+        f.seek(role.offset)
+        data = f.read()
+    role.offset += len(data)
+    data = role.partial + data
+    *complete, role.partial = data.split(b"\n")
+    for raw in complete:
+        try:
+            decision = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(decision, dict) and "verdict" in decision:
+            role.this_boot.append(decision)
+
+
+def power_cut(session: int) -> None:
+    """SIGKILL the qemu of this vng session (vng forks it), then anything else left in the session."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.getsid(int(pid)) == session and Path(f"/proc/{pid}/comm").read_text().startswith("qemu-system"):
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+def dump_ledger(image: Path, into: Path) -> tuple[int, str, Path | None]:
+    """e2fsck a copy of ``image``, then dump the ledger and its WAL into ``into``."""
+    if into.exists():
+        shutil.rmtree(into)
+    into.mkdir(parents=True)
+    copy = into / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(image), str(copy)], check=True)
+    fsck = subprocess.run(["e2fsck", "-fy", str(copy)], capture_output=True, text=True)
+    for name in ("ledger.db", "ledger.db-wal"):
+        subprocess.run(["debugfs", "-R", f"dump /ledger/{name} {into / name}", str(copy)], capture_output=True)
+    copy.unlink()
+    db = into / "ledger.db"
+    return fsck.returncode, (fsck.stdout + fsck.stderr).strip(), db if db.exists() else None
+
+
+def check_ledger(db: Path | None, received: dict[str, tuple[str, int | None]]) -> dict:
+    """The invariant on a ledger read out after a cut; ``received`` = event_id -> (verdict, seq) as printed."""
+    result = {"verify_ok": False, "verify": "", "integrity": "", "seq_ok": False, "stored": 0}
+    stored: dict[str, tuple[str, int | None]] = {}
+    if db is None:
+        result["verify"] = result["integrity"] = "no ledger file"
+    else:
+        verify = subprocess.run(
+            [sys.executable, "-m", "agent", "ledger", "verify", "--db", str(db)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        result["verify_ok"] = verify.returncode == 0
+        result["verify"] = (verify.stdout + verify.stderr).strip().splitlines()[-1:] or [""]
+        result["verify"] = result["verify"][0]
+        try:
+            conn = sqlite3.connect(str(db))
+            try:
+                result["integrity"] = "; ".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
+                stored = {eid: (v, s) for eid, v, s in conn.execute("SELECT event_id, verdict, seq FROM scans")}
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as problem:
+            result["integrity"] = f"{type(problem).__name__}: {problem}"
+    seqs = sorted(s for _, s in stored.values() if s is not None)
+    result["seq_ok"] = seqs == list(range(1, len(seqs) + 1))
+    result["stored"] = len(stored)
+    lost = [eid for eid, printed in received.items() if stored.get(eid) != printed]
+    result["lost"] = len(lost)
+    result["lost_examples"] = lost[:3]
+    result["unprinted"] = len(set(stored) - set(received))
+    result["broken"] = not (result["verify_ok"] and result["integrity"] == "ok" and result["seq_ok"])
+    return result
+
+
+def summary_rows(roles: list[Role]) -> list[dict]:
+    """One row per role, in the shape of ``tests/faults`` figures plus the power-cut columns."""
+    rows = []
+    for r in roles:
+        if not r.results:
+            continue
+        recovery = [c["recovery_s"] for c in r.results if c["recovery_s"] is not None]
+        broken = sum(c["broken"] for c in r.results)
+        rows.append(
+            {
+                "fault": FAULT[r.name],
+                "role": r.name,
+                "cycles": len(r.results),
+                "sent": sum(c["decisions"] for c in r.results),
+                "lost": sum(c["lost"] for c in r.results),
+                "duplicated": 0,
+                "unprinted": sum(c["unprinted"] for c in r.results),
+                "broken": broken,
+                "cycles_with_loss": sum(c["lost"] > 0 for c in r.results),
+                "max_recovery_s": round(max(recovery), 1) if recovery else None,
+                "note": "",
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| fault | cycles | scans (decisions printed) | lost | committed, never printed | broken ledgers "
+        "| max recovery |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        recovery = "–" if row["max_recovery_s"] is None else f"{row['max_recovery_s']:.0f} s"
+        lost = f"{row['lost']:,}" + (f" (in {row['cycles_with_loss']} cycles)" if row["lost"] else "")
+        lines.append(
+            f"| {row['fault']} | {row['cycles']} | {row['sent']:,} | {lost} | {row['unprinted']:,} "
+            f"| {row['broken']} | {recovery} |"
+        )
+    return "\n".join(lines)
+
+
+def boot(args, cycle: int, roles: list[Role], rng: random.Random) -> tuple[str, float]:
+    """One boot: launch, wait for every role's first decision, run 3-15 s, cut. ('cut'|'no-vm'|'failed', cut_after)."""
+    for r in roles:
+        r.port.write_bytes(b"")
+        r.offset, r.partial, r.first_at, r.this_boot = 0, b"", None, []
+    inner = f"tests/powercut/in-vm {cycle} {' '.join(r.name for r in roles)}"
+    cmd = [
+        "vng", "--run", args.kernel, *([] if args.kvm else ["--disable-kvm"]), "--user", "root",
+        "--cpus", "2", "--memory", "1G", f"--qemu-opts={qemu_opts(roles)}", "--exec", inner,
+    ]  # fmt: skip
+    env = dict(os.environ, PATH=f"{ROOT / '.venv-vm' / 'bin'}:{os.environ['PATH']}")
+    launched = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    console = Console(proc, args.out / f"cycle-{cycle}.console", launched)
+    cut_at = None
+    outcome = "failed"
+    try:
+        while True:
+            now = time.monotonic()
+            for r in roles:
+                read_port(r)
+                if r.first_at is None and r.this_boot:
+                    r.first_at = now - launched
+            if cut_at is None and all(r.first_at is not None for r in roles):
+                cut_at = now + rng.uniform(3, 15)
+            if cut_at is not None and now >= cut_at:
+                power_cut(proc.pid)
+                outcome = "cut"
+                break
+            if proc.poll() is not None:
+                outcome = "failed" if console.seen("powercut-vm: up") is not None else "no-vm"
+                break
+            if cut_at is None and now - launched > args.boot_timeout:
+                outcome = "failed" if console.seen("powercut-vm: up") is not None else "no-vm"
+                power_cut(proc.pid)
+                break
+            time.sleep(0.05)
+        after = (time.monotonic() - launched) - max(r.first_at or 0 for r in roles)
+    finally:
+        if outcome != "cut":  # also when this script is interrupted: no VM left behind
+            power_cut(proc.pid)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        console.join()
+    for r in roles:
+        read_port(r)  # all qemu wrote before it died
+    if outcome != "cut":
+        print(f"scripts/powercut-tests: boot {cycle}: {outcome}; the console's end:\n{console.tail()}", file=sys.stderr)
+    up = console.seen("powercut-vm: up")
+    print(
+        f"boot {cycle}: guest up {up if up is None else round(up, 1)} s after launch; "
+        + ", ".join(f"{r.name} first decision {r.first_at and round(r.first_at, 1)} s" for r in roles)
+        + (f"; power cut {after:.1f} s after the last first decision" if outcome == "cut" else ""),
+        flush=True,
+    )
+    return outcome, after
+
+
+def check_role(args, cycle: int, r: Role, cut_after: float) -> dict:
+    printed = [d for d in r.this_boot if d.get("verdict") in RECORDED]
+    for d in printed:
+        r.received[d["event_id"]] = (d["verdict"], d["seq"])
+    fsck_rc, fsck_out, db = dump_ledger(r.image, args.out / "check" / r.name)
+    result = check_ledger(db, r.received)
+    counts: dict[str, int] = {}
+    for d in r.this_boot:
+        counts[d["verdict"]] = counts.get(d["verdict"], 0) + 1
+    result.update(
+        role=r.name,
+        cycle=cycle,
+        decisions=len(r.this_boot),
+        verdicts=counts,
+        recovery_s=None if r.first_at is None else round(r.first_at, 2),
+        cut_after_s=round(cut_after, 2),
+        e2fsck_rc=fsck_rc,
+    )
+    if fsck_rc >= 4:
+        result["broken"] = True
+        result["e2fsck"] = fsck_out.splitlines()[-3:]
+    r.results.append(result)
+    verdicts = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    state = "BROKEN" if result["broken"] else "intact"
+    print(
+        f"  {r.name:7} cycle {len(r.results)}: {result['decisions']} decisions ({verdicts}); "
+        f"lost {result['lost']}; committed-but-unprinted {result['unprinted']}; ledger {result['stored']} rows, "
+        f"{state} (verify: {result['verify'] or '-'}; integrity_check: {result['integrity'][:80]}; "
+        f"seq {'contiguous' if result['seq_ok'] else 'GAPS'}; e2fsck exit {fsck_rc}); "
+        f"recovery {result['recovery_s']} s",
+        flush=True,
+    )
+    if result["lost"]:
+        print(f"  {r.name:7} lost, e.g. {result['lost_examples']}", flush=True)
+    with open(args.out / "cycles.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(result) + "\n")
+    if result["lost"] or result["broken"]:
+        make_image(r.image)  # the next boot starts a new ledger
+        r.received = {}
+        print(f"  {r.name:7} the next boot gets a new disk image", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kernel", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--control-cycles", type=int, default=3)
+    parser.add_argument("--boot-timeout", type=float, default=420, help="seconds from launch to every first decision")
+    parser.add_argument("--kvm", action="store_true")
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # through the finally that stops the VM
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
+    rng = random.Random(seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cycles.jsonl").write_text("")
+    roles = [
+        Role("real", args.out / "real.img", args.out / "real.port", args.cycles),
+        Role("control", args.out / "control.img", args.out / "control.port", args.control_cycles),
+    ]
+    for r in roles:
+        make_image(r.image)
+    boots = max(args.cycles, args.control_cycles)
+    print(
+        f"scripts/powercut-tests: {args.cycles} cycles of plain dispensing, {args.control_cycles} of the control "
+        f"(synchronous=OFF), in {boots} boots of {args.kernel} ({'KVM' if args.kvm else 'no KVM'}); seed {seed}; "
+        f"results in {args.out}",
+        flush=True,
+    )
+    started = time.monotonic()
+    failed_boots = 0
+    for cycle in range(1, boots + 1):
+        this = [r for r in roles if cycle <= r.cycles]
+        outcome, after = boot(args, cycle, this, rng)
+        if outcome == "no-vm" and cycle == 1:
+            print("scripts/powercut-tests: SKIPPED the power-cut suite: the VM did not come up "
+                  f"(see {args.out}/cycle-1.console)", file=sys.stderr)  # fmt: skip
+            return 77
+        if outcome != "cut":
+            failed_boots += 1
+        for r in this:
+            if outcome == "cut" or r.this_boot:
+                check_role(args, cycle, r, after)
+    took = time.monotonic() - started
+
+    rows = summary_rows(roles)
+    for row in rows:
+        row["note"] = f"seed {seed}"
+    with open(args.out / "figures.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    sys.path.insert(0, str(ROOT))
+    from bench.machine import header
+
+    md = (
+        f"```\n{header()}\ncommand: POWERCUT_CYCLES={args.cycles} POWERCUT_CONTROL_CYCLES={args.control_cycles} "
+        f"scripts/powercut-tests\ntook:    {took / 60:.1f} min ({boots} boots, "
+        f"{'KVM' if args.kvm else 'no KVM'})\n```\n\n"
+        f"{table(rows)}\n"
+    )
+    (args.out / "summary.md").write_text(md, encoding="utf-8")
+    print(f"\n{md}", flush=True)
+
+    real = next(r for r in roles if r.name == "real")
+    control = next(r for r in roles if r.name == "control")
+    problems = []
+    if failed_boots:
+        problems.append(f"{failed_boots} boots did not reach the power cut")
+    if len(real.results) < args.cycles:
+        problems.append(f"only {len(real.results)} of {args.cycles} real cycles were checked")
+    if any(c["lost"] for c in real.results):
+        problems.append(f"the real agent LOST {sum(c['lost'] for c in real.results)} printed decisions")
+    if any(c["broken"] for c in real.results):
+        problems.append(f"the real agent's ledger was BROKEN in {sum(c['broken'] for c in real.results)} cycles")
+    if any(c["decisions"] == 0 for c in real.results):
+        problems.append("a real cycle printed no decision")
+    shown = sum(c["lost"] > 0 or c["broken"] for c in control.results)
+    if args.control_cycles:
+        if shown:
+            print(f"scripts/powercut-tests: the control (synchronous=OFF) showed loss or breakage in {shown} of "
+                  f"{len(control.results)} cycles, as it must", flush=True)  # fmt: skip
+        else:
+            problems.append(
+                f"the control (synchronous=OFF) lost nothing in {len(control.results)} cycles: "
+                "the suite did not show it can fail (run more control cycles)"
+            )
+    if problems:
+        print("scripts/powercut-tests: FAILED: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    print(f"scripts/powercut-tests: PASSED: {len(real.results)} power cuts, 0 printed decisions lost, "
+          f"every ledger verified ({took / 60:.1f} min)", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
