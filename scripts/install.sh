@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install scan-agent on Raspberry Pi OS Bookworm (64-bit) as a systemd service.
+# Install scan-agent on Raspberry Pi OS Bookworm (64- or 32-bit) as a systemd service.
+# On plain Debian 12 it installs too, without camera and GPIO (Raspberry Pi OS packages).
 #
 #   sudo scripts/install.sh                 install or update (idempotent)
 #   sudo scripts/install.sh --uninstall     remove program, unit and udev rules;
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
     --root) ROOT=$(realpath -m "${2:?--root needs a directory}"); shift 2 ;;
     --root=*) ROOT=$(realpath -m "${1#--root=}"); shift ;;
     --uninstall) UNINSTALL=1; shift ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -36,12 +37,20 @@ UNIT=/etc/systemd/system/scan-agent.service
 WANTS=/etc/systemd/system/multi-user.target.wants/scan-agent.service
 RULES=/etc/udev/rules.d/99-scan-agent.rules
 MANIFEST=$OPT/install-manifest
-APT_PACKAGES="python3 python3-venv python3-dev gcc libc6-dev python3-picamera2 python3-lgpio python3-cryptography python3-pil sqlite3"
+# gcc and the headers build evdev. cryptography comes from apt (38 on Bookworm),
+# with the cffi it needs: PyPI has no armv7l cffi wheel, and the venv sees both.
+APT_PACKAGES="python3 python3-venv python3-dev gcc libc6-dev python3-cryptography python3-cffi sqlite3"
+# Only Raspberry Pi OS has these: without them there is no camera or GPIO feedback.
+APT_PI_ONLY="python3-picamera2 python3-lgpio"
+# A camera kiosk's numpy and pillow: apt's, as picamera2 uses (and PyPI has no armv7l wheels).
+APT_CAMERA="python3-numpy python3-pil"
 APT_OPTIONAL="mosquitto-clients"
 
 live() { [ -z "$ROOT" ]; }   # true when installing onto the running system
 say() { echo "install.sh: $*"; }
 user_exists() { live && getent passwd "$USER_NAME" >/dev/null; }
+installed() { dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
+available() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }
 
 # place MODE OWNER:GROUP PATH: set mode, set owner where possible, record both.
 place() {
@@ -79,6 +88,22 @@ do_install() {
     apt-get update -q
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q $APT_PACKAGES
+    local p pi=() absent=()
+    for p in $APT_PI_ONLY; do
+      if available "$p"; then pi+=("$p"); else absent+=("$p"); fi
+    done
+    [ ${#pi[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pi[@]}"
+    [ ${#absent[@]} -eq 0 ] || say "not installed: ${absent[*]} (Raspberry Pi OS only; camera/GPIO unavailable)"
+    if installed python3-picamera2; then
+      # shellcheck disable=SC2086
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q $APT_CAMERA
+      if [ "$(dpkg --print-architecture)" = armhf ]; then
+        # No armv7l zxing-cpp wheel on PyPI, and Debian's python3-zxing-cpp (1.4) is older
+        # than the 3.0 the camera needs: pip builds it, which takes cmake and g++.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q cmake g++
+        say "armhf camera kiosk: pip builds zxing-cpp from source (cmake, g++); on a Pi that takes a while"
+      fi
+    fi
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q $APT_OPTIONAL || say "optional $APT_OPTIONAL not installed"
     if ! getent passwd "$USER_NAME" >/dev/null; then
@@ -96,7 +121,8 @@ do_install() {
   make_dir 0750 "root:$USER_NAME" "$ETC"
   make_dir 0750 "$USER_NAME:$USER_NAME" "$STATE"
 
-  # The venv sees apt's python3-picamera2 and python3-lgpio.
+  # The venv sees apt's python3-cryptography (and, on a Pi, python3-picamera2 and
+  # python3-lgpio): pip takes those instead of downloading or building its own.
   if [ ! -x "$ROOT$OPT/venv/bin/python" ]; then
     if live; then
       python3 -m venv --system-site-packages "$OPT/venv"
@@ -105,7 +131,10 @@ do_install() {
     fi
   fi
   if live; then
-    "$OPT/venv/bin/python" -m pip install -q --upgrade "$SRC"
+    # The camera extra (zxing-cpp, numpy, pillow) only where there is a camera stack.
+    local spec=$SRC
+    if installed python3-picamera2; then spec="${SRC}[camera]"; fi
+    "$OPT/venv/bin/python" -m pip install -q --upgrade "$spec"
   fi
   install_file "$SRC/hardware.md" 0644 root:root "$OPT/hardware.md"
   # Scanner profiles (host-ACK bytes, setup codes) and the sheet printer.
