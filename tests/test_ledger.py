@@ -372,6 +372,29 @@ def test_the_checkpointer_moves_scans_from_the_wal_into_the_database(tmp_path):
     lg.close()
 
 
+def test_the_checkpointer_outlives_a_ledger_it_cannot_open_at_first(tmp_path, caplog):
+    """A checkpointer that died on its first error would leave the WAL to grow for as long as
+    the agent runs; it logs, and tries again on the next write."""
+    from tests.support.net import wait_until
+
+    path = tmp_path / "l.db"
+    path.write_bytes(b"not a database, yet" * 500)
+    checkpointer = checkpoint.Checkpointer(path, interval_s=0.01, idle_s=0.05)
+    checkpointer.start()
+    wait_until(lambda: "ledger checkpoint failed" in caplog.text, timeout=10, what="the failure logged")
+    path.unlink()
+    lg = Ledger(ledger.connect(path), device_id="k", site_id="s")
+    lg.conn.execute("PRAGMA wal_autocheckpoint=0")
+    before = path.stat().st_size
+    s = Scanner(lg)
+    for i in range(300):
+        s.scan(f"8123456789012{i:07d}")
+    checkpointer.wrote()
+    wait_until(lambda: path.stat().st_size > before + 50_000, timeout=10, what="a checkpoint after the failures")
+    checkpointer.stop()
+    lg.close()
+
+
 def test_a_wal_past_its_bound_is_restarted_and_truncated(tmp_path, monkeypatch):
     path = tmp_path / "l.db"
     lg = Ledger.open(path, device_id="k", site_id="s")

@@ -129,6 +129,8 @@ def test_unhealthy_when_the_ledger_file_is_unlinked_under_the_agent(tmp_path):
     db.unlink()  # the open connections still answer queries: only the path tells
     assert probe.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
     assert not pipeline_healthy(pipeline, probe, stall_s=60)
+    probe.close()
+    pipeline.ledger.close()
 
 
 def test_unhealthy_when_the_ledger_file_is_replaced_under_the_agent(tmp_path):
@@ -140,6 +142,8 @@ def test_unhealthy_when_the_ledger_file_is_replaced_under_the_agent(tmp_path):
     Ledger.open(other, device_id="k", site_id="s").close()
     other.replace(db)  # a valid ledger, but not the file the agent writes to
     assert not pipeline_healthy(pipeline, probe, stall_s=60)
+    probe.close()
+    pipeline.ledger.close()
 
 
 def test_no_socket_no_messages():

@@ -7,6 +7,7 @@ does it on its own thread and connection instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -61,8 +62,7 @@ class Checkpointer:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _run(self) -> None:
-        conn = connect(self.path)
-        conn.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_PAGES * 4096}")
+        conn: sqlite3.Connection | None = None
         try:
             while True:
                 # Announced: let the scan's feedback and the next scans go first, gather their
@@ -73,11 +73,27 @@ class Checkpointer:
                     break
                 self._written.clear()
                 try:
+                    # Opened on first use and again after a failure: a checkpointer that died
+                    # on one error would leave the WAL to grow for as long as the agent runs.
+                    conn = conn or self._connect()
                     self.checkpoint(conn)
                 except sqlite3.Error as problem:
                     log.warning("ledger checkpoint failed: %s", problem)
+                    conn = self._close(conn)
+            conn = conn or self._connect()
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as problem:
             log.warning("ledger checkpoint failed: %s", problem)
         finally:
-            conn.close()
+            self._close(conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = connect(self.path)
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_PAGES * 4096}")
+        return conn
+
+    @staticmethod
+    def _close(conn: sqlite3.Connection | None) -> None:
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
