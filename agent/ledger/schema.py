@@ -140,16 +140,16 @@ def _migrate_to_3(conn: sqlite3.Connection) -> None:
     ``scans``); the outbox table and the seq and ts indexes are dropped. Dropping a
     table fires no DELETE trigger, and ``scans`` keeps every row and hash.
     """
-    conn.execute(_CODE_STATE.format(name="code_state_v3"))
-    conn.execute(
-        "INSERT INTO code_state_v3 SELECT code, out_count, out_id, in_held, in_id, destroyed_id FROM code_state"
-    )
-    conn.execute("DROP TABLE code_state")
-    conn.execute("ALTER TABLE code_state_v3 RENAME TO code_state")
-    conn.execute(_DELIVERIES.format(name="deliveries_v3"))
-    conn.execute("INSERT INTO deliveries_v3 SELECT scan_id, ts, reason_code FROM deliveries")
-    conn.execute("DROP TABLE deliveries")  # its triggers go with it; create_schema makes them anew
-    conn.execute("ALTER TABLE deliveries_v3 RENAME TO deliveries")
+    _reshape(conn, "code_state", _CODE_STATE, "code, out_count, out_id, in_held, in_id, destroyed_id")
+    _reshape(conn, "deliveries", _DELIVERIES, "scan_id, ts, reason_code")  # its triggers go with the old table
     conn.execute("DROP TABLE outbox")
     conn.execute('DROP INDEX IF EXISTS "idx_scans_device_id_seq"')
     conn.execute('DROP INDEX IF EXISTS "idx_scans_ts"')
+
+
+def _reshape(conn: sqlite3.Connection, table: str, create: str, columns: str) -> None:
+    """Copy ``table`` row for row into the shape ``create`` makes, then put the copy in its place."""
+    conn.execute(create.format(name=f"{table}_v3"))
+    conn.execute(f"INSERT INTO {table}_v3 SELECT {columns} FROM {table}")
+    conn.execute(f"DROP TABLE {table}")
+    conn.execute(f"ALTER TABLE {table}_v3 RENAME TO {table}")

@@ -68,23 +68,15 @@ class Ledger:
         self._last_by_source: dict[str, tuple[str, float]] = {}
         self.checkpointer: Checkpointer | None = None
         create_schema(conn)
-        last = conn.execute("SELECT event_id FROM scans ORDER BY id DESC LIMIT 1").fetchone()
+        last = conn.execute("SELECT id, hash, event_id FROM scans ORDER BY id DESC LIMIT 1").fetchone()
         # Seeded from the last recorded event, so ids keep increasing across a
         # restart even when the wall clock was set back meanwhile.
-        self._ids = EventIds(after=None if last is None else last[0])
+        self._ids = EventIds(after=None if last is None else last["event_id"])
         #: The latest ts recorded; a wall clock behind it is not trustworthy.
         self._latest_ts = latest_ts(conn)
-        #: The chain's end, kept here so a scan reads no index for it (one writer: the pipeline).
-        self._tail: tuple[int, str, int] = (0, GENESIS, 0)  # last id, its hash, this device's last seq
-        self._load_tail()
-
-    def _load_tail(self) -> None:
-        last = self.conn.execute("SELECT id, hash FROM scans ORDER BY id DESC LIMIT 1").fetchone()
-        # seq grows with id for a device, so its last seq is on its last row that has one.
-        seq = self.conn.execute(
-            "SELECT seq FROM scans WHERE device_id = ? AND seq IS NOT NULL ORDER BY id DESC LIMIT 1", (self.device_id,)
-        ).fetchone()
-        self._tail = (0, GENESIS, 0) if last is None else (last["id"], last["hash"], 0 if seq is None else seq[0])
+        #: The chain's end: last id, its hash, this device's last seq. Kept here so a scan
+        #: reads no index for it (one writer: the pipeline).
+        self._tail = (0, GENESIS, 0) if last is None else (last["id"], last["hash"], last_seq(conn, device_id))
 
     @classmethod
     def open(cls, path: str | Path, **kwargs) -> Ledger:
@@ -255,6 +247,15 @@ class Ledger:
             )
         log.error("ALARM %s: %s", kind, detail)
         return cursor.lastrowid
+
+
+def last_seq(conn: sqlite3.Connection, device_id: str) -> int:
+    """The device's last ``seq`` (0 before its first event), read without an index on ``seq``:
+    seq grows with id for a device, so it is on the device's last row that has one."""
+    row = conn.execute(
+        "SELECT seq FROM scans WHERE device_id = ? AND seq IS NOT NULL ORDER BY id DESC LIMIT 1", (device_id,)
+    ).fetchone()
+    return 0 if row is None else row[0]
 
 
 def latest_ts(conn: sqlite3.Connection) -> str | None:
