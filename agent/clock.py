@@ -11,9 +11,10 @@ True
 from __future__ import annotations
 
 import ctypes
-import functools
 import time
 from datetime import UTC, datetime
+
+from agent.libc import libc
 
 _TIME_ERROR = 5  # adjtimex(2): "the clock is not synchronised"
 _SYNC_RECHECK_S = 30.0
@@ -47,17 +48,10 @@ class _Timex(ctypes.Structure):
 
 def _kernel_says_synchronised() -> bool:
     try:
-        state = _libc().adjtimex(ctypes.byref(_Timex()))
-    except (OSError, AttributeError):
+        state = libc("adjtimex").adjtimex(ctypes.byref(_Timex()))
+    except (OSError, AttributeError):  # no libc with adjtimex: None has no attribute either
         return False
     return 0 <= state != _TIME_ERROR
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    # The process's own symbols, libc's among them. ctypes.util.find_library runs
-    # ldconfig in a subprocess (2-7 ms here), and this is asked from inside a scan's commit.
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def iso(moment: datetime) -> str:

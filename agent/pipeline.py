@@ -148,7 +148,6 @@ class Pipeline:
                 sink.decided(decision)
             except Exception:
                 log.exception("%s failed on a decision; the scan is recorded regardless", type(sink).__name__)
-        checkpointer = getattr(self.ledger, "checkpointer", None)
-        if checkpointer is not None:
-            checkpointer.wrote()  # after the sinks: the WAL's copy-back waits, the operator does not
+        if self.ledger.checkpointer is not None:
+            self.ledger.checkpointer.wrote()  # after the sinks: the WAL's copy-back waits, the operator does not
         return decision

@@ -22,7 +22,6 @@ timeout and returns False, so callers fall back to their periodic re-check.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -30,6 +29,8 @@ import select
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from agent.libc import libc
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +51,7 @@ IN_CLOEXEC = os.O_CLOEXEC
 _MASK = IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
 
 
-def _libc() -> ctypes.CDLL | None:
-    # The process's own symbols include libc's: find_library() only as a last resort,
-    # as it runs ldconfig in a subprocess (milliseconds of every start with a serial scanner).
-    return _with_inotify(None) or _with_inotify("libc.so.6") or _with_inotify(ctypes.util.find_library("c"))
-
-
-def _with_inotify(name: str | None) -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        libc.inotify_init1  # noqa: B018 - probe: raises AttributeError where inotify is missing
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _libc()
+_LIBC = libc("inotify_init1")
 
 
 class DirWatch:
