@@ -38,11 +38,10 @@ from agent.ledger import connect
 _EVENTS = """
 SELECT scans.*, earlier.event_id AS earlier_event_id, earlier.seq AS earlier_seq
 FROM scans LEFT JOIN scans AS earlier ON earlier.id = scans.earlier_id
-WHERE {where} AND scans.seq IS NOT NULL{undelivered}
+WHERE {where} AND scans.seq IS NOT NULL
 ORDER BY scans.id
 """
 _UNDELIVERED = " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_id = scans.id)"
-_ROWS = _EVENTS.replace("{undelivered}", _UNDELIVERED)
 
 
 class Outbox:
@@ -65,7 +64,7 @@ class Outbox:
 
     def pending(self, after_id: int = 0, limit: int = 100) -> list[sqlite3.Row]:
         """Undelivered events' scan rows with ``id > after_id``, oldest first."""
-        query = _ROWS.format(where="scans.id > ?") + " LIMIT ?"
+        query = _EVENTS.format(where="scans.id > ?" + _UNDELIVERED) + " LIMIT ?"
         return self.conn.execute(query, (after_id, limit)).fetchall()
 
     def rows(self, scan_ids: Iterable[int]) -> list[sqlite3.Row]:
@@ -73,7 +72,7 @@ class Outbox:
         ids = list(scan_ids)
         if not ids:
             return []
-        query = _ROWS.format(where=f"scans.id IN ({','.join('?' * len(ids))})")
+        query = _EVENTS.format(where=f"scans.id IN ({','.join('?' * len(ids))})" + _UNDELIVERED)
         return self.conn.execute(query, ids).fetchall()
 
     def by_seq(self, device_id: str, first: int, last: int) -> list[sqlite3.Row]:
@@ -81,7 +80,7 @@ class Outbox:
         # A device's seq never runs ahead of the row id (double reads take an id but
         # no seq), so its seq ``first`` is at id >= first: the walk starts there and
         # stops once it has them all.
-        query = _EVENTS.replace("{undelivered}", "").format(
+        query = _EVENTS.format(
             where="scans.id >= :first AND scans.device_id = :device AND scans.seq BETWEEN :first AND :last"
         )
         params = {"first": first, "last": last, "device": device_id, "n": max(0, last - first + 1)}
