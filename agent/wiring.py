@@ -90,7 +90,7 @@ def serial_present(scanner) -> Check:
 def hid_present(scanner, input_dir: str = "/dev/input") -> Check:
     from agent.sources.hid import DeviceMatch, EvdevDevice  # evdev only for a HID scanner
 
-    match = DeviceMatch(scanner.vendor_id, scanner.product_id, scanner.serial, scanner.name_pattern, scanner.path)
+    match = DeviceMatch.from_config(scanner)
     seen = []
     for node in sorted(Path(input_dir).glob("event*")):
         try:

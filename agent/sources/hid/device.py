@@ -13,7 +13,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from evdev import InputEvent
 from evdev import ecodes as e
@@ -59,6 +59,11 @@ class DeviceMatch:
     serial: str | None = None
     name_pattern: str | None = None
     path: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> DeviceMatch:
+        """The selectors of a ``kind = "hid"`` entry (:class:`agent.config.HidScannerConfig`)."""
+        return cls(config.vendor_id, config.product_id, config.serial, config.name_pattern, config.path)
 
     def matches(self, info: DeviceInfo) -> bool:
         if not info.keyboard:

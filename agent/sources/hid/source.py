@@ -106,13 +106,7 @@ class HidSource:
     def from_config(cls, config: Any) -> HidSource:
         """The source for a ``kind = "hid"`` entry (:class:`agent.config.HidScannerConfig`)."""
         return cls(
-            DeviceMatch(
-                vendor_id=config.vendor_id,
-                product_id=config.product_id,
-                serial=config.serial,
-                name_pattern=config.name_pattern,
-                path=config.path,
-            ),
+            DeviceMatch.from_config(config),
             name=config.name,
             movement=config.movement,
             layout=config.layout,
