@@ -21,8 +21,28 @@ from agent.read import Read
 MOVEMENTS = ("receive", "dispense", "use", "return_in", "return_out", "destroy", "check")
 #: What the ledger can decide for a read (``fault`` is the pipeline's: not recorded).
 VERDICTS = ("accepted", "rejected", "duplicate", "double_read")
-#: One bill (单据) holds at most this many codes (convention of the platforms).
-BILL_LIMIT = 3500
+#: One bill (单据) or document holds at most this many codes (convention of the platforms).
+BILL_LIMIT = DOCUMENT_LIMIT = 3500
+
+#: A document's kind decides the movement of every scan in it.
+DOCUMENT_KINDS = {
+    "sale": "dispense",
+    "prescription": "dispense",
+    "ward_order": "use",
+    "delivery": "receive",
+    "customer_return": "return_in",
+    "supplier_return": "return_out",
+    "destruction": "destroy",
+    "stock_check": "check",
+}
+#: Ledger rows that record something other than a read (their ``record`` column holds
+#: what): a document opened or closed, a scan voided (``reversal`` once its document
+#: has closed), an exception against a line, the station locked and acknowledged.
+ENTRIES = ("opened", "closed", "void", "reversal", "exception", "locked", "acknowledged")
+#: How a document ends.
+DOCUMENT_STATUSES = ("complete", "complete_with_exceptions", "incomplete")
+#: ``[codes] lifecycle``: whether a code's history across movements is checked.
+LIFECYCLES = ("off", "warn", "strict")
 
 
 def check_movement(value: object) -> str:
@@ -64,6 +84,14 @@ class Decision:
     ts: str | None = None
     hash: str | None = None
     earlier: Earlier | None = None
+    #: The open document this scan belongs to: ``{"id", "kind"}``.
+    document: dict | None = None
+    #: Collected / expected units of that document, per line and in total.
+    progress: dict | None = None
+    #: For an entry row (see :data:`ENTRIES`): what it records.
+    record: dict | None = None
+    #: This decision locked the station (``[documents] lock_on``) until acknowledged.
+    locks: bool = False
 
     def to_dict(self) -> dict:
         """A JSON-ready summary, as ``scan-agent run --json`` prints it."""
@@ -81,4 +109,8 @@ class Decision:
             "ts": self.ts,
             "source": self.read.source_id,
             "earlier": None if self.earlier is None else self.earlier.__dict__,
+            "document": self.document,
+            "progress": self.progress,
+            "record": self.record,
+            "locks": self.locks,
         }

@@ -56,7 +56,8 @@ def test_an_old_ledger_moves_forward_with_every_scan_and_delivery(old):
     ledger.close()
 
     assert rows(old, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert rows(old, "SELECT * FROM scans ORDER BY id") == scans_before, "history untouched"
+    assert [row[: len(scans_before[0])] for row in rows(old, "SELECT * FROM scans ORDER BY id")] == scans_before
+    assert rows(old, "SELECT COUNT(*) FROM scans WHERE document IS NOT NULL OR record IS NOT NULL") == [(0,)]
     assert rows(old, "SELECT scan_id, ts, reason_code FROM deliveries ORDER BY scan_id") == delivered_before
     assert rows(old, "SELECT * FROM code_state ORDER BY code") == state_before
     assert rows(old, "SELECT * FROM alarms") == alarms_before
@@ -98,3 +99,37 @@ def test_a_migration_that_fails_leaves_the_old_ledger_as_it_was(old):
         Ledger.open(old, device_id="kiosk-0001", site_id="site-01")
     assert rows(old, "SELECT name, type FROM sqlite_master ORDER BY name") == before
     assert rows(old, "PRAGMA user_version") == [(2,)]
+
+
+V3 = Path(__file__).parent / "data" / "ledger-v3.db"
+
+
+def test_a_schema_3_ledger_gains_documents_and_goes_on(tmp_path):
+    """tests/data/ledger-v3.db was written by scan-agent at commit 6e764f6 (schema 3, the
+    release before documents): 17 rows of every verdict, 6 events delivered, one alarm."""
+    from agent.ledger.documents import read_document
+
+    path = tmp_path / "ledger.db"
+    shutil.copy(V3, path)
+    assert rows(path, "PRAGMA user_version") == [(3,)]
+    scans_before = rows(path, "SELECT * FROM scans ORDER BY id")
+    delivered_before = rows(path, "SELECT * FROM deliveries ORDER BY scan_id")
+
+    ledger = Ledger.open(path, device_id="kiosk-0001", site_id="site-01", split_packs={"8765432": 2})
+    assert [row[: len(scans_before[0])] for row in rows(path, "SELECT * FROM scans ORDER BY id")] == scans_before
+    assert rows(path, "SELECT * FROM deliveries ORDER BY scan_id") == delivered_before
+    assert scan(ledger, A).reason == "already_dispensed", "the code state came along"
+    command = Read(b"", "command", "test")
+    doc = read_document({"id": "RX00000001", "kind": "prescription", "lines": [{"product_id": "8123456", "expected": 1}]})
+    ledger.open_document(doc, read=command)
+    inside = scan(ledger, "81234567890123450001")
+    assert inside.verdict == "accepted" and inside.document == {"id": "RX00000001", "kind": "prescription"}
+    [closed] = ledger.close_document("RX00000001", closed_by="command", read=command)
+    assert closed.reason == "complete"
+    ledger.close()
+
+    conn = connect(path)
+    result = verify(conn)
+    assert result.ok and result.rows == len(scans_before) + 4
+    assert rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert Outbox(conn).depth() == rows(path, "SELECT COUNT(*) FROM scans WHERE seq IS NOT NULL")[0][0] - 6

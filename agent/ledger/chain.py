@@ -51,6 +51,9 @@ HASHED = (
     "earlier_id",
     "prev_hash",
 )
+#: Columns added later (schema 4), covered by the hash only where they are not NULL:
+#: a row written before they existed keeps the hash it was written with.
+HASHED_WHEN_SET = ("document", "record")
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,15 @@ def canonical(row: Mapping) -> bytes:
     Exactly ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
     encoded as UTF-8, which any back end can recompute; made by orjson, which takes a
     fifth of the time on the scan path (the columns are strings, integers and None,
-    for which the two give the same bytes).
+    for which the two give the same bytes). Of :data:`HASHED_WHEN_SET`, only the
+    columns that are set (not None, and present in ``row``) are included.
     """
-    return orjson.dumps({k: row[k] for k in HASHED}, option=orjson.OPT_SORT_KEYS)
+    data = {k: row[k] for k in HASHED}
+    keys = row.keys()
+    for k in HASHED_WHEN_SET:
+        if k in keys and row[k] is not None:
+            data[k] = row[k]
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
 def row_hash(row: Mapping) -> str:

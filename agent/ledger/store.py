@@ -19,16 +19,20 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+import orjson
+
+from agent import codes
 from agent.clock import Clock, iso
 from agent.codes import Rejection, TraceCode, escape
-from agent.domain import BILL_LIMIT, Decision, Earlier, check_movement
+from agent.domain import BILL_LIMIT, LIFECYCLES, Decision, Earlier, check_movement
 from agent.ids import EventIds
-from agent.ledger.chain import GENESIS, HASHED, row_hash
+from agent.ledger.chain import GENESIS, HASHED, HASHED_WHEN_SET, row_hash
 from agent.ledger.checkpoint import Checkpointer
-from agent.ledger.rules import RULES, State, judge
+from agent.ledger.documents import Document, DocumentError, ExceptionItem, OpenDocument
+from agent.ledger.rules import RULES, State, judge, undo
 from agent.ledger.schema import create_schema
 from agent.ledger.sqlite import CACHE_KIB, connect
 from agent.read import Read
@@ -42,7 +46,9 @@ class LedgerError(Exception):
 
 class Ledger:
     """The agent's SQLite ledger. Only one thread (the pipeline) calls
-    :meth:`decide_and_record`; others open their own :func:`connect`.
+    :meth:`decide_and_record` and the document methods (:meth:`open_document`,
+    :meth:`close_document`, :meth:`void`, :meth:`add_exception`, :meth:`acknowledge`);
+    others open their own :func:`connect`.
 
     ``split_packs`` maps a product id to how many times one of its codes may be
     dispensed; ``double_read_window_s`` is how soon the same text from the same
@@ -57,6 +63,8 @@ class Ledger:
         site_id: str,
         double_read_window_s: float = 2.0,
         split_packs: Mapping[str, int] | None = None,
+        lifecycle: str = "off",
+        lock_on: Iterable[str] = (),
         clock: Clock | None = None,
     ) -> None:
         self.conn = conn
@@ -64,6 +72,11 @@ class Ledger:
         self.site_id = site_id
         self.double_read_window_s = double_read_window_s
         self.split_packs = dict(split_packs or {})
+        if lifecycle not in LIFECYCLES:
+            raise ValueError(f"lifecycle {lifecycle!r} is not allowed; allowed: {', '.join(LIFECYCLES)}")
+        self.lifecycle = lifecycle
+        #: Verdicts and reasons after which the station refuses scans until acknowledged.
+        self.lock_on = frozenset(lock_on)
         self.clock = clock or Clock()
         self._last_by_source: dict[str, tuple[str, float]] = {}
         self.checkpointer: Checkpointer | None = None
@@ -77,6 +90,10 @@ class Ledger:
         #: The chain's end: last id, its hash, this device's last seq. Kept here so a scan
         #: reads no index for it (one writer: the pipeline).
         self._tail = (0, GENESIS, 0) if last is None else (last["id"], last["hash"], last_seq(conn, device_id))
+        #: The open document and the station's lock (one writer: the pipeline).
+        self.document: OpenDocument | None = None
+        self.lock: dict | None = None
+        self._load_station()
 
     @classmethod
     def open(cls, path: str | Path, **kwargs) -> Ledger:
@@ -112,32 +129,20 @@ class Ledger:
     ) -> Decision:
         """Decide what ``read`` is for ``movement`` and record it durably, in one transaction.
 
+        While a document is open, its kind sets the movement and its lines are checked.
         Raises :class:`LedgerError` if it could not be recorded; then nothing was.
         """
         check_movement(movement)
+        if self.document is not None:
+            movement = self.document.document.movement
         text = parsed.code if parsed.valid else parsed.text
         previous = self._last_by_source.get(read.source_id)
         double_read = (
             previous is not None and previous[0] == text and read.t_first - previous[1] <= self.double_read_window_s
         )
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                decision = self._decide_and_insert(read, movement, parsed, text, double_read, operator, bill)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                # SQLite may already have rolled back (a failed COMMIT on a full
-                # disk does); a failing ROLLBACK must not hide the first error.
-                if self.conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        self.conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as problem:
-            raise LedgerError(f"could not record scan: {problem}") from problem
-        self._tail = (decision.scan_id, decision.hash, decision.seq or self._tail[2])
+        with self._transaction():
+            decision = self._decide_and_insert(read, movement, parsed, text, double_read, operator, bill)
         self._last_by_source[read.source_id] = (text, read.t_last)
-        if self._latest_ts is None or decision.ts > self._latest_ts:
-            self._latest_ts = decision.ts
         return decision
 
     def _decide_and_insert(
@@ -152,71 +157,350 @@ class Ledger:
     ) -> Decision:
         earlier_id: int | None = None
         state = None
+        doc = self.document
         if double_read:
             verdict, reason, detail = "double_read", "double_read", "same scan again within the double-read window"
         elif not parsed.valid:
             verdict, reason, detail = "rejected", parsed.reason, parsed.detail
+        elif self.lock is not None:
+            verdict, reason, detail = "rejected", "station_locked", self.lock_detail()
         elif bill and self._bill_count(bill) >= BILL_LIMIT:
             verdict, reason, detail = "rejected", "bill_full", f"bill {bill} already holds {BILL_LIMIT} codes"
         else:
             state = self._state(parsed.code)
             allowed = self.split_packs.get(parsed.product_id, 1)
-            verdict, reason, detail, earlier_id = judge(movement, state, allowed=allowed)
+            if doc is not None:
+                allowed = max(allowed, doc.allowed(parsed.product_id))
+            verdict, reason, detail, earlier_id = judge(movement, state, allowed=allowed, lifecycle=self.lifecycle)
+            refusal = doc.refuses(parsed.code, parsed.product_id) if doc is not None and verdict == "accepted" else None
+            if refusal is not None:
+                (reason, detail), verdict = refusal, "rejected"
 
+        row = self._append(
+            {
+                "movement": movement,
+                "verdict": verdict,
+                "reason": reason,
+                "detail": detail,
+                "code": parsed.code if parsed.valid else None,
+                "raw": escape(read.raw),
+                "kind": parsed.kind,
+                "product_id": parsed.product_id or None,
+                "serial": parsed.serial or None,
+                "symbology": parsed.symbology or read.symbology,
+                "ais": json.dumps(parsed.ais, sort_keys=True) if parsed.valid and parsed.ais else None,
+                "source_kind": read.source_kind,
+                "source_id": read.source_id,
+                "operator": operator,
+                "bill": bill,
+                "earlier_id": earlier_id,
+                "document": None if doc is None or double_read else doc.id,
+            },
+            with_seq=verdict != "double_read",
+        )
+        progress = None
+        if verdict == "accepted" and state is not None:
+            self._store_state(parsed.code, state, RULES[movement].then(state, row["id"]))
+            if doc is not None:
+                doc.add(row["id"], parsed.code, parsed.product_id, row["event_id"], row["seq"], row["hash"])
+        if doc is not None:
+            progress = doc.progress()
+        locks = verdict != "double_read" and reason != "station_locked" and bool({verdict, reason} & self.lock_on)
+        if locks:
+            self._lock(row, operator)
+        return self._decision(row, read, parsed, text, earlier=self._earlier(earlier_id), progress=progress, locks=locks)
+
+    # -- documents, voids, exceptions, the lock ----------------------------------------
+
+    def open_document(
+        self, document: Document, *, on_new: str = "close_previous", read: Read, operator: str = ""
+    ) -> list[Decision]:
+        """Open ``document`` (closing the open one first, or refusing, as ``on_new`` says).
+
+        Raises :class:`DocumentError` (nothing recorded) for an id already open or
+        already used by a closed document, or another document open under ``refuse``.
+        """
+        doc = self.document
+        if doc is not None and doc.id == document.id:
+            raise DocumentError("id", f"{doc.document.kind} {doc.id} is open already")
+        if self._entry_row(document.id, "closed") is not None:
+            raise DocumentError("id", f"{document.id} was used by a document already closed; ids are not reused")
+        if doc is not None and on_new == "refuse":
+            raise DocumentError("id", f"{doc.document.kind} {doc.id} is open; close it first ([documents] on_new = refuse)")
+        decisions = []
+        with self._transaction():
+            if doc is not None:
+                decisions.append(self._close(doc, "new_document", read, operator))
+            row = self._append(
+                self._entry_fields(read, operator, movement=document.movement, verdict="opened",
+                                   detail=f"{document.kind} {document.id} opened", document=document.id,
+                                   record=document.to_record()),
+            )
+            self.document = OpenDocument(document, opened_id=row["id"])
+            decisions.append(self._decision(row, read, None, document.id, progress=self.document.progress()))
+        return decisions
+
+    def close_document(self, doc_id: str, *, closed_by: str, read: Read, operator: str = "") -> list[Decision]:
+        """Close the open document ``doc_id``; its status is worked out from what it collected."""
+        doc = self._open_named(doc_id)
+        with self._transaction():
+            decision = self._close(doc, closed_by, read, operator)
+        return [decision]
+
+    def _close(self, doc: OpenDocument, closed_by: str, read: Read, operator: str) -> Decision:
+        record = doc.closing_record(closed_by)
+        row = self._append(
+            self._entry_fields(read, operator, movement=doc.document.movement, verdict="closed",
+                               reason=record["status"], detail=f"{doc.document.kind} {doc.id} closed {record['status']}",
+                               document=doc.id, record=record),
+        )
+        progress = doc.progress()
+        self.document = None
+        return self._decision(row, read, None, doc.id, progress=progress)
+
+    def void(self, event_id: str, *, reason: str, approver: str = "", read: Read, operator: str = "") -> list[Decision]:
+        """Void an accepted scan of a document: a new row that names it, and the code's state reverts.
+
+        A scan of the open document gets a ``void``; one of a closed document a
+        ``reversal``. Raises :class:`DocumentError` for a scan that does not exist,
+        was not accepted, is in no document, was voided already, or whose code
+        moved since (void the later scan first).
+        """
+        target = self.conn.execute("SELECT * FROM scans WHERE event_id = ?", (event_id,)).fetchone()
+        if target is None:
+            raise DocumentError("event_id", f"no scan has event id {event_id}")
+        if target["verdict"] != "accepted" or target["record"] is not None:
+            raise DocumentError("event_id", f"scan {event_id} was {target['verdict']}; only an accepted scan is voided")
+        if target["document"] is None:
+            raise DocumentError("event_id", f"scan {event_id} is in no document; only a document's scans are voided")
+        if self._voided(target["document"], target["id"]):
+            raise DocumentError("event_id", f"scan {event_id} is voided already")
+        movement, code = target["movement"], target["code"]
+        state = self._state(code)
+        if not _left_by(movement, state, target["id"]):
+            raise DocumentError("event_id", f"code {code} moved after scan {event_id}; void the later scan first")
+        doc = self.document if self.document is not None and self.document.id == target["document"] else None
+        verdict = "void" if doc is not None else "reversal"
+        record = {
+            "voided": {"event_id": event_id, "seq": target["seq"], "ledger_id": target["id"]},
+            "reason": reason,
+            "approver": approver,
+        }
+        with self._transaction():
+            fields = self._entry_fields(read, operator, movement=movement, verdict=verdict,
+                                        detail=f"{verdict} of {event_id}: {reason}", document=target["document"],
+                                        record=record)
+            fields.update(
+                {k: target[k] for k in ("code", "raw", "kind", "product_id", "serial", "symbology", "ais")},
+                earlier_id=target["id"],
+            )
+            row = self._append(fields)
+            self._store_state(code, state, undo(movement, state))
+            if doc is not None:
+                doc.remove(target["id"], {"event_id": row["event_id"], **record})
+        parsed = TraceCode(kind=target["kind"], code=code, product_id=target["product_id"] or "")
+        return [self._decision(row, read, parsed, code, earlier=self._earlier(target["id"]),
+                               progress=None if doc is None else doc.progress())]
+
+    def add_exception(self, doc_id: str, item: ExceptionItem, *, read: Read, operator: str = "") -> list[Decision]:
+        """Record an item counted without a scan (no code, or a code that will not read) against a line."""
+        doc = self._open_named(doc_id)
+        if doc.document.line_for(item.line) is None:
+            raise DocumentError("line", f"{item.line} is on no line of {doc.document.kind} {doc.id}")
+        with self._transaction():
+            row = self._append(
+                self._entry_fields(read, operator, movement=doc.document.movement, verdict="exception",
+                                   reason=item.kind, detail=f"{item.kind} item on line {item.line}: {item.reason}",
+                                   document=doc.id, record=item.to_record()),
+            )
+            doc.add_exception(item, row["event_id"])
+        return [self._decision(row, read, None, item.line, progress=doc.progress())]
+
+    def acknowledge(self, by: str, *, via: str, read: Read) -> list[Decision]:
+        """Lift the station's lock; the row names who acknowledged it and how."""
+        if self.lock is None:
+            raise DocumentError("station", "the station is not locked; nothing to acknowledge")
+        record = {"by": by, "via": via, "lock": self.lock["event_id"]}
+        with self._transaction():
+            row = self._append(
+                self._entry_fields(read, by, movement=self.lock["movement"], verdict="acknowledged",
+                                   detail=f"lock acknowledged by {by} ({via})",
+                                   document=None if self.document is None else self.document.id, record=record),
+            )
+            self.lock = None
+        return [self._decision(row, read, None, by)]
+
+    def lock_detail(self) -> str:
+        """Why the station is locked, for a ``station_locked`` rejection."""
+        cause = self.lock["cause"] if self.lock else {}
+        return f"station locked after {cause.get('reason') or cause.get('verdict')} of {cause.get('code')}; a supervisor must acknowledge"
+
+    def _lock(self, cause: dict, operator: str) -> None:
+        record = {"cause": {k: cause[k] for k in ("event_id", "seq", "verdict", "reason", "code")}}
+        fields = {
+            "movement": cause["movement"],
+            "verdict": "locked",
+            "reason": cause["reason"],
+            "detail": f"station locked after {cause['reason']}; a supervisor must acknowledge",
+            "raw": "",
+            "source_kind": cause["source_kind"],
+            "source_id": cause["source_id"],
+            "operator": operator,
+            "bill": "",
+            "document": cause["document"],
+            "record": record,
+        }
+        row = self._append(fields)
+        self.lock = {"event_id": row["event_id"], "movement": row["movement"], **record}
+
+    def _open_named(self, doc_id: str) -> OpenDocument:
+        doc = self.document
+        if doc is None or doc.id != doc_id:
+            now = "no document is open" if doc is None else f"the open one is {doc.document.kind} {doc.id}"
+            raise DocumentError("id", f"{doc_id} is not open; {now}")
+        return doc
+
+    def _entry_row(self, doc_id: str, verdict: str) -> sqlite3.Row | None:
+        return self.conn.execute(
+            "SELECT * FROM scans WHERE record IS NOT NULL AND document = ? AND verdict = ? ORDER BY id LIMIT 1",
+            (doc_id, verdict),
+        ).fetchone()
+
+    def _voided(self, doc_id: str, scan_id: int) -> bool:
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM scans WHERE record IS NOT NULL AND document = ? AND verdict IN ('void', 'reversal')"
+                " AND earlier_id = ?",
+                (doc_id, scan_id),
+            ).fetchone()
+            is not None
+        )
+
+    @staticmethod
+    def _entry_fields(
+        read: Read,
+        operator: str,
+        *,
+        movement: str,
+        verdict: str,
+        detail: str,
+        document: str | None,
+        record: dict,
+        reason: str | None = None,
+    ) -> dict:
+        return {
+            "movement": movement,
+            "verdict": verdict,
+            "reason": reason,
+            "detail": detail,
+            "raw": escape(read.raw),
+            "source_kind": read.source_kind,
+            "source_id": read.source_id,
+            "operator": operator,
+            "bill": "",
+            "document": document,
+            "record": record,
+        }
+
+    # -- rows ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction; on failure the chain's end and the open document and lock are
+        as they were (read back from the ledger), and :class:`LedgerError` is raised."""
+        tail, latest = self._tail, self._latest_ts
+        try:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                yield
+                self.conn.execute("COMMIT")
+            except BaseException:
+                # SQLite may already have rolled back (a failed COMMIT on a full
+                # disk does); a failing ROLLBACK must not hide the first error.
+                if self.conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
+                self._tail, self._latest_ts = tail, latest
+                with contextlib.suppress(sqlite3.Error):
+                    self._load_station()
+                raise
+        except sqlite3.Error as problem:
+            raise LedgerError(f"could not record scan: {problem}") from problem
+
+    def _append(self, fields: dict, *, with_seq: bool = True) -> dict:
+        """Insert the next row of the chain (inside a transaction); returns it with its hash."""
         last_id, last_hash, last_seq = self._tail
-        scan_id = last_id + 1
-        seq = None if verdict == "double_read" else last_seq + 1
         now = self.clock.now()
         ts = iso(now)
         # clock_synced = 0 when the kernel is not NTP-synchronised, or when the
         # wall clock reads earlier than a scan already recorded (it was set back):
         # such a ts is kept as read, but flagged as not trustworthy.
         clock_synced = self.clock.synchronised() and (self._latest_ts is None or ts >= self._latest_ts)
-        row = {
-            "id": scan_id,
-            "seq": seq,
-            "event_id": str(self._ids.next(int(now.timestamp() * 1000))),
-            "device_id": self.device_id,
-            "site_id": self.site_id,
-            "ts": ts,
-            "clock_synced": int(clock_synced),
-            "movement": movement,
-            "verdict": verdict,
-            "reason": reason,
-            "detail": detail,
-            "code": parsed.code if parsed.valid else None,
-            "raw": escape(read.raw),
-            "kind": parsed.kind,
-            "product_id": parsed.product_id or None,
-            "serial": parsed.serial or None,
-            "symbology": parsed.symbology or read.symbology,
-            "ais": json.dumps(parsed.ais, sort_keys=True) if parsed.valid and parsed.ais else None,
-            "source_kind": read.source_kind,
-            "source_id": read.source_id,
-            "operator": operator,
-            "bill": bill,
-            "earlier_id": earlier_id,
-            "prev_hash": last_hash,
-        }
+        row = dict.fromkeys(_COLUMNS)
+        row.update(
+            id=last_id + 1,
+            seq=last_seq + 1 if with_seq else None,
+            event_id=str(self._ids.next(int(now.timestamp() * 1000))),
+            device_id=self.device_id,
+            site_id=self.site_id,
+            ts=ts,
+            clock_synced=int(clock_synced),
+            prev_hash=last_hash,
+        )
+        row.update(fields)
+        if row["record"] is not None:
+            row["record"] = record_text(row["record"])
         row["hash"] = row_hash(row)
-        self.conn.execute(_INSERT_SCAN, row)
-        if verdict == "accepted" and state is not None:
-            self._store_state(parsed.code, state, RULES[movement].then(state, scan_id))
+        self.conn.execute(_INSERT_ROW, row)
+        self._tail = (row["id"], row["hash"], row["seq"] or last_seq)
+        if self._latest_ts is None or ts > self._latest_ts:
+            self._latest_ts = ts
+        return row
+
+    def _decision(
+        self,
+        row: dict,
+        read: Read,
+        parsed: TraceCode | Rejection | None,
+        text: str,
+        *,
+        earlier: Earlier | None = None,
+        progress: dict | None = None,
+        locks: bool = False,
+    ) -> Decision:
+        doc_id = row["document"]
+        kind = None
+        if doc_id is not None:
+            doc = self.document
+            kind = doc.document.kind if doc is not None and doc.id == doc_id else self._document_kind(doc_id)
         return Decision(
-            verdict=verdict,
-            reason=reason,
-            detail=detail,
-            movement=movement,
+            verdict=row["verdict"],
+            reason=row["reason"],
+            detail=row["detail"],
+            movement=row["movement"],
             text=text,
-            parsed=parsed,
+            parsed=parsed if parsed is not None else codes.parse(text),
             read=read,
-            scan_id=scan_id,
-            seq=seq,
+            scan_id=row["id"],
+            seq=row["seq"],
             event_id=row["event_id"],
             ts=row["ts"],
             hash=row["hash"],
-            earlier=self._earlier(earlier_id),
+            earlier=earlier,
+            document=None if doc_id is None else {"id": doc_id, "kind": kind},
+            progress=progress,
+            record=None if row["record"] is None else json.loads(row["record"]),
+            locks=locks,
         )
+
+    def _document_kind(self, doc_id: str) -> str | None:
+        opened = self._entry_row(doc_id, "opened")
+        return None if opened is None else json.loads(opened["record"])["kind"]
+
+    def _load_station(self) -> None:
+        """The open document (with what it collected) and the lock, read back from the ledger."""
+        self.document = load_open_document(self.conn)
+        self.lock = load_lock(self.conn)
 
     def _state(self, code: str) -> State:
         row = self.conn.execute(_SELECT_STATE, (code,)).fetchone()
@@ -247,6 +531,62 @@ class Ledger:
             )
         log.error("ALARM %s: %s", kind, detail)
         return cursor.lastrowid
+
+
+def record_text(record: dict) -> str:
+    """An entry's ``record`` as stored and hashed: JSON, keys sorted, compact, UTF-8 kept.
+
+    A consumer that gets the record as a JSON object recomputes the same text
+    (``json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``).
+    """
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _left_by(movement: str, state: State, scan_id: int) -> bool:
+    """Whether the code's ``state`` is still the one scan ``scan_id`` (a ``movement``) left."""
+    if movement in ("dispense", "use"):
+        return state.out_id == scan_id and state.out_count > 0
+    if movement in ("receive", "return_out"):
+        return state.in_id == scan_id
+    if movement == "destroy":
+        return state.destroyed_id == scan_id
+    return True
+
+
+def load_open_document(conn: sqlite3.Connection) -> OpenDocument | None:
+    """The document opened and not closed yet, with its scans, voids and exceptions, or None."""
+    last = conn.execute(
+        "SELECT id, document, verdict, record FROM scans WHERE record IS NOT NULL AND verdict IN ('opened', 'closed')"
+        " ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if last is None or last["verdict"] != "opened":
+        return None
+    doc = OpenDocument(Document.from_record(json.loads(last["record"])), opened_id=last["id"])
+    rows = conn.execute(
+        "SELECT id, verdict, code, product_id, event_id, seq, hash, earlier_id, record FROM scans"
+        " WHERE id > ? AND document = ? ORDER BY id",
+        (last["id"], last["document"]),
+    )
+    for row in rows:
+        if row["verdict"] == "accepted" and row["record"] is None:
+            doc.add(row["id"], row["code"], row["product_id"] or "", row["event_id"], row["seq"], row["hash"])
+        elif row["verdict"] == "void":
+            doc.remove(row["earlier_id"], {"event_id": row["event_id"], **json.loads(row["record"])})
+        elif row["verdict"] == "exception":
+            record = json.loads(row["record"])
+            doc.exceptions.append({**record, "event_id": row["event_id"]})
+    return doc
+
+
+def load_lock(conn: sqlite3.Connection) -> dict | None:
+    """The station's lock (its row's event id, movement and cause) if not acknowledged since, or None."""
+    row = conn.execute(
+        "SELECT event_id, movement, verdict, record FROM scans WHERE verdict IN ('locked', 'acknowledged')"
+        " ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if row is None or row["verdict"] != "locked":
+        return None
+    return {"event_id": row["event_id"], "movement": row["movement"], **json.loads(row["record"])}
 
 
 def last_seq(conn: sqlite3.Connection, device_id: str) -> int:
@@ -285,4 +625,5 @@ _WRITE_STATE = (
     "INSERT OR REPLACE INTO code_state (code, out_count, out_id, in_held, in_id, destroyed_id)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
-_INSERT_SCAN = f"INSERT INTO scans ({', '.join(HASHED)}, hash) VALUES ({', '.join(':' + c for c in HASHED)}, :hash)"
+_COLUMNS = (*HASHED, "hash", *HASHED_WHEN_SET)
+_INSERT_ROW = f"INSERT INTO scans ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)})"

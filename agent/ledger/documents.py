@@ -1,0 +1,333 @@
+"""Documents: a sale, prescription, delivery or ward order, its expected lines, and its progress.
+
+Pure: :func:`read_document`, :func:`read_exception` and :func:`read_void` check a
+command's JSON and name the first bad field; :class:`OpenDocument` holds what a
+document has collected so far and says what a scan would break (wrong drug,
+over-count, full). The ledger (:mod:`agent.ledger.store`) keeps the rows; this
+module only counts.
+
+>>> doc = read_document({"id": "RX00000001", "kind": "prescription",
+...     "lines": [{"product_id": "8123456", "name": "Amoxicillin", "expected": 2}]})
+>>> doc.movement
+'dispense'
+>>> open_doc = OpenDocument(doc, opened_id=1)
+>>> open_doc.refuses("81234560000000011111", "8123456")
+>>> open_doc.refuses("89999990000000011111", "8999999")
+('not_on_document', 'product 8999999 is on no line of prescription RX00000001 (wrong drug?)')
+>>> open_doc.add(2, "81234560000000011111", "8123456", "e2", 2, "h2")
+>>> open_doc.progress()["collected"], open_doc.progress()["expected"]
+(1, 2)
+>>> read_document({"id": "RX1", "kind": "invoice"})
+Traceback (most recent call last):
+agent.ledger.documents.DocumentError: kind: 'invoice' is not allowed; allowed: sale, prescription, ...
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from agent.domain import DOCUMENT_KINDS, DOCUMENT_LIMIT, DOCUMENT_STATUSES
+
+#: Ids, ref values, reasons and names longer than this are refused.
+MAX_TEXT = 64
+#: A line's name may be longer (a drug's full name and strength).
+MAX_NAME = 200
+#: Keys a document's ``ref`` may carry.
+REF_KEYS = ("patient", "visit", "order", "supplier", "prescriber", "ward", "bed", "pos")
+#: What an exception records: an item without a code (无码), or a code that cannot be read.
+EXCEPTION_KINDS = ("uncoded", "damaged")
+_PRODUCT = re.compile(r"[0-9]{7}|[0-9]{14}")
+
+
+class DocumentError(ValueError):
+    """A document command refused; ``field`` names what was wrong. Nothing was recorded."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Line:
+    """One expected line: a product, how many units, and how many scans one code may cover (拆零)."""
+
+    product_id: str
+    name: str = ""
+    expected: int = 1
+    split_units: int = 1
+
+    def to_dict(self) -> dict:
+        return {"product_id": self.product_id, "name": self.name, "expected": self.expected, "split_units": self.split_units}
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document as opened: id, kind, refs and expected lines (none: any code counts)."""
+
+    id: str
+    kind: str
+    ref: dict[str, str] = field(default_factory=dict)
+    lines: tuple[Line, ...] = ()
+
+    @property
+    def movement(self) -> str:
+        return DOCUMENT_KINDS[self.kind]
+
+    def line_for(self, product_id: str) -> Line | None:
+        for line in self.lines:
+            if line.product_id == product_id:
+                return line
+        return None
+
+    def to_record(self) -> dict:
+        """What the ``opened`` row records (and :meth:`from_record` reads back)."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "movement": self.movement,
+            "ref": dict(self.ref),
+            "lines": [line.to_dict() for line in self.lines],
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> Document:
+        return cls(
+            id=record["id"],
+            kind=record["kind"],
+            ref=dict(record.get("ref") or {}),
+            lines=tuple(Line(**line) for line in record.get("lines") or ()),
+        )
+
+
+def read_document(body: Mapping) -> Document:
+    """A :class:`Document` from an ``open_document`` command's JSON, or :class:`DocumentError`."""
+    _only(body, ("id", "kind", "ref", "lines"), "")
+    doc_id = read_text(body, "id")
+    kind = body.get("kind")
+    if kind not in DOCUMENT_KINDS:
+        raise DocumentError("kind", f"{kind!r} is not allowed; allowed: {', '.join(DOCUMENT_KINDS)}")
+    ref = body.get("ref") or {}
+    if not isinstance(ref, dict):
+        raise DocumentError("ref", "must be an object, e.g. {\"patient\": \"P-1\"}")
+    _only(ref, REF_KEYS, "ref.")
+    for key in ref:
+        read_text(ref, key, where="ref.")
+    lines = body.get("lines") or []
+    if not isinstance(lines, list):
+        raise DocumentError("lines", "must be a list of objects with product_id, name, expected, split_units")
+    read = tuple(_line(line, f"lines[{n}]") for n, line in enumerate(lines))
+    seen: set[str] = set()
+    for n, line in enumerate(read):
+        if line.product_id in seen:
+            raise DocumentError(f"lines[{n}].product_id", f"{line.product_id} is on an earlier line already")
+        seen.add(line.product_id)
+    total = sum(line.expected for line in read)
+    if total > DOCUMENT_LIMIT:
+        raise DocumentError("lines", f"{total} units expected; a document holds at most {DOCUMENT_LIMIT} codes")
+    return Document(id=doc_id, kind=kind, ref=dict(ref), lines=read)
+
+
+def _line(line: object, where: str) -> Line:
+    if not isinstance(line, dict):
+        raise DocumentError(where, "must be an object with product_id, name, expected, split_units")
+    _only(line, ("product_id", "name", "expected", "split_units"), f"{where}.")
+    product = line.get("product_id")
+    if not isinstance(product, str) or not _PRODUCT.fullmatch(product):
+        raise DocumentError(f"{where}.product_id", f"{product!r}: must be the 7-digit product id or a 14-digit GTIN")
+    name = line.get("name", "")
+    if not isinstance(name, str) or len(name) > MAX_NAME or not name.isprintable():
+        raise DocumentError(f"{where}.name", f"must be printable text of at most {MAX_NAME} characters")
+    expected = _whole(line, "expected", where, default=None)
+    split = _whole(line, "split_units", where, default=1)
+    return Line(product_id=product, name=name, expected=expected, split_units=split)
+
+
+def _whole(body: Mapping, key: str, where: str, *, default: int | None) -> int:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > DOCUMENT_LIMIT:
+        raise DocumentError(f"{where}.{key}", f"{value!r} is not allowed; allowed: a whole number from 1 to {DOCUMENT_LIMIT}")
+    return value
+
+
+def read_text(body: Mapping, key: str, *, where: str = "", required: bool = True, limit: int = MAX_TEXT) -> str:
+    """``body[key]`` if it is printable text of 1..``limit`` characters (or absent and not required: "")."""
+    if key not in body and not required:
+        return ""
+    value = body.get(key)
+    if not isinstance(value, str) or not value.strip() or len(value) > limit or not value.isprintable():
+        raise DocumentError(f"{where}{key}", f"{value!r}: must be printable text of 1 to {limit} characters")
+    return value
+
+
+def _only(body: Mapping, allowed: Iterable[str], where: str) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise DocumentError(f"{where}{unknown[0]}", f"unknown field; allowed: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class ExceptionItem:
+    """An item counted without a scan: no code on it (无码) or a code that will not read."""
+
+    line: str
+    kind: str
+    reason: str
+    approver: str
+    units: int = 1
+
+    def to_record(self) -> dict:
+        return {"line": self.line, "kind": self.kind, "reason": self.reason, "approver": self.approver, "units": self.units}
+
+
+def read_exception(body: Mapping) -> tuple[str, ExceptionItem]:
+    """``(document id, exception)`` from an ``exception`` command's JSON."""
+    _only(body, ("document", "line", "kind", "reason", "approver", "units"), "")
+    doc_id = read_text(body, "document")
+    line = body.get("line")
+    if not isinstance(line, str) or not _PRODUCT.fullmatch(line):
+        raise DocumentError("line", f"{line!r}: must be the product id of one of the document's lines")
+    kind = body.get("kind")
+    if kind not in EXCEPTION_KINDS:
+        raise DocumentError("kind", f"{kind!r} is not allowed; allowed: {', '.join(EXCEPTION_KINDS)}")
+    item = ExceptionItem(
+        line=line,
+        kind=kind,
+        reason=read_text(body, "reason", limit=MAX_NAME),
+        approver=read_text(body, "approver"),
+        units=_whole(body, "units", "", default=1) if "units" in body else 1,
+    )
+    return doc_id, item
+
+
+def read_void(body: Mapping) -> tuple[str, str, str]:
+    """``(event id, reason, approver)`` from a ``void`` command's JSON (approver may be "")."""
+    _only(body, ("event_id", "reason", "approver"), "")
+    event_id = body.get("event_id")
+    if not isinstance(event_id, str) or not event_id.isdigit() or len(event_id) > 20:
+        raise DocumentError("event_id", f"{event_id!r}: must be the event id of a scan, a string of digits")
+    return event_id, read_text(body, "reason", limit=MAX_NAME), read_text(body, "approver", required=False)
+
+
+@dataclass
+class Collected:
+    """One scan counted in a document."""
+
+    code: str
+    product_id: str
+    event_id: str
+    seq: int | None
+    hash: str
+
+
+class OpenDocument:
+    """What an open document has collected, kept in memory by the ledger's one writer
+    (the pipeline thread) and rebuilt from the ledger's rows at start."""
+
+    def __init__(self, document: Document, *, opened_id: int) -> None:
+        self.document = document
+        #: The ledger id of the ``opened`` row; its scans are all after it.
+        self.opened_id = opened_id
+        self.scans: dict[int, Collected] = {}
+        self.per_code: Counter[str] = Counter()
+        self.per_line: Counter[str] = Counter()
+        self.exceptions: list[dict] = []
+        self.voids: list[dict] = []
+
+    @property
+    def id(self) -> str:
+        return self.document.id
+
+    def allowed(self, product_id: str) -> int:
+        """How many scans one code of ``product_id`` may have in this document."""
+        line = self.document.line_for(product_id)
+        return 1 if line is None else line.split_units
+
+    def refuses(self, code: str, product_id: str) -> tuple[str, str] | None:
+        """``(reason, detail)`` if this document cannot take the code, else None."""
+        doc = self.document
+        if len(self.scans) >= DOCUMENT_LIMIT:
+            return "document_full", f"{doc.kind} {doc.id} already holds {DOCUMENT_LIMIT} codes"
+        line = doc.line_for(product_id)
+        if doc.lines and line is None:
+            return "not_on_document", f"product {product_id} is on no line of {doc.kind} {doc.id} (wrong drug?)"
+        if self.per_code[code] >= self.allowed(product_id):
+            return "in_document", f"already scanned in {doc.kind} {doc.id}"
+        if line is not None and self.count(line.product_id) >= line.expected:
+            return "line_complete", f"line {line.product_id} {line.name} already has its {line.expected} units"
+        return None
+
+    def count(self, product_id: str) -> int:
+        """Units of a line counted so far: scans and exceptions."""
+        excepted = sum(e["units"] for e in self.exceptions if e["line"] == product_id)
+        return self.per_line[product_id] + excepted
+
+    def add(self, scan_id: int, code: str, product_id: str, event_id: str, seq: int | None, hash: str) -> None:
+        self.scans[scan_id] = Collected(code, product_id, event_id, seq, hash)
+        self.per_code[code] += 1
+        self.per_line[product_id] += 1
+
+    def remove(self, scan_id: int, void: dict) -> None:
+        """A scan voided: it no longer counts."""
+        gone = self.scans.pop(scan_id)
+        self.per_code[gone.code] -= 1
+        self.per_line[gone.product_id] -= 1
+        self.voids.append(void)
+
+    def add_exception(self, item: ExceptionItem, event_id: str) -> None:
+        if self.document.line_for(item.line) is None:
+            raise DocumentError("line", f"{item.line} is on no line of {self.document.kind} {self.id}")
+        self.exceptions.append({**item.to_record(), "event_id": event_id})
+
+    def progress(self) -> dict:
+        """Collected and expected units, per line and in total; ``complete`` once every line is."""
+        lines = [
+            {"product_id": line.product_id, "name": line.name, "expected": line.expected, "collected": self.count(line.product_id)}
+            for line in self.document.lines
+        ]
+        collected = sum(line["collected"] for line in lines) if lines else len(self.scans)
+        expected = sum(line.expected for line in self.document.lines) if lines else None
+        complete = bool(lines) and all(line["collected"] >= line["expected"] for line in lines)
+        return {"collected": collected, "expected": expected, "complete": complete, "lines": lines}
+
+    def status(self) -> str:
+        """How the document stands if it closed now (one of ``DOCUMENT_STATUSES``)."""
+        if self.document.lines and not self.progress()["complete"]:
+            return "incomplete"
+        return "complete_with_exceptions" if self.exceptions else "complete"
+
+    def closing_record(self, closed_by: str) -> dict:
+        """What the ``closed`` row records: status, lines with their codes (the shape of the
+        3505/3506 upload's ``drugtracinfo``), voids, exceptions and the included scans' hashes."""
+        status = self.status()
+        assert status in DOCUMENT_STATUSES
+        codes: dict[str, list[dict]] = {}
+        for scan in self.scans.values():
+            flag = 1 if self.allowed(scan.product_id) > 1 else 0
+            codes.setdefault(scan.product_id, []).append({"drug_trac_codg": scan.code, "trdn_flag": flag})
+        lines = [
+            {
+                **line.to_dict(),
+                "collected": self.count(line.product_id),
+                "exceptions": sum(e["units"] for e in self.exceptions if e["line"] == line.product_id),
+                "drugtracinfo": codes.get(line.product_id, []),
+            }
+            for line in self.document.lines
+        ]
+        progress = self.progress()
+        return {
+            **self.document.to_record(),
+            "status": status,
+            "closed_by": closed_by,
+            "collected": progress["collected"],
+            "expected": progress["expected"],
+            "lines": lines,
+            # A document without lines lists its codes here.
+            "drugtracinfo": [] if lines else [c for group in codes.values() for c in group],
+            "voids": list(self.voids),
+            "exceptions": list(self.exceptions),
+            "scans": [{"event_id": s.event_id, "seq": s.seq, "hash": s.hash} for s in self.scans.values()],
+        }
