@@ -137,7 +137,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         for row in rows:
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         return 0
-    writer = csv.DictWriter(sys.stdout, fieldnames=[*ledger.HASHED, "hash"], lineterminator="\n")
+    columns = [*ledger.HASHED, "hash", *ledger.HASHED_WHEN_SET]
+    writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return 0

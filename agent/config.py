@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.domain import check_movement
+from agent.domain import DOCUMENT_KINDS, LIFECYCLES, check_movement
 from agent.sinks.patterns import (
     DEFAULT_LOOKS,
     DEFAULT_PATTERNS,
@@ -54,6 +54,32 @@ class CodesConfig:
     accept_gs1: bool = False
     double_read_window_s: float = 2.0
     split_packs: dict[str, int] = field(default_factory=dict)
+    #: Whether a code's history across movements at this site is checked (see agent.ledger.rules).
+    lifecycle: str = "warn"
+
+
+#: Trace codes no document pattern may match (a pattern that did would swallow scans).
+_TRACE_SAMPLES = ("81234567890123456789", "89000000000000000001", "80000000000000000000", "(01)09501101530003(21)A1")
+
+
+@dataclass(frozen=True)
+class DocumentsConfig:
+    """``[documents]``: how a document is opened, closed and locked from the scanner."""
+
+    #: kind -> regex: scanning a barcode that matches (whole) opens a document of that kind.
+    patterns: dict[str, str] = field(default_factory=dict)
+    #: Scanning this closes the open document ("" = no such code).
+    close_code: str = ""
+    #: Scanning this lifts the station's lock ("" = no such code).
+    ack_code: str = ""
+    #: A supervisor's button (GPIO pin) that lifts the lock; None = no button.
+    ack_pin: int | None = None
+    #: An open document with no scan for this long is closed (0 = never).
+    idle_close_s: float = 600.0
+    #: Another document opened while one is open: close the open one, or refuse the new one.
+    on_new: str = "close_previous"
+    #: Verdicts and reasons that lock the station (inside a document) until acknowledged.
+    lock_on: tuple[str, ...] = ("dispensed_before", "duplicate")
 
 
 @dataclass(frozen=True)
@@ -199,6 +225,7 @@ class Config:
     station: StationConfig = field(default_factory=StationConfig)
     codes: CodesConfig = field(default_factory=CodesConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    documents: DocumentsConfig = field(default_factory=DocumentsConfig)
     scanners: tuple[ScannerConfig, ...] = (StdinScannerConfig(),)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -246,6 +273,7 @@ def parse_toml(text: str, source: str = "<string>") -> Config:
         station=_station(top.table("station")),
         codes=_codes(top.table("codes")),
         ledger=_ledger(top.table("ledger")),
+        documents=_documents(top.table("documents")),
         scanners=_scanners(top.array_of_tables("scanners")),
         feedback=_feedback(top.table("feedback")),
         mqtt=_mqtt(top.table("mqtt")),
@@ -253,6 +281,7 @@ def parse_toml(text: str, source: str = "<string>") -> Config:
     )
     top.finish()
     _check_topic_ids(config)
+    _check_ack_pin(config)
     return config
 
 
@@ -284,9 +313,51 @@ def _codes(t: Table) -> CodesConfig:
         accept_gs1=t.get("accept_gs1", d.accept_gs1, bool),
         double_read_window_s=t.number("double_read_window_s", d.double_read_window_s, low=0.0, high=60.0),
         split_packs=dict(packs),
+        lifecycle=t.choice("lifecycle", d.lifecycle, LIFECYCLES),
     )
     t.finish()
     return codes
+
+
+def _documents(t: Table) -> DocumentsConfig:
+    d = DocumentsConfig()
+    patterns = t.get("patterns", {}, dict)
+    for kind, pattern in patterns.items():
+        key = f"patterns.{kind}"
+        if kind not in DOCUMENT_KINDS:
+            t.fail(key, f"unknown document kind; allowed: {', '.join(DOCUMENT_KINDS)}")
+        if not isinstance(pattern, str) or not pattern:
+            t.fail(key, "must be a regular expression, e.g. \"^RX[0-9]{8}$\"")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as problem:
+            t.fail(key, f"not a regular expression: {problem}")
+        matched = [code for code in _TRACE_SAMPLES if compiled.fullmatch(code)]
+        if matched:
+            t.fail(key, f"{pattern!r} matches the trace code {matched[0]}; a document pattern must not")
+    codes = {}
+    for key in ("close_code", "ack_code"):
+        codes[key] = t.text(key, getattr(d, key))
+        if codes[key] and (not codes[key].isprintable() or any(c.fullmatch(codes[key]) for c in map(re.compile, patterns.values()))):
+            t.fail(key, f"{codes[key]!r} must be printable and match no document pattern")
+    if codes["close_code"] and codes["close_code"] == codes["ack_code"]:
+        t.fail("ack_code", "must differ from close_code")
+    ack_pin = t.get("ack_pin", None, int)
+    if ack_pin is not None and not 0 <= ack_pin <= 27:
+        t.fail("ack_pin", f"{ack_pin!r} is not allowed; allowed: a whole number from 0 to 27")
+    lock_on = t.get("lock_on", list(d.lock_on), list)
+    if not all(isinstance(x, str) and x for x in lock_on):
+        t.fail("lock_on", f"{lock_on!r} is not allowed; allowed: a list of verdicts or reasons, e.g. [\"duplicate\"]")
+    documents = DocumentsConfig(
+        patterns=dict(patterns),
+        ack_pin=ack_pin,
+        idle_close_s=t.number("idle_close_s", d.idle_close_s, low=0.0, high=86400.0),
+        on_new=t.choice("on_new", d.on_new, ("close_previous", "refuse")),
+        lock_on=tuple(lock_on),
+        **codes,
+    )
+    t.finish()
+    return documents
 
 
 def _ledger(t: Table) -> LedgerConfig:
@@ -525,6 +596,16 @@ def _check_topic_ids(config: Config) -> None:
         value = getattr(config.station, key)
         if any(c in value for c in "/+#\0"):
             raise ConfigError(f"[station] {key}: {value!r} is not allowed with [mqtt] on; no '/', '+' or '#'")
+
+
+def _check_ack_pin(config: Config) -> None:
+    """The supervisor's button needs a pin of its own."""
+    pin = config.documents.ack_pin
+    if pin is None or config.feedback.backend != "gpio":
+        return
+    for name in _PINS:
+        if getattr(config.feedback, f"{name}_pin") == pin:
+            raise ConfigError(f"[documents] ack_pin: GPIO {pin} is also [feedback] {name}_pin; the button needs its own pin")
 
 
 class Table:

@@ -23,14 +23,17 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from agent import codes
 from agent.domain import Decision, check_movement
 from agent.ledger import Ledger, LedgerError
+from agent.ledger.documents import DocumentError, Document
 from agent.read import Read
+from agent.station import StationCodes
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,13 @@ class Context:
 _STOP = object()
 
 
+class _Call(NamedTuple):
+    """A command for the pipeline thread: ``verb()`` records rows and returns their decisions."""
+
+    verb: Callable[[], list[Decision]]
+    future: Future
+
+
 class Pipeline:
     """Owns the ledger's write connection and the order of decisions."""
 
@@ -72,16 +82,25 @@ class Pipeline:
         sinks: Sequence[Sink] = (),
         leading_digits: Iterable[str] = ("8",),
         accept_gs1: bool = False,
+        station_codes: StationCodes | None = None,
+        on_new: str = "close_previous",
+        idle_close_s: float = 0.0,
     ) -> None:
         self.ledger = ledger
         self.context = context or Context()
         self.sinks = list(sinks)
         self.leading_digits = tuple(leading_digits)
         self.accept_gs1 = accept_gs1
+        self.station_codes = station_codes or StationCodes()
+        self.on_new = on_new
+        #: An open document with no scan for this long closes as it stands (0: never).
+        self.idle_close_s = idle_close_s
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.last_progress = time.monotonic()
         self.faulted = False
         self._thread: threading.Thread | None = None
+        #: When the open document last had a scan or a command (monotonic).
+        self._document_active = time.monotonic()
 
     def submit(self, read: Read) -> None:
         """Queue a read; safe from any thread."""
@@ -92,6 +111,17 @@ class Pipeline:
         if "movement" in changes:
             check_movement(changes["movement"])
         self.queue.put(changes)
+
+    def call(self, verb: Callable[[], list[Decision]]) -> Future:
+        """Run ``verb`` on the pipeline thread, between reads; safe from any thread.
+
+        ``verb`` records rows through the ledger and returns their decisions, which
+        the sinks hear as they hear a scan's. The future holds the decisions, or the
+        :class:`~agent.ledger.documents.DocumentError` or :class:`~agent.ledger.LedgerError`.
+        """
+        future: Future = Future()
+        self.queue.put(_Call(verb, future))
+        return future
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="pipeline", daemon=True)
@@ -108,24 +138,69 @@ class Pipeline:
             try:
                 item = self.queue.get(timeout=IDLE_REFRESH_S)
             except queue.Empty:
+                self.close_if_idle()
                 self.last_progress = time.monotonic()
                 continue
             if item is _STOP:
                 return
             if isinstance(item, dict):
                 self.context = replace(self.context, **item)
+            elif isinstance(item, _Call):
+                self.run_call(item)
             else:
                 self.handle(item)
+            self.close_if_idle()
             self.last_progress = time.monotonic()
+
+    def run_call(self, call: _Call) -> None:
+        """Run one command (on the pipeline thread) and tell the sinks what it recorded."""
+        if not call.future.set_running_or_notify_cancel():
+            return
+        try:
+            decisions = call.verb()
+        except (DocumentError, LedgerError) as problem:
+            call.future.set_exception(problem)
+            return
+        except Exception as problem:
+            log.exception("a station command failed")
+            call.future.set_exception(problem)
+            return
+        self._document_active = time.monotonic()
+        self.announce(decisions)
+        call.future.set_result(decisions)
+
+    def close_if_idle(self, now: float | None = None) -> None:
+        """Close the open document when it has had no scan for ``idle_close_s`` (pipeline thread)."""
+        doc = self.ledger.document
+        if doc is None or not self.idle_close_s:
+            return
+        now = time.monotonic() if now is None else now
+        if now - self._document_active < self.idle_close_s:
+            return
+        read = Read(b"", source_kind="idle", source_id="idle_close")
+        try:
+            decisions = self.ledger.close_document(doc.id, closed_by="idle", read=read, operator=self.context.operator)
+        except LedgerError as problem:
+            log.error("could not close idle document %s: %s", doc.id, problem)
+            self._document_active = now  # tried; again after another idle period
+            return
+        log.info("document %s closed after %.0f s without a scan", doc.id, self.idle_close_s)
+        self.announce(decisions)
 
     def handle(self, read: Read) -> Decision:
         """Decide, record and announce one read (on the calling thread)."""
         parsed = codes.parse(read.raw, leading_digits=self.leading_digits, accept_gs1=self.accept_gs1)
         movement = read.movement or self.context.movement
+        action = None if parsed.valid else self.station_codes.match(parsed.text)
+        if self.ledger.document is not None:
+            self._document_active = time.monotonic()
         try:
-            decision = self.ledger.decide_and_record(
-                read, movement, parsed, operator=self.context.operator, bill=self.context.bill
-            )
+            if action is not None and (self.ledger.lock is None or action[0] == "ack"):
+                decision = self._station_scan(read, parsed, action)
+            else:
+                decision = self.ledger.decide_and_record(
+                    read, movement, parsed, operator=self.context.operator, bill=self.context.bill
+                )
             if self.faulted:
                 log.warning("ledger writable again")
             self.faulted = False
@@ -143,11 +218,39 @@ class Pipeline:
                 parsed=parsed,
                 read=read,
             )
-        for sink in self.sinks:
-            try:
-                sink.decided(decision)
-            except Exception:
-                log.exception("%s failed on a decision; the scan is recorded regardless", type(sink).__name__)
+        self.announce([decision])
+        return decision
+
+    def _station_scan(self, read: Read, parsed: codes.Rejection, action: tuple[str, str]) -> Decision:
+        """A scanned document barcode, close code or acknowledge code: its entry rows are
+        announced here but for the last, which :meth:`handle` announces; a refusal is
+        recorded as a rejected scan naming why."""
+        verb, kind = action
+        operator = self.context.operator
+        try:
+            if verb == "open":
+                document = Document(id=parsed.text, kind=kind)
+                decisions = self.ledger.open_document(document, on_new=self.on_new, read=read, operator=operator)
+            elif verb == "close":
+                doc = self.ledger.document
+                if doc is None:
+                    raise DocumentError("close_code", "no document is open")
+                decisions = self.ledger.close_document(doc.id, closed_by="close_code", read=read, operator=operator)
+            else:
+                decisions = self.ledger.acknowledge(operator or "supervisor", via="ack_code", read=read)
+        except DocumentError as problem:
+            refused = codes.Rejection("document_refused", parsed.text, str(problem), parsed.symbology)
+            return self.ledger.decide_and_record(read, self.context.movement, refused, operator=operator)
+        self.announce(decisions[:-1])
+        return decisions[-1]
+
+    def announce(self, decisions: Iterable[Decision]) -> None:
+        """Tell every sink, in order (pipeline thread); a failing sink is logged and passed over."""
+        for decision in decisions:
+            for sink in self.sinks:
+                try:
+                    sink.decided(decision)
+                except Exception:
+                    log.exception("%s failed on a decision; the scan is recorded regardless", type(sink).__name__)
         if self.ledger.checkpointer is not None:
             self.ledger.checkpointer.wrote()  # after the sinks: the WAL's copy-back waits, the operator does not
-        return decision

@@ -33,7 +33,8 @@ from agent.pipeline import Context, Pipeline, Sink
 from agent.sinks.feedback import Feedback
 from agent.sinks.host_ack import host_ack_for
 from agent.sinks.printer import DecisionPrinter
-from agent.wiring import make_feedback, make_source, make_uplink
+from agent.station import Station, StationCodes
+from agent.wiring import make_ack_button, make_feedback, make_source, make_uplink
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class Runner:
         #: Set by a stop request and (see :meth:`wait_until_done`) when every source has ended.
         self._wake = threading.Event()
         self.pipeline: Pipeline | None = None
+        #: The verbs commands use (open/close a document, void, exception, acknowledge).
+        self.station: Station | None = None
         self.feedback: Feedback | None = None
         #: Alarms raised at start (e.g. a damaged ledger moved aside), also recorded in the ledger.
         self.alarms: list[str] = []
@@ -99,6 +102,8 @@ class Runner:
             site_id=cfg.station.site_id,
             double_read_window_s=cfg.codes.double_read_window_s,
             split_packs=cfg.codes.split_packs,
+            lifecycle=cfg.codes.lifecycle,
+            lock_on=cfg.documents.lock_on,
         )
         if moved is not None:
             ledger.record_alarm("ledger_damaged", moved.describe())
@@ -114,7 +119,12 @@ class Runner:
             sinks=sinks,
             leading_digits=cfg.codes.leading_digits,
             accept_gs1=cfg.codes.accept_gs1,
+            station_codes=StationCodes.from_config(cfg.documents),
+            on_new=cfg.documents.on_new,
+            idle_close_s=cfg.documents.idle_close_s,
         )
+        self.station = Station(pipeline, on_new=cfg.documents.on_new)
+        ack_button = make_ack_button(cfg, self.station)
         sources = [self.make_source(s) for s in cfg.scanners]
         uplink = None
         if cfg.mqtt.enabled:
@@ -143,6 +153,8 @@ class Runner:
             pipeline.stop()
             if uplink is not None:
                 uplink.stop()
+            if ack_button is not None:
+                ack_button.close()
             ledger.close()
             feedback.close()
             notifier.close()

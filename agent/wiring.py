@@ -16,6 +16,7 @@ look a kind up here; none keeps a dispatch of its own. A kind's libraries
 from __future__ import annotations
 
 import glob
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,12 @@ from agent.config import ConfigError, FeedbackConfig, ScannerConfig, Table
 from agent.ops.checks import Check, device_present
 from agent.sinks.feedback import ConsoleFeedback, Feedback, NoFeedback
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from agent.pipeline import Pipeline
     from agent.sinks.uplink import Uplink
+    from agent.station import Station
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,27 @@ def make_feedback(feedback: FeedbackConfig) -> Feedback:
         except Exception as problem:  # gpiozero: no pin factory here, pin in use, ...
             raise ConfigError(f'[feedback] backend = "gpio": cannot drive the pins: {problem}') from problem
     return NoFeedback()
+
+
+def make_ack_button(cfg: config.Config, station: Station, *, pin_factory=None):
+    """The supervisor's acknowledge button on ``[documents] ack_pin`` (a gpiozero ``Button``), or None.
+
+    Pressed, it lifts the station's lock; a press while not locked is logged and changes nothing.
+    """
+    pin = cfg.documents.ack_pin
+    if pin is None:
+        return None
+    from gpiozero import Button
+
+    def pressed() -> None:  # on gpiozero's thread: waits for the pipeline, never runs on it
+        try:
+            station.acknowledge({"by": "button"}, via="button", source_id=f"gpio:{pin}")
+        except ValueError as problem:
+            log.warning("acknowledge button: %s", problem)
+
+    button = Button(pin, pull_up=True, bounce_time=0.05, pin_factory=pin_factory)
+    button.when_pressed = pressed
+    return button
 
 
 def make_uplink(

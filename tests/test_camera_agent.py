@@ -100,6 +100,7 @@ movement = "dispense"
 [codes]
 accept_gs1 = true
 double_read_window_s = 0
+lifecycle = "off"  # the cart dispenses codes this ledger never received
 [ledger]
 path = "{tmp_path / "ledger.db"}"
 [feedback]

@@ -12,7 +12,7 @@ as ``ledger.Ledger.open(...)``, ``ledger.verify(conn)``. Sinks and config do not
 import this package: what they speak of is in :mod:`agent.domain`.
 """
 
-from agent.ledger.chain import GENESIS, HASHED, VerifyResult, row_hash, verify
+from agent.ledger.chain import GENESIS, HASHED, HASHED_WHEN_SET, VerifyResult, row_hash, verify
 from agent.ledger.checkpoint import WAL_RESTART_PAGES, Checkpointer
 from agent.ledger.schema import APPEND_ONLY, SCHEMA_VERSION, create_schema
 from agent.ledger.sqlite import CACHE_KIB, connect
@@ -23,6 +23,7 @@ __all__ = [
     "CACHE_KIB",
     "GENESIS",
     "HASHED",
+    "HASHED_WHEN_SET",
     "SCHEMA_VERSION",
     "WAL_RESTART_PAGES",
     "Checkpointer",

@@ -160,10 +160,10 @@ class Ledger:
         doc = self.document
         if double_read:
             verdict, reason, detail = "double_read", "double_read", "same scan again within the double-read window"
-        elif not parsed.valid:
-            verdict, reason, detail = "rejected", parsed.reason, parsed.detail
         elif self.lock is not None:
             verdict, reason, detail = "rejected", "station_locked", self.lock_detail()
+        elif not parsed.valid:
+            verdict, reason, detail = "rejected", parsed.reason, parsed.detail
         elif bill and self._bill_count(bill) >= BILL_LIMIT:
             verdict, reason, detail = "rejected", "bill_full", f"bill {bill} already holds {BILL_LIMIT} codes"
         else:
@@ -205,7 +205,13 @@ class Ledger:
                 doc.add(row["id"], parsed.code, parsed.product_id, row["event_id"], row["seq"], row["hash"])
         if doc is not None:
             progress = doc.progress()
-        locks = verdict != "double_read" and reason != "station_locked" and bool({verdict, reason} & self.lock_on)
+        # The lock guards a document's scans (a POS or ward order in hand); loose scans go on as before.
+        locks = (
+            doc is not None
+            and verdict not in ("double_read", "accepted")
+            and reason != "station_locked"
+            and bool({verdict, reason} & self.lock_on)
+        )
         if locks:
             self._lock(row, operator)
         return self._decision(row, read, parsed, text, earlier=self._earlier(earlier_id), progress=progress, locks=locks)
