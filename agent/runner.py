@@ -128,7 +128,9 @@ class Runner:
         sources = [self.make_source(s) for s in cfg.scanners]
         uplink = None
         if cfg.mqtt.enabled:
-            uplink = make_uplink(cfg, pipeline, sources, reload=self.reload_config, on_state=feedback.set_state)
+            uplink = make_uplink(
+                cfg, pipeline, sources, station=self.station, reload=self.reload_config, on_state=feedback.set_state
+            )
         log.info("scan-agent up: %s, ledger %s, movement %s", cfg.source, cfg.ledger.path, cfg.station.movement)
         settle_heap()
         pipeline.start()

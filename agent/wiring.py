@@ -187,6 +187,7 @@ def make_uplink(
     pipeline: Pipeline,
     sources: list,
     *,
+    station: Station | None = None,
     reload: Callable[[], dict],
     on_state: Callable[..., None] | None,
 ) -> Uplink:
@@ -200,6 +201,7 @@ def make_uplink(
         device_id=cfg.station.device_id,
         site_id=cfg.station.site_id,
         set_context=pipeline.set_context,
+        station=station,
         reload=reload,
         scanners=lambda: {n: s.present() for n, s in zip(names, sources, strict=True)},
         on_state=on_state,

@@ -28,6 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -43,6 +44,9 @@ from .health import Counters, Health
 from .recorder import Recorder
 from .topics import Topics
 from .window import Window
+
+if TYPE_CHECKING:
+    from agent.station import Station
 
 __all__ = ["CommandError", "Topics", "Uplink"]
 
@@ -80,6 +84,7 @@ class Uplink:
         device_id: str,
         site_id: str,
         set_context: Callable[..., None] | None = None,
+        station: Station | None = None,
         reload: Callable[[], dict] | None = None,
         scanners: Callable[[], dict[str, bool]] | None = None,
         on_state: Callable[[str, bool], None] | None = None,
@@ -107,6 +112,7 @@ class Uplink:
             health=self.health,
             resend=self._resend,
             set_context=set_context,
+            station=station,
             reload=reload,
             wake=self._wake.set,
             v5=config.protocol == "5",

@@ -24,6 +24,7 @@ import collections
 import json
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -32,6 +33,9 @@ from paho.mqtt.properties import Properties
 from agent.domain import check_movement
 
 from .topics import Topics
+
+if TYPE_CHECKING:
+    from agent.station import Station
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ class Commands:
         health: Callable[[], dict],
         resend: Callable[[int, int], dict],
         set_context: Callable[..., None] | None = None,
+        station: Station | None = None,
         reload: Callable[[], dict] | None = None,
         wake: Callable[[], None] = lambda: None,
         v5: bool = True,
@@ -79,6 +84,8 @@ class Commands:
         self.health = health
         self.resend = resend
         self.set_context = set_context
+        #: The document verbs (open_document, close_document, void, exception, acknowledge).
+        self.station = station
         self.reload = reload
         self.topics = topics
         self.send = send
