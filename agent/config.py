@@ -327,7 +327,7 @@ def _documents(t: Table) -> DocumentsConfig:
         if kind not in DOCUMENT_KINDS:
             t.fail(key, f"unknown document kind; allowed: {', '.join(DOCUMENT_KINDS)}")
         if not isinstance(pattern, str) or not pattern:
-            t.fail(key, "must be a regular expression, e.g. \"^RX[0-9]{8}$\"")
+            t.fail(key, 'must be a regular expression, e.g. "^RX[0-9]{8}$"')
         try:
             compiled = re.compile(pattern)
         except re.error as problem:
@@ -338,7 +338,9 @@ def _documents(t: Table) -> DocumentsConfig:
     codes = {}
     for key in ("close_code", "ack_code"):
         codes[key] = t.text(key, getattr(d, key))
-        if codes[key] and (not codes[key].isprintable() or any(c.fullmatch(codes[key]) for c in map(re.compile, patterns.values()))):
+        if codes[key] and (
+            not codes[key].isprintable() or any(c.fullmatch(codes[key]) for c in map(re.compile, patterns.values()))
+        ):
             t.fail(key, f"{codes[key]!r} must be printable and match no document pattern")
     if codes["close_code"] and codes["close_code"] == codes["ack_code"]:
         t.fail("ack_code", "must differ from close_code")
@@ -347,7 +349,7 @@ def _documents(t: Table) -> DocumentsConfig:
         t.fail("ack_pin", f"{ack_pin!r} is not allowed; allowed: a whole number from 0 to 27")
     lock_on = t.get("lock_on", list(d.lock_on), list)
     if not all(isinstance(x, str) and x for x in lock_on):
-        t.fail("lock_on", f"{lock_on!r} is not allowed; allowed: a list of verdicts or reasons, e.g. [\"duplicate\"]")
+        t.fail("lock_on", f'{lock_on!r} is not allowed; allowed: a list of verdicts or reasons, e.g. ["duplicate"]')
     documents = DocumentsConfig(
         patterns=dict(patterns),
         ack_pin=ack_pin,
@@ -605,7 +607,9 @@ def _check_ack_pin(config: Config) -> None:
         return
     for name in _PINS:
         if getattr(config.feedback, f"{name}_pin") == pin:
-            raise ConfigError(f"[documents] ack_pin: GPIO {pin} is also [feedback] {name}_pin; the button needs its own pin")
+            raise ConfigError(
+                f"[documents] ack_pin: GPIO {pin} is also [feedback] {name}_pin; the button needs its own pin"
+            )
 
 
 class Table:

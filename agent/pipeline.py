@@ -31,7 +31,7 @@ from typing import NamedTuple, Protocol
 from agent import codes
 from agent.domain import Decision, check_movement
 from agent.ledger import Ledger, LedgerError
-from agent.ledger.documents import DocumentError, Document
+from agent.ledger.documents import Document, DocumentError
 from agent.read import Read
 from agent.station import StationCodes
 

@@ -71,7 +71,9 @@ class Station:
     the entry row's ``source_kind``, and ``source_id`` says who or what sent it.
     """
 
-    def __init__(self, pipeline: Pipeline, *, on_new: str = "close_previous", timeout_s: float = CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self, pipeline: Pipeline, *, on_new: str = "close_previous", timeout_s: float = CALL_TIMEOUT_S
+    ) -> None:
         self.pipeline = pipeline
         self.on_new = on_new
         self.timeout_s = timeout_s
@@ -126,7 +128,9 @@ class Station:
         try:
             decisions = future.result(self.timeout_s)
         except FutureTimeout:
-            raise DocumentError("station", f"the pipeline did not take the command within {self.timeout_s:g} s") from None
+            raise DocumentError(
+                "station", f"the pipeline did not take the command within {self.timeout_s:g} s"
+            ) from None
         return {"rows": [reply_row(d) for d in decisions]}
 
 

@@ -120,7 +120,9 @@ def test_a_schema_3_ledger_gains_documents_and_goes_on(tmp_path):
     assert rows(path, "SELECT * FROM deliveries ORDER BY scan_id") == delivered_before
     assert scan(ledger, A).reason == "already_dispensed", "the code state came along"
     command = Read(b"", "command", "test")
-    doc = read_document({"id": "RX00000001", "kind": "prescription", "lines": [{"product_id": "8123456", "expected": 1}]})
+    doc = read_document(
+        {"id": "RX00000001", "kind": "prescription", "lines": [{"product_id": "8123456", "expected": 1}]}
+    )
     ledger.open_document(doc, read=command)
     inside = scan(ledger, "81234567890123450001")
     assert inside.verdict == "accepted" and inside.document == {"id": "RX00000001", "kind": "prescription"}

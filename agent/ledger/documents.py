@@ -61,7 +61,12 @@ class Line:
     split_units: int = 1
 
     def to_dict(self) -> dict:
-        return {"product_id": self.product_id, "name": self.name, "expected": self.expected, "split_units": self.split_units}
+        return {
+            "product_id": self.product_id,
+            "name": self.name,
+            "expected": self.expected,
+            "split_units": self.split_units,
+        }
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ def read_document(body: Mapping) -> Document:
         raise DocumentError("kind", f"{kind!r} is not allowed; allowed: {', '.join(DOCUMENT_KINDS)}")
     ref = body.get("ref") or {}
     if not isinstance(ref, dict):
-        raise DocumentError("ref", "must be an object, e.g. {\"patient\": \"P-1\"}")
+        raise DocumentError("ref", 'must be an object, e.g. {"patient": "P-1"}')
     _only(ref, REF_KEYS, "ref.")
     for key in ref:
         read_text(ref, key, where="ref.")
@@ -149,7 +154,9 @@ def _line(line: object, where: str) -> Line:
 def _whole(body: Mapping, key: str, where: str, *, default: int | None) -> int:
     value = body.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > DOCUMENT_LIMIT:
-        raise DocumentError(f"{where}.{key}", f"{value!r} is not allowed; allowed: a whole number from 1 to {DOCUMENT_LIMIT}")
+        raise DocumentError(
+            f"{where}.{key}", f"{value!r} is not allowed; allowed: a whole number from 1 to {DOCUMENT_LIMIT}"
+        )
     return value
 
 
@@ -180,7 +187,13 @@ class ExceptionItem:
     units: int = 1
 
     def to_record(self) -> dict:
-        return {"line": self.line, "kind": self.kind, "reason": self.reason, "approver": self.approver, "units": self.units}
+        return {
+            "line": self.line,
+            "kind": self.kind,
+            "reason": self.reason,
+            "approver": self.approver,
+            "units": self.units,
+        }
 
 
 def read_exception(body: Mapping) -> tuple[str, ExceptionItem]:
@@ -285,7 +298,12 @@ class OpenDocument:
     def progress(self) -> dict:
         """Collected and expected units, per line and in total; ``complete`` once every line is."""
         lines = [
-            {"product_id": line.product_id, "name": line.name, "expected": line.expected, "collected": self.count(line.product_id)}
+            {
+                "product_id": line.product_id,
+                "name": line.name,
+                "expected": line.expected,
+                "collected": self.count(line.product_id),
+            }
             for line in self.document.lines
         ]
         collected = sum(line["collected"] for line in lines) if lines else len(self.scans)

@@ -214,7 +214,9 @@ class Ledger:
         )
         if locks:
             self._lock(row, operator)
-        return self._decision(row, read, parsed, text, earlier=self._earlier(earlier_id), progress=progress, locks=locks)
+        return self._decision(
+            row, read, parsed, text, earlier=self._earlier(earlier_id), progress=progress, locks=locks
+        )
 
     # -- documents, voids, exceptions, the lock ----------------------------------------
 
@@ -232,15 +234,23 @@ class Ledger:
         if self._entry_row(document.id, "closed") is not None:
             raise DocumentError("id", f"{document.id} was used by a document already closed; ids are not reused")
         if doc is not None and on_new == "refuse":
-            raise DocumentError("id", f"{doc.document.kind} {doc.id} is open; close it first ([documents] on_new = refuse)")
+            raise DocumentError(
+                "id", f"{doc.document.kind} {doc.id} is open; close it first ([documents] on_new = refuse)"
+            )
         decisions = []
         with self._transaction():
             if doc is not None:
                 decisions.append(self._close(doc, "new_document", read, operator))
             row = self._append(
-                self._entry_fields(read, operator, movement=document.movement, verdict="opened",
-                                   detail=f"{document.kind} {document.id} opened", document=document.id,
-                                   record=document.to_record()),
+                self._entry_fields(
+                    read,
+                    operator,
+                    movement=document.movement,
+                    verdict="opened",
+                    detail=f"{document.kind} {document.id} opened",
+                    document=document.id,
+                    record=document.to_record(),
+                ),
             )
             self.document = OpenDocument(document, opened_id=row["id"])
             decisions.append(self._decision(row, read, None, document.id, progress=self.document.progress()))
@@ -256,9 +266,16 @@ class Ledger:
     def _close(self, doc: OpenDocument, closed_by: str, read: Read, operator: str) -> Decision:
         record = doc.closing_record(closed_by)
         row = self._append(
-            self._entry_fields(read, operator, movement=doc.document.movement, verdict="closed",
-                               reason=record["status"], detail=f"{doc.document.kind} {doc.id} closed {record['status']}",
-                               document=doc.id, record=record),
+            self._entry_fields(
+                read,
+                operator,
+                movement=doc.document.movement,
+                verdict="closed",
+                reason=record["status"],
+                detail=f"{doc.document.kind} {doc.id} closed {record['status']}",
+                document=doc.id,
+                record=record,
+            ),
         )
         progress = doc.progress()
         self.document = None
@@ -293,9 +310,15 @@ class Ledger:
             "approver": approver,
         }
         with self._transaction():
-            fields = self._entry_fields(read, operator, movement=movement, verdict=verdict,
-                                        detail=f"{verdict} of {event_id}: {reason}", document=target["document"],
-                                        record=record)
+            fields = self._entry_fields(
+                read,
+                operator,
+                movement=movement,
+                verdict=verdict,
+                detail=f"{verdict} of {event_id}: {reason}",
+                document=target["document"],
+                record=record,
+            )
             fields.update(
                 {k: target[k] for k in ("code", "raw", "kind", "product_id", "serial", "symbology", "ais")},
                 earlier_id=target["id"],
@@ -305,8 +328,16 @@ class Ledger:
             if doc is not None:
                 doc.remove(target["id"], {"event_id": row["event_id"], **record})
         parsed = TraceCode(kind=target["kind"], code=code, product_id=target["product_id"] or "")
-        return [self._decision(row, read, parsed, code, earlier=self._earlier(target["id"]),
-                               progress=None if doc is None else doc.progress())]
+        return [
+            self._decision(
+                row,
+                read,
+                parsed,
+                code,
+                earlier=self._earlier(target["id"]),
+                progress=None if doc is None else doc.progress(),
+            )
+        ]
 
     def add_exception(self, doc_id: str, item: ExceptionItem, *, read: Read, operator: str = "") -> list[Decision]:
         """Record an item counted without a scan (no code, or a code that will not read) against a line."""
@@ -315,9 +346,16 @@ class Ledger:
             raise DocumentError("line", f"{item.line} is on no line of {doc.document.kind} {doc.id}")
         with self._transaction():
             row = self._append(
-                self._entry_fields(read, operator, movement=doc.document.movement, verdict="exception",
-                                   reason=item.kind, detail=f"{item.kind} item on line {item.line}: {item.reason}",
-                                   document=doc.id, record=item.to_record()),
+                self._entry_fields(
+                    read,
+                    operator,
+                    movement=doc.document.movement,
+                    verdict="exception",
+                    reason=item.kind,
+                    detail=f"{item.kind} item on line {item.line}: {item.reason}",
+                    document=doc.id,
+                    record=item.to_record(),
+                ),
             )
             doc.add_exception(item, row["event_id"])
         return [self._decision(row, read, None, item.line, progress=doc.progress())]
@@ -329,9 +367,15 @@ class Ledger:
         record = {"by": by, "via": via, "lock": self.lock["event_id"]}
         with self._transaction():
             row = self._append(
-                self._entry_fields(read, by, movement=self.lock["movement"], verdict="acknowledged",
-                                   detail=f"lock acknowledged by {by} ({via})",
-                                   document=None if self.document is None else self.document.id, record=record),
+                self._entry_fields(
+                    read,
+                    by,
+                    movement=self.lock["movement"],
+                    verdict="acknowledged",
+                    detail=f"lock acknowledged by {by} ({via})",
+                    document=None if self.document is None else self.document.id,
+                    record=record,
+                ),
             )
             self.lock = None
         return [self._decision(row, read, None, by)]
@@ -339,7 +383,8 @@ class Ledger:
     def lock_detail(self) -> str:
         """Why the station is locked, for a ``station_locked`` rejection."""
         cause = self.lock["cause"] if self.lock else {}
-        return f"station locked after {cause.get('reason') or cause.get('verdict')} of {cause.get('code')}; a supervisor must acknowledge"
+        why = cause.get("reason") or cause.get("verdict")
+        return f"station locked after {why} of {cause.get('code')}; a supervisor must acknowledge"
 
     def _lock(self, cause: dict, operator: str) -> None:
         record = {"cause": {k: cause[k] for k in ("event_id", "seq", "verdict", "reason", "code")}}
