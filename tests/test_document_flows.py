@@ -1,0 +1,204 @@
+"""Documents end to end: ``scan-agent run --json`` as a subprocess, fed through its real
+sources (stdin, and a serial scanner on a socat pty), the way a counter or a cart uses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import run_agent, start_agent
+
+AMOX, IBU, PARA = "8123456", "8234567", "8345678"
+PATTERNS = '{ prescription = "^RX[0-9]{8}$", ward_order = "^WO[0-9]{6}$", delivery = "^DN[0-9]{8}$" }'
+
+
+def code(product: str, n: int) -> str:
+    return f"{product}{n:013d}"
+
+
+def write_config(tmp_path: Path, *, extra: str = "", lifecycle: str = "warn", idle_close_s: float = 600) -> Path:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[station]\nmovement = "dispense"\noperator = "pharmacist-1"\n'
+        f'[codes]\nlifecycle = "{lifecycle}"\ndouble_read_window_s = 0\n'
+        f'[ledger]\npath = "{tmp_path / "ledger.db"}"\n[feedback]\nbackend = "none"\n'
+        f'[documents]\npatterns = {PATTERNS}\nclose_code = "DOC-CLOSE"\nack_code = "SUPERVISOR-ACK"\n'
+        f"idle_close_s = {idle_close_s}\n{extra}"
+    )
+    return config
+
+
+class RunningAgent:
+    """``scan-agent run --json`` with a pipe for a stdin scanner and its decisions one by one."""
+
+    def __init__(self, config: Path):
+        self.proc = start_agent("run", "--config", str(config), "--json")
+        self.decisions: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            if line.strip().startswith(b"{"):
+                self.decisions.put(json.loads(line))
+
+    def scan(self, *texts: str) -> list[dict]:
+        """Scan each text and return the decisions it caused (entries may add one each)."""
+        out = []
+        for text in texts:
+            self.proc.stdin.write(text.encode() + b"\n")
+            self.proc.stdin.flush()
+            out.append(self.next())
+        return out
+
+    def next(self, timeout: float = 10) -> dict:
+        try:
+            return self.decisions.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("no decision printed in time") from None
+
+    def stop(self) -> int:
+        self.proc.stdin.close()
+        return self.proc.wait(20)
+
+
+@pytest.fixture
+def agent_with(tmp_path):
+    started = []
+
+    def start(**kwargs) -> RunningAgent:
+        agent = RunningAgent(write_config(tmp_path, **kwargs))
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait()
+    db = tmp_path / "ledger.db"
+    if db.exists():
+        verified = run_agent("ledger", "verify", "--db", str(db))
+        assert verified.returncode == 0, verified.stderr.decode()
+
+
+def summary(decisions: list[dict]) -> list[tuple]:
+    return [(d["verdict"], d["reason"]) for d in decisions]
+
+
+def test_a_pharmacist_completes_a_prescription_by_scanning(agent_with):
+    agent = agent_with(lifecycle="off")
+    opened = agent.scan("RX00000001")[0]
+    assert opened["verdict"] == "opened" and opened["document"] == {"id": "RX00000001", "kind": "prescription"}
+    scans = agent.scan(code(AMOX, 1), code(IBU, 1), code(PARA, 1))
+    assert [d["progress"]["collected"] for d in scans] == [1, 2, 3]
+    assert all(d["document"]["id"] == "RX00000001" and d["movement"] == "dispense" for d in scans)
+    closed = agent.scan("DOC-CLOSE")[0]
+    assert (closed["verdict"], closed["reason"]) == ("closed", "complete")
+    codes = [c["drug_trac_codg"] for c in closed["record"]["drugtracinfo"]]
+    assert codes == [code(AMOX, 1), code(IBU, 1), code(PARA, 1)]
+    after = agent.scan(code(AMOX, 2))[0]
+    assert after["document"] is None and after["verdict"] == "accepted"
+    assert agent.stop() == 0
+
+
+def test_a_delivery_note_makes_the_scans_receipts(agent_with):
+    agent = agent_with()
+    agent.scan("DN00000001")
+    received = agent.scan(code(AMOX, 1))[0]
+    assert (received["verdict"], received["movement"], received["reason"]) == ("accepted", "receive", None)
+    agent.scan("DOC-CLOSE")
+    sold = agent.scan(code(AMOX, 1))[0]
+    assert (sold["verdict"], sold["reason"]) == ("accepted", None), "received here, so no lifecycle flag"
+    agent.stop()
+
+
+def test_lifecycle_warn_flags_and_strict_rejects_through_stdin(agent_with, tmp_path):
+    agent = agent_with(lifecycle="warn")
+    assert summary(agent.scan(code(AMOX, 1))) == [("accepted", "never_received")]
+    agent.stop()
+    (tmp_path / "ledger.db").unlink()
+    agent = agent_with(lifecycle="strict")
+    assert summary(agent.scan(code(AMOX, 1))) == [("rejected", "never_received")]
+    assert summary(agent.scan(code(AMOX, 2))) == [("rejected", "never_received")]
+    agent.stop()
+
+
+def test_a_sold_code_received_again_is_a_duplicate_and_locks_until_acknowledged(agent_with):
+    agent = agent_with(lifecycle="warn")
+    agent.scan("DN00000001", code(AMOX, 1), "DOC-CLOSE")
+    agent.scan("RX00000001", code(AMOX, 1), "DOC-CLOSE")
+    agent.scan("DN00000002")
+    back = agent.scan(code(AMOX, 1))[0]
+    assert (back["verdict"], back["reason"], back["locks"]) == ("duplicate", "dispensed_before", True)
+    assert back["earlier"]["movement"] == "dispense"
+    assert summary(agent.scan(code(IBU, 1), "DOC-CLOSE")) == [("rejected", "station_locked")] * 2
+    ack = agent.scan("SUPERVISOR-ACK")[0]
+    assert ack["verdict"] == "acknowledged" and ack["record"]["via"] == "ack_code"
+    assert summary(agent.scan(code(IBU, 1))) == [("accepted", None)]
+    agent.stop()
+
+
+def test_wrong_drug_and_over_count_on_a_ward_order(agent_with):
+    agent = agent_with(lifecycle="off")
+    # A ward order opened by scanning carries no lines; the HIS sends lines by command.
+    # Without lines any code counts, once:
+    agent.scan("WO000001")
+    first, twice = agent.scan(code(AMOX, 1), code(AMOX, 1))
+    assert first["movement"] == "use" and first["verdict"] == "accepted"
+    assert (twice["verdict"], twice["reason"]) == ("duplicate", "already_dispensed")
+    agent.stop()
+
+
+def test_an_idle_document_closes_itself(agent_with):
+    agent = agent_with(lifecycle="off", idle_close_s=1)
+    agent.scan("RX00000002", code(AMOX, 1))
+    closed = agent.next(timeout=15)
+    assert (closed["verdict"], closed["reason"]) == ("closed", "complete")
+    assert closed["record"]["closed_by"] == "idle"
+    agent.stop()
+
+
+def test_a_refused_document_barcode_is_recorded_as_rejected(agent_with):
+    agent = agent_with(lifecycle="off")
+    agent.scan("RX00000003", "DOC-CLOSE")
+    again = agent.scan("RX00000003")[0]
+    assert (again["verdict"], again["reason"]) == ("rejected", "document_refused")
+    assert "already closed" in again["detail"]
+    nothing_open = agent.scan("DOC-CLOSE")[0]
+    assert (nothing_open["verdict"], nothing_open["reason"]) == ("rejected", "document_refused")
+    agent.stop()
+
+
+def test_a_prescription_through_a_serial_scanner(tmp_path, pty_pair):
+    config = write_config(
+        tmp_path,
+        lifecycle="off",
+        extra=f'[[scanners]]\nkind = "serial"\nname = "counter"\nport = "{pty_pair.host}"\nterminator = "cr"\n',
+    )
+    proc = start_agent("run", "--config", str(config), "--json")
+    decisions: queue.Queue = queue.Queue()
+    opened = threading.Event()
+    threading.Thread(target=lambda: [decisions.put(json.loads(x)) for x in proc.stdout], daemon=True).start()
+    threading.Thread(
+        target=lambda: [opened.set() for x in proc.stderr if f"opened {pty_pair.host}".encode() in x], daemon=True
+    ).start()
+    try:
+        assert opened.wait(15), "the agent never opened the serial port"
+        fd = pty_pair.open_device()
+        reads = ["]C0RX00000004", f"]C0{code(AMOX, 1)}", f"]C0{code(IBU, 1)}", "DOC-CLOSE"]
+        os.write(fd, "".join(r + "\r" for r in reads).encode())
+        got = [decisions.get(timeout=15) for _ in reads]
+        os.close(fd)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    assert [d["verdict"] for d in got] == ["opened", "accepted", "accepted", "closed"]
+    assert got[2]["progress"]["collected"] == 2 and got[3]["reason"] == "complete"
+    assert got[1]["source"] == str(pty_pair.host)
+    assert run_agent("ledger", "verify", "--db", str(tmp_path / "ledger.db")).returncode == 0
