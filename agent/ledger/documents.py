@@ -248,6 +248,7 @@ class OpenDocument:
         self.per_code: Counter[str] = Counter()
         self.per_line: Counter[str] = Counter()
         self.exceptions: list[dict] = []
+        self.excepted: Counter[str] = Counter()
         self.voids: list[dict] = []
 
     @property
@@ -275,8 +276,7 @@ class OpenDocument:
 
     def count(self, product_id: str) -> int:
         """Units of a line counted so far: scans and exceptions."""
-        excepted = sum(e["units"] for e in self.exceptions if e["line"] == product_id)
-        return self.per_line[product_id] + excepted
+        return self.per_line[product_id] + self.excepted[product_id]
 
     def add(self, scan_id: int, code: str, product_id: str, event_id: str, seq: int | None, hash: str) -> None:
         self.scans[scan_id] = Collected(code, product_id, event_id, seq, hash)
@@ -290,10 +290,12 @@ class OpenDocument:
         self.per_line[gone.product_id] -= 1
         self.voids.append(void)
 
-    def add_exception(self, item: ExceptionItem, event_id: str) -> None:
-        if self.document.line_for(item.line) is None:
-            raise DocumentError("line", f"{item.line} is on no line of {self.document.kind} {self.id}")
-        self.exceptions.append({**item.to_record(), "event_id": event_id})
+    def add_exception(self, record: Mapping) -> None:
+        """An exception row's record (with its ``event_id``): its units count toward its line."""
+        if self.document.line_for(record["line"]) is None:
+            raise DocumentError("line", f"{record['line']} is on no line of {self.document.kind} {self.id}")
+        self.exceptions.append(dict(record))
+        self.excepted[record["line"]] += record["units"]
 
     def progress(self) -> dict:
         """Collected and expected units, per line and in total; ``complete`` once every line is."""
@@ -330,7 +332,7 @@ class OpenDocument:
             {
                 **line.to_dict(),
                 "collected": self.count(line.product_id),
-                "exceptions": sum(e["units"] for e in self.exceptions if e["line"] == line.product_id),
+                "exceptions": self.excepted[line.product_id],
                 "drugtracinfo": codes.get(line.product_id, []),
             }
             for line in self.document.lines

@@ -203,7 +203,7 @@ class Ledger:
             self._store_state(parsed.code, state, RULES[movement].then(state, row["id"]))
             if doc is not None:
                 doc.add(row["id"], parsed.code, parsed.product_id, row["event_id"], row["seq"], row["hash"])
-        if doc is not None:
+        if row["document"] is not None:
             progress = doc.progress()
         # The lock guards a document's scans (a POS or ward order in hand); loose scans go on as before.
         locks = (
@@ -357,7 +357,7 @@ class Ledger:
                     record=item.to_record(),
                 ),
             )
-            doc.add_exception(item, row["event_id"])
+            doc.add_exception({**item.to_record(), "event_id": row["event_id"]})
         return [self._decision(row, read, None, item.line, progress=doc.progress())]
 
     def acknowledge(self, by: str, *, via: str, read: Read) -> list[Decision]:
@@ -624,8 +624,7 @@ def load_open_document(conn: sqlite3.Connection) -> OpenDocument | None:
         elif row["verdict"] == "void":
             doc.remove(row["earlier_id"], {"event_id": row["event_id"], **json.loads(row["record"])})
         elif row["verdict"] == "exception":
-            record = json.loads(row["record"])
-            doc.exceptions.append({**record, "event_id": row["event_id"]})
+            doc.add_exception({**json.loads(row["record"]), "event_id": row["event_id"]})
     return doc
 
 
