@@ -1,7 +1,7 @@
 """The uplink's window alone, on a real ledger: order, refusals, busy events, when to look again.
 
-``Published`` stands in for paho's publish on the events topic: the window
-needs only the message id and result it returns.
+``Published`` stands in for paho's publish: the window needs only the message
+id and result it returns.
 """
 
 import json
@@ -14,21 +14,26 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.ledger.outbox import Outbox
+from agent.sinks.uplink import Topics
 from agent.sinks.uplink.window import Window
 from tests.support.backlog import fill_ledger
 
 SUCCESS = ReasonCode(PacketTypes.PUBACK)
 NOT_AUTHORIZED = ReasonCode(PacketTypes.PUBACK, identifier=0x87)
+TOPICS = Topics("trace/v1", "site-1", "kiosk-1")
 
 
 class Published:
-    """paho's ``publish(payload)`` as the window calls it: each payload kept, mids 1, 2, 3..."""
+    """paho's ``publish(topic, payload)`` as the window calls it: each event and its
+    topic kept, mids 1, 2, 3..."""
 
     def __init__(self, rc: int = mqtt.MQTT_ERR_SUCCESS) -> None:
         self.rc = rc
         self.events: list[dict] = []
+        self.topics: list[str] = []
 
-    def __call__(self, payload: bytes) -> mqtt.MQTTMessageInfo:
+    def __call__(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
+        self.topics.append(topic)
         self.events.append(json.loads(payload))
         info = mqtt.MQTTMessageInfo(len(self.events))
         info.rc = self.rc
@@ -52,7 +57,7 @@ def ledger(tmp_path):
 def test_live_events_go_first_then_the_backlog_oldest_first(ledger):
     path, outbox = ledger
     fill_ledger(path, 10)
-    window = Window(3, retry_s=30, record=lambda scan_id, code: None)
+    window = Window(3, topics=TOPICS, retry_s=30, record=lambda scan_id, code: None)
     assert window.prepare(outbox) == 6  # twice the window ready, the rest read ahead
     fill_ledger(path, 1, start=10)  # a new scan while the backlog waits
     window.note_live(11)
@@ -69,7 +74,9 @@ def test_a_refused_event_is_held_then_sent_again_and_never_recorded(ledger, capl
     path, outbox = ledger
     fill_ledger(path, 2)
     recorded, wakes = [], []
-    window = Window(5, retry_s=0.2, record=lambda *ack: recorded.append(ack), wake_worker=lambda: wakes.append(1))
+    window = Window(
+        5, topics=TOPICS, retry_s=0.2, record=lambda *ack: recorded.append(ack), wake_worker=lambda: wakes.append(1)
+    )
     window.prepare(outbox)
     sent = Published()
     window.fill(sent)
@@ -93,7 +100,7 @@ def test_an_acknowledged_event_stays_busy_until_its_delivery_is_recorded(ledger)
     path, outbox = ledger
     fill_ledger(path, 1)
     recorded = []
-    window = Window(5, retry_s=30, record=lambda *ack: recorded.append(ack))
+    window = Window(5, topics=TOPICS, retry_s=30, record=lambda *ack: recorded.append(ack))
     window.prepare(outbox)
     window.fill(Published())
     assert window.in_flight == 1 and window.sending
@@ -109,7 +116,7 @@ def test_fill_asks_for_a_fast_look_only_while_it_has_room_and_backlog_left(ledge
     """uplink-net waits 2 ms instead of sleeping exactly when the window has room and
     backlog rows are still to be read or wait in the read-ahead."""
     path, outbox = ledger
-    window = Window(4, retry_s=30, record=lambda scan_id, code: None)
+    window = Window(4, topics=TOPICS, retry_s=30, record=lambda scan_id, code: None)
     sent = Published()
     assert window.fill(sent) is True  # the backlog is not read yet
     fill_ledger(path, 10)
@@ -131,7 +138,9 @@ def test_fill_wakes_the_uplink_thread_only_when_it_took_rows(ledger):
     path, outbox = ledger
     fill_ledger(path, 1)
     wakes = []
-    window = Window(2, retry_s=30, record=lambda scan_id, code: None, wake_worker=lambda: wakes.append(1))
+    window = Window(
+        2, topics=TOPICS, retry_s=30, record=lambda scan_id, code: None, wake_worker=lambda: wakes.append(1)
+    )
     window.fill(Published())
     assert wakes == []  # nothing was ready: nothing for the uplink thread to refill
     window.prepare(outbox)
@@ -143,7 +152,7 @@ def test_fill_wakes_the_uplink_thread_only_when_it_took_rows(ledger):
 def test_an_event_paho_refuses_to_queue_is_released_for_the_next_walk(ledger, caplog):
     path, outbox = ledger
     fill_ledger(path, 1)
-    window = Window(2, retry_s=30, record=lambda scan_id, code: None)
+    window = Window(2, topics=TOPICS, retry_s=30, record=lambda scan_id, code: None)
     window.prepare(outbox)
     caplog.set_level(logging.WARNING, logger="agent.sinks.uplink")
     window.fill(Published(rc=mqtt.MQTT_ERR_QUEUE_SIZE))
@@ -155,7 +164,7 @@ def test_an_event_paho_refuses_to_queue_is_released_for_the_next_walk(ledger, ca
 def test_a_closed_window_sends_nothing(ledger):
     path, outbox = ledger
     fill_ledger(path, 3)
-    window = Window(2, retry_s=30, record=lambda scan_id, code: None)
+    window = Window(2, topics=TOPICS, retry_s=30, record=lambda scan_id, code: None)
     window.prepare(outbox)
     window.close()
     sent = Published()

@@ -2,8 +2,9 @@
 
 It works on its own connection (:func:`agent.ledger.connect`), never on the
 pipeline's, and it only ever reads ``scans`` and inserts into ``deliveries``:
-it decides nothing about a scan. Every scan with a ``seq`` is an event (the
-``outbox`` view says the same); it is undelivered until ``deliveries`` has its id.
+it decides nothing about a scan. Every row with a ``seq`` is an event (the
+``outbox`` view says the same), a scan's or a document's (:mod:`agent.events`);
+it is undelivered until ``deliveries`` has its id.
 Lookups walk ``scans`` by rowid, which ``seq`` follows: no index on the scan path
 serves them (:mod:`agent.ledger.schema`).
 
@@ -35,8 +36,13 @@ from pathlib import Path
 from agent.clock import iso
 from agent.ledger import connect
 
+# A document's kind is in its ``opened`` row's record; the partial index
+# ``scans_entries`` finds that row, and a loose scan (document NULL) costs no lookup.
 _EVENTS = """
-SELECT scans.*, earlier.event_id AS earlier_event_id, earlier.seq AS earlier_seq
+SELECT scans.*, earlier.event_id AS earlier_event_id, earlier.seq AS earlier_seq,
+  (SELECT json_extract(opened.record, '$.kind') FROM scans AS opened
+   WHERE opened.record IS NOT NULL AND opened.document = scans.document AND opened.verdict = 'opened'
+   ORDER BY opened.id LIMIT 1) AS document_kind
 FROM scans LEFT JOIN scans AS earlier ON earlier.id = scans.earlier_id
 WHERE {where} AND scans.seq IS NOT NULL
 ORDER BY scans.id

@@ -101,6 +101,7 @@ class Uplink:
         self.recorder = Recorder(self.counters)
         self.window = Window(
             config.max_inflight,
+            topics=self.topics,
             retry_s=min(30.0, config.backoff_max_s),
             record=self.recorder.put,
             wake_worker=self._wake.set,

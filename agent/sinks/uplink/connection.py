@@ -120,7 +120,8 @@ class Connection:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self.client = self._make_client()
-        self._publish_event = functools.partial(self.client.publish, topics.events, qos=1)
+        # The window picks each event's topic: {p}/events or {p}/documents.
+        self._publish_event = functools.partial(self.client.publish, qos=1)
 
     @property
     def connected(self) -> bool:

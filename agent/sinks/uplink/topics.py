@@ -1,10 +1,13 @@
 """The device's MQTT topics, with ``{p}`` = ``{topic_prefix}/{site}/{device}``.
 
-``{p}/events``, ``{p}/status`` (retained ``online``/``offline``, ``offline`` as
-the Will), ``{p}/health``, ``{p}/cmd/#`` (in) and ``{p}/reply`` (out).
+``{p}/events`` (scan events), ``{p}/documents`` (documents opened and closed),
+``{p}/status`` (retained ``online``/``offline``, ``offline`` as the Will),
+``{p}/health``, ``{p}/cmd/#`` (in) and ``{p}/reply`` (out).
 
 >>> Topics("trace/v1", "site-01", "kiosk-7").events
 'trace/v1/site-01/kiosk-7/events'
+>>> Topics("trace/v1", "site-01", "kiosk-7").documents
+'trace/v1/site-01/kiosk-7/documents'
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ class Topics:
     @property
     def events(self) -> str:
         return f"{self.base}/events"
+
+    @property
+    def documents(self) -> str:
+        return f"{self.base}/documents"
 
     @property
     def status(self) -> str:

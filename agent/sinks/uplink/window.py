@@ -6,6 +6,11 @@ it. The uplink thread reads rows ahead from the outbox and makes them ready
 while the window has room and hands each PUBACK on: a success to be recorded,
 a refusal back to the uplink thread, which holds the event for a while.
 
+A row goes out on one of two topics: a document opened or closed on
+``{p}/documents``, every other row on ``{p}/events`` (:mod:`agent.events`).
+Both are the same kind of event to the window: one row, one QoS 1 message, one
+PUBACK, one ``deliveries`` row.
+
 An event is *busy* from the moment it is made ready until its delivery is
 recorded (or it is refused), so it is never sent twice at once.
 """
@@ -21,10 +26,11 @@ from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 
-from agent.events import encode, event_from_row
+from agent.events import document_event_from_row, encode, is_document_row, scan_event_from_row
 from agent.ledger.outbox import Outbox
 
 from .health import Counters
+from .topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +56,25 @@ class Window:
 
     ``record(scan_id, reason_code)`` is called on uplink-net for each successful
     PUBACK; ``wake_worker()`` when the uplink thread has something to do (make
-    more rows ready, settle a refusal).
+    more rows ready, settle a refusal). ``topics`` says where each row goes.
 
-        window = Window(100, retry_s=30, record=recorder.put)
+        window = Window(100, topics=topics, retry_s=30, record=recorder.put)
         window.prepare(outbox)                                  # uplink
-        window.fill(functools.partial(client.publish, topic, qos=1))  # uplink-net
+        window.fill(functools.partial(client.publish, qos=1))   # uplink-net
     """
 
     def __init__(
         self,
         max_inflight: int,
         *,
+        topics: Topics,
         retry_s: float,
         record: Callable[[int, int], None],
         wake_worker: Callable[[], None] = lambda: None,
         counters: Counters | None = None,
     ) -> None:
         self.max_inflight = max_inflight
+        self.topics = topics
         self.retry_s = retry_s
         self.record = record
         self.wake_worker = wake_worker
@@ -185,9 +193,9 @@ class Window:
 
     # -- uplink-net ---------------------------------------------------------------
 
-    def fill(self, publish: Callable[[bytes], mqtt.MQTTMessageInfo]) -> bool:
-        """Publish ready events while the window has room (``publish(payload)`` is paho's
-        QoS 1 publish on the events topic).
+    def fill(self, publish: Callable[[str, bytes], mqtt.MQTTMessageInfo]) -> bool:
+        """Publish ready events while the window has room (``publish(topic, payload)``
+        is paho's QoS 1 publish).
 
         Returns whether the window still has room while the backlog is not all
         read: then rows are on their way, and uplink-net should look again soon.
@@ -210,7 +218,7 @@ class Window:
             scan_id = row["id"]
             # Encoded here, on the thread that sends, so that the send path never
             # waits for another thread to hand back the GIL.
-            info = publish(encode(event_from_row(row, now)))
+            info = publish(*self._message(row, now))
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 log.warning("paho refused event (scan id %d): %s", scan_id, mqtt.error_string(info.rc))
                 self._busy.discard(scan_id)  # sent again on the next walk of the outbox
@@ -226,6 +234,12 @@ class Window:
             # it for a queue it left short would only cost a wake-up.
             self.wake_worker()
         return room > 0 and (not self._caught_up or bool(self._ahead))
+
+    def _message(self, row: sqlite3.Row, now: datetime) -> tuple[str, bytes]:
+        """The topic and payload for one row: a document event or a scan event."""
+        if is_document_row(row):
+            return self.topics.documents, encode(document_event_from_row(row, now))
+        return self.topics.events, encode(scan_event_from_row(row, now))
 
     def acknowledged(self, mid: int, reason: mqtt.ReasonCode) -> bool:
         """A PUBACK arrived. Returns False if ``mid`` was not an event's (a status,
