@@ -108,12 +108,7 @@ class Window:
         """Make the next events ready for uplink-net: live ones first, then the backlog
         oldest first. Returns how many were made ready."""
         made = 0
-        live: list[int] = []
-        while self._live:
-            scan_id = self._live.popleft()
-            if scan_id not in self._busy and scan_id not in self._held:
-                live.append(scan_id)
-        for row in outbox.rows(live):
+        for row in self._live_rows(outbox):
             self._make_ready(row, self._ready_live)
             made += 1
         now = time.monotonic()
@@ -138,6 +133,27 @@ class Window:
                 self._make_ready(row, self._ready)
                 made += 1
         return made
+
+    def _live_rows(self, outbox: Outbox) -> list[sqlite3.Row]:
+        """The rows of the live events noted since the last call, not busy or held."""
+        live: list[int] = []
+        while self._live:
+            scan_id = self._live.popleft()
+            if scan_id not in self._busy and scan_id not in self._held:
+                live.append(scan_id)
+        if not live:
+            return []
+        if not self._caught_up:
+            return outbox.rows(live)  # and the backlog walk finds whatever else is new
+        # Caught up, every row above the cursor is new: all of them are read, not only
+        # the ids noted, so that a row recorded without a decision of its own (the
+        # ``locked`` row after the scan that locks the station) goes out with it.
+        rows = outbox.pending(self._cursor, READ_AHEAD)
+        if rows:
+            self._cursor = rows[-1]["id"]
+        if len(rows) == READ_AHEAD:
+            self._caught_up = False  # more than a read-ahead: the backlog walk goes on from here
+        return [row for row in rows if row["id"] not in self._busy and row["id"] not in self._held]
 
     def queue_again(self, rows: Iterable[sqlite3.Row]) -> int:
         """Send these rows again, before the backlog, delivered or not (``resend``).
