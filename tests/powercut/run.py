@@ -47,11 +47,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_MIB = 256
 FAULT = {
-    "real": "power cut (qemu SIGKILL), plain dispensing",
-    "control": "power cut, control: ledger with synchronous=OFF",
+    ("real", "plain"): "power cut (qemu SIGKILL), plain dispensing",
+    ("real", "documents"): "power cut, a document open (prescriptions of 5-40 scans)",
+    ("control", "plain"): "power cut, control: ledger with synchronous=OFF",
+    ("control", "documents"): "power cut, control, documents",
 }
-#: Verdicts the agent records; ``fault`` (ledger unwritable) says it was not recorded.
-RECORDED = {"accepted", "duplicate", "rejected", "double_read"}
+#: Verdicts the agent records (documents add entry rows); ``fault`` (ledger unwritable)
+#: says it was not recorded.
+RECORDED = {"accepted", "duplicate", "rejected", "double_read", "opened", "closed", "locked", "acknowledged"}
+
+
+def scenario(cycle: int) -> str:
+    """Odd cycles dispense loose scans, even ones inside documents (tests/powercut/feed.py)."""
+    return "documents" if cycle % 2 == 0 else "plain"
 
 
 @dataclass
@@ -184,6 +192,8 @@ def check_ledger(db: Path | None, received: dict[str, tuple[str, int | None]]) -
                 conn.close()
         except sqlite3.DatabaseError as problem:
             result["integrity"] = f"{type(problem).__name__}: {problem}"
+    if stored:
+        result.update(check_documents(db))
     seqs = sorted(s for _, s in stored.values() if s is not None)
     result["seq_ok"] = seqs == list(range(1, len(seqs) + 1))
     result["stored"] = len(stored)
@@ -191,33 +201,73 @@ def check_ledger(db: Path | None, received: dict[str, tuple[str, int | None]]) -
     result["lost"] = len(lost)
     result["lost_examples"] = lost[:3]
     result["unprinted"] = len(set(stored) - set(received))
-    result["broken"] = not (result["verify_ok"] and result["integrity"] == "ok" and result["seq_ok"])
+    result["broken"] = not (
+        result["verify_ok"] and result["integrity"] == "ok" and result["seq_ok"] and not result.get("documents_bad")
+    )
     return result
 
 
+def check_documents(db: Path) -> dict:
+    """Each closed document's record against the ledger: it must list exactly the document's
+    accepted scans that were not voided. A document open at a cut is closed in the next boot
+    from what the agent rebuilt at start, so a rebuild that lost or invented a scan shows here."""
+    conn = sqlite3.connect(str(db))
+    try:
+        event_of: dict[int, str] = {}
+        counted: dict[str, set[str]] = {}
+        bad, closed = [], 0
+        query = "SELECT id, document, verdict, event_id, earlier_id, record FROM scans WHERE document IS NOT NULL"
+        for row_id, doc, verdict, event_id, earlier_id, record in conn.execute(query + " ORDER BY id"):
+            if verdict == "accepted" and record is None:
+                event_of[row_id] = event_id
+                counted.setdefault(doc, set()).add(event_id)
+            elif verdict in ("void", "reversal"):
+                counted.get(doc, set()).discard(event_of.get(earlier_id, ""))
+            elif verdict == "closed":
+                closed += 1
+                listed = {scan["event_id"] for scan in json.loads(record)["scans"]}
+                if listed != counted.get(doc, set()):
+                    bad.append(doc)
+        last = conn.execute(
+            "SELECT verdict FROM scans WHERE record IS NOT NULL AND verdict IN ('opened', 'closed') ORDER BY id DESC"
+        ).fetchone()
+    except sqlite3.DatabaseError as problem:
+        return {"documents_bad": 1, "documents_problem": str(problem)}
+    finally:
+        conn.close()
+    return {
+        "documents_closed": closed,
+        "documents_bad": len(bad),
+        "document_open": last is not None and last[0] == "opened",
+    }
+
+
 def summary_rows(roles: list[Role]) -> list[dict]:
-    """One row per role, in the shape of ``tests/faults`` figures plus the power-cut columns."""
+    """One row per role and scenario, in the shape of ``tests/faults`` figures plus the power-cut columns."""
     rows = []
     for r in roles:
-        if not r.results:
-            continue
-        recovery = [c["recovery_s"] for c in r.results if c["recovery_s"] is not None]
-        broken = sum(c["broken"] for c in r.results)
-        rows.append(
-            {
-                "fault": FAULT[r.name],
-                "role": r.name,
-                "cycles": len(r.results),
-                "sent": sum(c["decisions"] for c in r.results),
-                "lost": sum(c["lost"] for c in r.results),
-                "duplicated": 0,
-                "unprinted": sum(c["unprinted"] for c in r.results),
-                "broken": broken,
-                "cycles_with_loss": sum(c["lost"] > 0 for c in r.results),
-                "max_recovery_s": round(max(recovery), 1) if recovery else None,
-                "note": "",
-            }
-        )
+        for name in ("plain", "documents"):
+            results = [c for c in r.results if c["scenario"] == name]
+            if not results:
+                continue
+            recovery = [c["recovery_s"] for c in results if c["recovery_s"] is not None]
+            rows.append(
+                {
+                    "fault": FAULT[r.name, name],
+                    "role": r.name,
+                    "scenario": name,
+                    "cycles": len(results),
+                    "sent": sum(c["decisions"] for c in results),
+                    "lost": sum(c["lost"] for c in results),
+                    "duplicated": 0,
+                    "unprinted": sum(c["unprinted"] for c in results),
+                    "broken": sum(c["broken"] for c in results),
+                    "cycles_with_loss": sum(c["lost"] > 0 for c in results),
+                    "open_at_cut": sum(bool(c.get("document_open")) for c in results),
+                    "max_recovery_s": round(max(recovery), 1) if recovery else None,
+                    "note": "",
+                }
+            )
     return rows
 
 
@@ -230,8 +280,11 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         recovery = "–" if row["max_recovery_s"] is None else f"{row['max_recovery_s']:.0f} s"
         lost = f"{row['lost']:,}" + (f" (in {row['cycles_with_loss']} cycles)" if row["lost"] else "")
+        fault = row["fault"]
+        if row.get("scenario") == "documents":
+            fault += f"; {row['open_at_cut']} of {row['cycles']} cuts with one open"
         lines.append(
-            f"| {row['fault']} | {row['cycles']} | {row['sent']:,} | {lost} | {row['unprinted']:,} "
+            f"| {fault} | {row['cycles']} | {row['sent']:,} | {lost} | {row['unprinted']:,} "
             f"| {row['broken']} | {recovery} |"
         )
     return "\n".join(lines)
@@ -313,6 +366,7 @@ def check_role(args, cycle: int, r: Role, cut_after: float) -> dict:
     result.update(
         role=r.name,
         cycle=cycle,
+        scenario=scenario(cycle),
         decisions=len(r.this_boot),
         verdicts=counts,
         recovery_s=None if r.first_at is None else round(r.first_at, 2),
@@ -325,6 +379,11 @@ def check_role(args, cycle: int, r: Role, cut_after: float) -> dict:
     r.results.append(result)
     verdicts = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
     state = "BROKEN" if result["broken"] else "intact"
+    if result["scenario"] == "documents":
+        state += (
+            f", {result.get('documents_closed', 0)} documents closed ({result.get('documents_bad', 0)} not matching "
+            f"the ledger), one open at the cut: {bool(result.get('document_open'))}"
+        )
     print(
         f"  {r.name:7} cycle {len(r.results)}: {result['decisions']} decisions ({verdicts}); "
         f"lost {result['lost']}; committed-but-unprinted {result['unprinted']}; ledger {result['stored']} rows, "

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.powercut import agent_main
-from tests.powercut.feed import code, lines
+from tests.powercut.feed import ACK, CLOSE, code, document_lines, lines
 from tests.powercut.run import check_ledger
 from tests.support.agent import ROOT, agent_env
 
@@ -89,3 +89,48 @@ def test_the_feed_mixes_new_repeated_and_wrong_codes():
     assert repeats > 50
     assert sum(c.startswith(b"69") for c in first) > 100
     assert all(a != b for a, b in itertools.pairwise(first))  # never the same twice in a row
+
+
+def test_the_document_feed_opens_prescriptions_and_acknowledges_each_lock():
+    fed = [line.strip() for line in itertools.islice(document_lines(cycle=8, seed=8), 3000)]
+    opened = [line for line in fed if line.startswith(b"RX")]
+    assert len(opened) > 20 and len(set(opened)) == len(opened) and all(len(x) == 10 for x in opened)
+    assert fed.count(CLOSE) >= len(opened) // 2
+    for before, after in itertools.pairwise(fed):
+        if after == ACK:
+            assert before.startswith(b"8"), "the supervisor's code follows a code dispensed before"
+
+
+def test_check_documents_compares_each_closed_record_with_the_ledger(tmp_path):
+    db = tmp_path / "ledger.db"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[ledger]\npath = "{db}"\n[feedback]\nbackend = "none"\n[codes]\ndouble_read_window_s = 0\n'
+        '[documents]\npatterns = { prescription = "^RX[0-9]{8}$" }\nclose_code = "DOC-CLOSE"\n'
+    )
+    feed = [b"RX00010001", code(3, 1), code(3, 2), CLOSE, b"RX00010002", code(3, 3)]
+    result = python("-m", "agent", "run", "--config", str(config), "--json", stdin=b"".join(x + b"\n" for x in feed))
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    received = {d["event_id"]: (d["verdict"], d["seq"]) for d in printed}
+    ok = check_ledger(db, received)
+    assert (ok["documents_closed"], ok["documents_bad"], ok["document_open"], ok["broken"]) == (1, 0, True, False)
+
+    import sqlite3
+
+    from agent.ledger import row_hash
+
+    # A closed record that lists a scan the ledger does not count: hashed again, so only the document check sees it.
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    conn.execute("DROP TRIGGER scans_no_update")
+    row = dict(conn.execute("SELECT * FROM scans WHERE verdict = 'closed'").fetchone())
+    record = json.loads(row["record"])
+    record["scans"] = record["scans"][:1]
+    row["record"] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    row["hash"] = row_hash(row)
+    conn.execute("UPDATE scans SET record = ?, hash = ? WHERE id = ?", (row["record"], row["hash"], row["id"]))
+    conn.commit()
+    conn.close()
+    bad = check_ledger(db, received)
+    assert bad["documents_bad"] == 1 and bad["broken"]

@@ -33,12 +33,13 @@ def port(name: str) -> str:
 
 
 def feed(cycle: int, out_fd: int) -> None:
-    """The feeder: a steady stream of scans into ``out_fd`` until the agent's end closes."""
-    from tests.powercut.feed import lines
+    """The feeder: a steady stream of scans into ``out_fd`` until the agent's end closes;
+    in even cycles inside documents (:func:`tests.powercut.feed.document_lines`)."""
+    from tests.powercut.feed import document_lines, lines
 
     with os.fdopen(out_fd, "wb", buffering=0) as out:
         try:
-            for line in lines(cycle, seed=cycle):
+            for line in (document_lines if cycle % 2 == 0 else lines)(cycle, seed=cycle):
                 out.write(line)
                 time.sleep(0.02)
         except OSError:
