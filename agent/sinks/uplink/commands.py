@@ -1,13 +1,17 @@
 """Commands from ``{p}/cmd/<name>``, each answered on ``{p}/reply``.
 
-A command is a JSON object, at most :data:`MAX_COMMAND_BYTES`, sent live (a
-retained one would replay on every reconnect). ``correlation`` in it comes
-back in the reply, and so does an MQTT v5 correlation-data property.
+A command is a JSON object, at most :data:`MAX_COMMAND_BYTES` (``open_document``:
+:data:`MAX_DOCUMENT_BYTES`), sent live (a retained one would replay on every
+reconnect). ``correlation`` in it comes back in the reply, and so does an MQTT v5
+correlation-data property.
 
 - ``set``: change movement, operator and/or bill for the scans read after it;
 - ``health``: the health report, now;
 - ``reload``: re-read the config file, apply what can be applied;
-- ``resend``: send events ``from_seq``..``to_seq`` again, delivered or not.
+- ``resend``: send events ``from_seq``..``to_seq`` again, delivered or not;
+- the station's verbs (:class:`agent.station.Station`): ``open_document``,
+  ``close_document``, ``void``, ``exception``, ``acknowledge``. A refused one gets
+  an error reply whose ``field`` names what was wrong, and records nothing.
 
 >>> commands = Commands(
 ...     Topics("trace/v1", "site-01", "kiosk-7"), send=print, health=lambda: {"ok": 1}, resend=lambda first, last: {}
@@ -16,6 +20,8 @@ back in the reply, and so does an MQTT v5 correlation-data property.
 {'command': 'health', 'ok': True, 'result': {'ok': 1}, 'correlation': None}
 >>> commands.reply_to("set", b'{"movement": "receive", "correlation": "c-1"}')["error"]
 'this agent takes no context changes'
+>>> commands.reply_to("void", b'{"event_id": "x", "reason": "wrong pack"}')["error"]
+'this agent takes no document commands'
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.domain import check_movement
+from agent.ledger.documents import DocumentError
 
 from .topics import Topics
 
@@ -39,9 +46,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("set", "health", "reload", "resend")
+#: The station's verbs, each run by :class:`agent.station.Station`'s method of that name.
+DOCUMENT_COMMANDS = ("open_document", "close_document", "void", "exception", "acknowledge")
+COMMANDS = ("set", "health", "reload", "resend", *DOCUMENT_COMMANDS)
 #: Commands bigger than this are refused unread.
 MAX_COMMAND_BYTES = 4096
+#: ... but ``open_document``, which carries up to 3,500 lines: a line with a drug's
+#: name in \u escapes is about 250 bytes. mosquitto takes any packet size unless
+#: ``max_packet_size`` is set; a broker that sets it must leave room for this.
+MAX_DOCUMENT_BYTES = 1024 * 1024
+_MAX_BYTES = {"open_document": MAX_DOCUMENT_BYTES}
+#: A station command's entry row names this as its source (``source_kind`` is ``mqtt``).
+SOURCE_ID = "mqtt"
 #: Operator and bill ids longer than this are refused.
 MAX_FIELD_CHARS = 64
 #: At most this many events per ``resend`` command.
@@ -49,7 +65,12 @@ MAX_RESEND = 10_000
 
 
 class CommandError(Exception):
-    """A command that is refused; the message goes back in the error reply."""
+    """A command that is refused; the message goes back in the error reply, and
+    ``field`` too when one field of the command was wrong."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class Commands:
@@ -60,12 +81,19 @@ class Commands:
     on the uplink thread, which then runs the hooks and ``send``.
     :meth:`reply_to` runs the hooks on whichever thread calls it.
 
+    A station verb blocks the uplink thread until the pipeline thread has run it
+    (at most :data:`agent.station.CALL_TIMEOUT_S`). That cannot deadlock: the
+    pipeline never waits for the uplink (its sink, ``Uplink.decided``, only notes
+    the row and wakes). Meanwhile uplink-net goes on sending what is ready and
+    uplink-record goes on recording PUBACKs; only new rows wait to be made ready.
+
     The hooks: ``health()`` returns the health report; ``resend(first, last)``
     queues events ``first``..``last`` and returns ``{"found": n, "queued": m}``;
     ``set_context(**fields)`` is :meth:`agent.pipeline.Pipeline.set_context`;
     ``reload()`` re-reads the config and returns what it applied and what needs
     a restart, raising :class:`ValueError` for a bad config. ``send(topic,
-    body, properties)`` publishes a reply.
+    body, properties)`` publishes a reply. ``station`` is the
+    :class:`agent.station.Station` whose verbs the document commands call.
     """
 
     def __init__(
@@ -97,6 +125,7 @@ class Commands:
             "health": self._health,
             "reload": self._reload,
             "resend": self._resend,
+            **{name: self._station_verb(name) for name in DOCUMENT_COMMANDS},
         }
 
     def received(self, message: mqtt.MQTTMessage) -> None:
@@ -124,8 +153,9 @@ class Commands:
         """Check and run command ``name``; returns the reply, ``ok`` or with the ``error``."""
         correlation = None
         try:
-            if len(payload) > MAX_COMMAND_BYTES:
-                raise CommandError(f"command is {len(payload)} bytes; at most {MAX_COMMAND_BYTES} allowed")
+            limit = _MAX_BYTES.get(name, MAX_COMMAND_BYTES)
+            if len(payload) > limit:
+                raise CommandError(f"command is {len(payload)} bytes; at most {limit} allowed")
             try:
                 body = json.loads(payload or b"{}")
             except (ValueError, UnicodeDecodeError) as problem:
@@ -141,6 +171,8 @@ class Commands:
         except CommandError as problem:
             log.warning("command %s refused: %s", name, problem)
             reply = {"command": name, "ok": False, "error": str(problem)}
+            if problem.field is not None:
+                reply["field"] = problem.field
         else:
             log.info("command %s done", name)
             reply = {"command": name, "ok": True, "result": result}
@@ -193,3 +225,19 @@ class Commands:
         if last < first or last - first + 1 > MAX_RESEND:
             raise CommandError(f"resend: to_seq must be from from_seq to from_seq + {MAX_RESEND - 1}")
         return {"from_seq": first, "to_seq": last, **self.resend(first, last)}
+
+    def _station_verb(self, name: str) -> Callable[[dict], dict]:
+        """The command that runs the station's verb ``name`` (on the pipeline thread)."""
+
+        def run(body: dict) -> dict:
+            if self.station is None:
+                raise CommandError("this agent takes no document commands")
+            verb = getattr(self.station, name)
+            try:
+                return verb(body, via="mqtt", source_id=SOURCE_ID)
+            except DocumentError as problem:
+                raise CommandError(str(problem), field=problem.field) from None
+            except Exception as problem:  # LedgerError (disk full) or a fault: the transaction rolled back
+                raise CommandError(f"{name} not recorded: {problem}") from None
+
+        return run
