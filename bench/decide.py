@@ -8,11 +8,17 @@ Prints p50/p99/max of ``Ledger.decide_and_record`` (synchronous=FULL, WAL) over
 pre-filled with ``--rows`` scans, each a distinct code with its movement state
 and delivery. The pre-fill is a bulk SQL insert: its hashes are not
 a valid chain, which the timing does not depend on.
+
+Then the same scans on the full ledger inside an open document filling up to
+near its 3,500 codes (untimed scans first, so the last timed scan finds about
+3,400), without lines (as a scanned document barcode opens one) and with a line
+covering the product, each as a p99 ratio to the full ledger without a document.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -21,11 +27,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent import codes
+from agent.domain import DOCUMENT_LIMIT
 from agent.ledger import Ledger, connect
+from agent.ledger.documents import Document, Line
 from agent.read import Read
 from bench.machine import header
 
 OUT = Path(__file__).resolve().parent / "out"
+#: Codes the open document holds at the last timed scan: near the limit, with room to spare.
+DOCUMENT_END = DOCUMENT_LIMIT - 100
 
 
 def prefill(path: Path, rows: int) -> None:
@@ -67,20 +77,54 @@ def prefill(path: Path, rows: int) -> None:
     conn.close()
 
 
-def measure(path: Path, scans: int) -> list[float]:
-    """Milliseconds per decide_and_record for ``scans`` new scans (every tenth a duplicate)."""
+def measure(path: Path, scans: int, document: str = "") -> list[float]:
+    """Milliseconds per decide_and_record for ``scans`` new scans (every tenth a duplicate).
+
+    With ``document`` ("bare" or "lines"), inside a document opened first and filled,
+    untimed, so that it holds about :data:`DOCUMENT_END` codes at the last timed scan."""
     ledger = Ledger.open(path, device_id="bench", site_id="site")
-    times = []
+    if ledger.document is not None:  # left open by an interrupted run: not the loose case
+        close(ledger)
     base = 10**18 + int(time.time() * 1000) % 10**12 * 1000
-    for i in range(scans):
-        text = f"8{base + (i - i % 10 if i % 10 == 9 else i):019d}"[-20:]
-        read = Read(text.encode(), "serial", "usb:bench", t_first=float(i * 10), t_last=float(i * 10))
+    reads = (scan(base, i) for i in itertools.count())
+    if document:
+        first = next(reads)
+        open_document(ledger, document, product_id=codes.parse(first.raw).product_id)
+        ledger.decide_and_record(first, "dispense", codes.parse(first.raw))
+        accepted_timed = scans - scans // 10
+        while len(ledger.document.scans) < DOCUMENT_END - accepted_timed:
+            read = next(reads)
+            ledger.decide_and_record(read, "dispense", codes.parse(read.raw))
+        held = len(ledger.document.scans)
+    times = []
+    for _ in range(scans):
+        read = next(reads)
         parsed = codes.parse(read.raw)
         t0 = time.perf_counter()
         ledger.decide_and_record(read, "dispense", parsed)
         times.append((time.perf_counter() - t0) * 1000)
+    if document:
+        print(f"  document ({document}): {held:,} -> {len(ledger.document.scans):,} codes while timed", file=sys.stderr)
+        close(ledger)
     ledger.close()
     return times
+
+
+def scan(base: int, i: int) -> Read:
+    """The ``i``-th scan of a run: a new code, or every tenth the code of nine scans before."""
+    text = f"8{base + (i - i % 10 if i % 10 == 9 else i):019d}"[-20:]
+    return Read(text.encode(), "serial", "usb:bench", t_first=float(i * 10), t_last=float(i * 10))
+
+
+def open_document(ledger: Ledger, kind: str, *, product_id: str) -> None:
+    """Open a sale: without lines ("bare"), or with one line for ``product_id`` of the limit's units."""
+    lines = (Line(product_id, "bench drug", expected=DOCUMENT_LIMIT),) if kind == "lines" else ()
+    doc_id = f"BENCH-{kind}-{time.time_ns()}"
+    ledger.open_document(Document(id=doc_id, kind="sale", lines=lines), read=Read(b"", "bench", "bench"))
+
+
+def close(ledger: Ledger) -> None:
+    ledger.close_document(ledger.document.id, closed_by="bench", read=Read(b"", "bench", "bench"))
 
 
 def summary(times: list[float]) -> tuple[float, float, float]:
@@ -93,6 +137,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000, help="scans in the full ledger")
     parser.add_argument("--scans", type=int, default=3000, help="scans timed on each ledger")
     args = parser.parse_args()
+    if args.scans - args.scans // 10 > DOCUMENT_END:
+        parser.error(f"--scans: at most {DOCUMENT_END * 10 // 9:,}, or the document would be full before the end")
 
     print(header())
     OUT.mkdir(exist_ok=True)
@@ -111,13 +157,24 @@ def main() -> None:
     # Timed scans are appended to the kept ledger: a few thousand more on
     # millions change nothing, and each run uses codes of its own.
     full = measure(full_path, args.scans)
+    in_documents = {kind: measure(full_path, args.scans, document=kind) for kind in ("bare", "lines")}
 
     print(f"\ndecide_and_record, synchronous=FULL, {args.scans} scans each (ms)")
-    print(f"{'ledger':<24}{'p50':>8}{'p99':>8}{'max':>8}")
+    print(f"{'ledger':<36}{'p50':>8}{'p99':>8}{'max':>8}")
     rows_fresh, rows_full = summary(fresh), summary(full)
-    print(f"{'fresh':<24}" + "".join(f"{v:8.3f}" for v in rows_fresh))
-    print(f"{f'{args.rows:,} scans ({size_gb:.1f} GB)':<24}" + "".join(f"{v:8.3f}" for v in rows_full))
+    full_name = f"{args.rows:,} scans ({size_gb:.1f} GB)"
+    print(f"{'fresh':<36}" + "".join(f"{v:8.3f}" for v in rows_fresh))
+    print(f"{full_name:<36}" + "".join(f"{v:8.3f}" for v in rows_full))
+    rows_doc = {kind: summary(times) for kind, times in in_documents.items()}
+    for kind, row in rows_doc.items():
+        name = f"same, in a document ({'no lines' if kind == 'bare' else 'a line'})"
+        print(f"{name:<36}" + "".join(f"{v:8.3f}" for v in row))
     print(f"\np99 full / p99 fresh = {rows_full[1] / rows_fresh[1]:.2f} (target <= 1.2); p99 target < 2 ms")
+    for kind, row in rows_doc.items():
+        print(
+            f"p99 in a document {'without lines' if kind == 'bare' else 'with a line'} / p99 full = "
+            f"{row[1] / rows_full[1]:.2f} (target <= 1.2)"
+        )
 
 
 if __name__ == "__main__":
