@@ -9,6 +9,11 @@ changed. With automatic checkpoints off, the WAL's growth across one
 Scans are counted in blocks of one verdict each: accepted (new codes), duplicate, rejected
 (an EAN-13), double read. The figures are means over the block, so the occasional B-tree
 page split and the header page (written whenever the database grows) are included.
+
+Then documents: a block of new codes accepted inside an open document (a sale without
+lines, as a scanned document barcode opens one, up to its 3,500 codes), and, for
+information, the entry rows: a document opened, an empty one closed (means over 20),
+and the close of the block's document, whose row lists all its codes and their hashes.
 """
 
 from __future__ import annotations
@@ -21,9 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent import codes
+from agent.domain import DOCUMENT_LIMIT
 from agent.ledger import Ledger
+from agent.ledger.documents import Document
 from agent.read import Read
 from bench.machine import header
+
+#: Documents opened and closed empty, for the entry rows' means.
+ENTRIES = 20
 
 
 class WalCounter:
@@ -48,7 +58,7 @@ def scans_of(verdict: str, n: int, start: int) -> list[tuple[bytes, float]]:
 
 
 def measure(path: Path, per_verdict: int) -> dict[str, float]:
-    """Mean WAL pages per scan for each verdict on the ledger at ``path``."""
+    """Mean WAL pages per scan for each verdict, then for the document rows, on the ledger at ``path``."""
     ledger = Ledger.open(path, device_id="bench", site_id="site")
     if ledger.checkpointer is not None:
         ledger.checkpointer.stop()  # a checkpoint would reset the WAL under the count
@@ -69,8 +79,43 @@ def measure(path: Path, per_verdict: int) -> dict[str, float]:
         assert len(per_scan) == per_verdict, f"{verdict}: {len(per_scan)} of {per_verdict} decided so"
         pages[verdict] = statistics.mean(per_scan)
         ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages |= documents(ledger, wal, min(per_verdict, DOCUMENT_LIMIT), start + 2 * per_verdict, t)
     ledger.close()
     return pages
+
+
+def documents(ledger: Ledger, wal: WalCounter, scans: int, start: int, t: float) -> dict[str, float]:
+    """Mean WAL pages of an accepted scan inside an open document, of opening one, of closing
+    an empty one, and of closing the one that holds the ``scans`` codes."""
+    entry = Read(b"", "bench", "bench")
+    opened, closed = [], []
+    for n in range(ENTRIES):
+        before = wal.frames()
+        ledger.open_document(Document(id=f"EMPTY-{start}-{n}", kind="sale"), read=entry)
+        opened.append(wal.frames() - before)
+        before = wal.frames()
+        ledger.close_document(f"EMPTY-{start}-{n}", closed_by="bench", read=entry)
+        closed.append(wal.frames() - before)
+    ledger.open_document(Document(id=f"FULL-{start}", kind="sale"), read=entry)
+    ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    per_scan = []
+    for i in range(scans):
+        t += 10.0
+        read = Read(f"8{start + i:019d}".encode(), "serial", "usb:1", t_first=t, t_last=t)
+        before = wal.frames()
+        decision = ledger.decide_and_record(read, "dispense", codes.parse(read.raw))
+        assert decision.verdict == "accepted" and decision.document is not None, decision
+        per_scan.append(wal.frames() - before)
+    before = wal.frames()
+    ledger.close_document(f"FULL-{start}", closed_by="bench", read=entry)
+    close_full = wal.frames() - before
+    ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return {
+        "in_document": statistics.mean(per_scan),
+        "opened": statistics.mean(opened),
+        "closed_empty": statistics.mean(closed),
+        f"closed_{scans}": float(close_full),
+    }
 
 
 def storage_bytes() -> int:
@@ -127,6 +172,8 @@ def main() -> None:
     for verdict, mean in pages.items():
         print(f"{verdict:<14}{mean:6.2f}")
     print(f"\naccepted: {pages['accepted']:.2f} pages (target <= 4)")
+    print(f"a scan inside an open document: {pages['in_document']:.2f} pages (target <= 5)")
+    print(f"(opened and closed_empty: means of {ENTRIES}; closed_N: one close of a document of N codes)")
     print(
         f"\nbytes to storage per accepted scan (WAL, a checkpoint after each, its delivery): {per_scan / 1024:.1f} KiB"
     )
