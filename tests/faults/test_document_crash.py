@@ -17,10 +17,10 @@ Two ways the prescription is opened:
 - ``barcode``: ``RX…`` scanned on stdin, matching ``[documents] patterns``. A scanned barcode
   opens a document without lines (any code counts), so it is "complete" at the 60 codes the
   test aims for.
-- ``lines``: 3 lines of 20 units, opened through :class:`agent.station.Station` (what an
-  ``open_document`` command runs) on the same ledger file while no agent runs: no way into
-  a running agent carries a document's lines yet. Scans of another product are refused
-  (``not_on_document``) and a line's 21st unit (``line_complete``), so they must not count.
+- ``lines``: 3 lines of 20 units, opened by an MQTT ``open_document`` command from a real
+  mosquitto once the agent is online (a document's lines come only by command). Scans of
+  another product are refused (``not_on_document``) and a line's 21st unit
+  (``line_complete``), so they must not count.
 """
 
 from __future__ import annotations
@@ -36,12 +36,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import config, ledger
-from agent.ledger import Ledger
-from agent.pipeline import Pipeline
-from agent.station import Station
+from agent import ledger
 from tests.faults.conftest import cycles
 from tests.support.agent import decisions_until_killed, run_agent, start_agent
+from tests.support.mqtt import Commander, Subscriber
+from tests.support.net import wait_until
 
 PRODUCTS = ("8123456", "8234567", "8345678")
 #: A product on none of the prescription's lines.
@@ -53,7 +52,11 @@ CLOSE = "CLOSE"
 #: Longest the test waits for the agent's next decision before it kills it and fails.
 STUCK_S = 60.0
 
+BASE = "trace/v1/site-1/kiosk-1"
 CONFIG = """\
+[station]
+device_id = "kiosk-1"
+site_id = "site-1"
 [ledger]
 path = "{db}"
 [feedback]
@@ -62,6 +65,13 @@ backend = "console"
 patterns = {{ prescription = "^RX[0-9]{{8}}$" }}
 close_code = "CLOSE"
 idle_close_s = 0
+"""
+MQTT = """\
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+backoff_max_s = 2
 """
 
 
@@ -93,25 +103,31 @@ def script(rng: random.Random, codes: Codes, length: int) -> list[str]:
     return lines
 
 
-def open_with_lines(cfg_path: Path, doc_id: str) -> None:
-    """Open a 3-line prescription the way an ``open_document`` command does, with no agent running."""
-    cfg = config.load(cfg_path)
-    book = Ledger(
-        ledger.connect(cfg.ledger.path),
-        device_id=cfg.station.device_id,
-        site_id=cfg.station.site_id,
-        lock_on=cfg.documents.lock_on,
-    )
-    pipeline = Pipeline(book)
-    pipeline.start()
-    try:
+class Commands:
+    """A real MQTT client that opens the prescription on the agent by command, once it is online."""
+
+    def __init__(self, port: int) -> None:
+        self.status = Subscriber(port, f"{BASE}/status", persistent=False).start()
+        self.commander = Commander(port, BASE).start()
+
+    def online(self) -> int:
+        return sum(m.payload == b"online" for m in self.status.on("/status"))
+
+    def wait_online(self, before: int) -> None:
+        """Until the agent started when ``before`` online messages had come says it is online."""
+        wait_until(lambda: self.online() > before, timeout=20, what="agent online")
+
+    def open_prescription(self, doc_id: str, online_before: int) -> None:
+        """Wait for the agent started after ``online_before`` to be online, then open ``doc_id``."""
+        self.wait_online(online_before)
         lines = [{"product_id": p, "name": f"drug {p}", "expected": UNITS} for p in PRODUCTS]
         body = {"id": doc_id, "kind": "prescription", "ref": {"patient": "P-1"}, "lines": lines}
-        reply = Station(pipeline).open_document(body, via="command", source_id="test")
-        assert reply["rows"][-1]["verdict"] == "opened"
-    finally:
-        pipeline.stop()
-        book.conn.close()
+        reply = self.commander.send("open_document", body)
+        assert reply["ok"], reply
+
+    def stop(self) -> None:
+        self.commander.stop()
+        self.status.stop()
 
 
 class Agent:
@@ -246,10 +262,14 @@ def complete_document(agent: Agent, codes: Codes, rng: random.Random, doc_id: st
 
 
 @pytest.mark.parametrize("opened", ["barcode", "lines"])
-def test_sigkill_inside_an_open_document(tmp_path, figures, opened):
+def test_sigkill_inside_an_open_document(tmp_path, request, figures, opened):
     db = tmp_path / "ledger.db"
     cfg_path = tmp_path / "agent.toml"
-    cfg_path.write_text(CONFIG.format(db=db))
+    commands = None
+    if opened == "lines":
+        commands = Commands(request.getfixturevalue("broker").port)
+        request.addfinalizer(commands.stop)
+    cfg_path.write_text(CONFIG.format(db=db) + ("" if commands is None else MQTT.format(port=commands.status.port)))
     rng = random.Random(23 if opened == "barcode" else 29)
     codes = Codes()
     printed: list[dict] = []
@@ -258,23 +278,24 @@ def test_sigkill_inside_an_open_document(tmp_path, figures, opened):
     for cycle in range(runs):
         doc_id = f"RX{cycle + 1:08d}"
         before = script(rng, codes, rng.randrange(10, 50))
-        if opened == "barcode":
+        if commands is None:
             before.insert(0, doc_id)
-        else:
-            open_with_lines(cfg_path, doc_id)
 
-        # Scanning, then SIGKILL after a random number of decisions.
+        # The prescription opened, scanning, then SIGKILL after a random number of decisions.
+        online = 0 if commands is None else commands.online()
         proc = start_agent("run", "--config", str(cfg_path), "--json")
         threading.Thread(target=lambda p=proc: p.stderr.read(), daemon=True).start()
-        threading.Thread(target=feed, args=(proc, before), daemon=True).start()
         guard = threading.Timer(STUCK_S, proc.kill)
         guard.start()
-        this_run = decisions_until_killed(proc, rng.randrange(1, len(before) + 1))
+        if commands is not None:
+            commands.open_prescription(doc_id, online)
+        threading.Thread(target=feed, args=(proc, before), daemon=True).start()
+        decisions = len(before) + (commands is not None)  # a command's opened row is one more
+        this_run = decisions_until_killed(proc, rng.randrange(1, decisions + 1))
         proc.wait()
         guard.cancel()
         printed += this_run
-        if opened == "barcode":
-            assert (this_run[0]["verdict"], this_run[0]["document"]["id"]) == ("opened", doc_id), this_run[0]
+        assert (this_run[0]["verdict"], this_run[0]["document"]["id"]) == ("opened", doc_id), this_run[0]
 
         killed = read_ledger(db, doc_id)
         assert missing(this_run, killed) == [], missing(this_run, killed)[:3]
@@ -284,9 +305,12 @@ def test_sigkill_inside_an_open_document(tmp_path, figures, opened):
         unprinted += len(killed.codes) - len(shown)
 
         # Restart on the same ledger: the document goes on from the ledger's count, and completes.
+        online = 0 if commands is None else commands.online()
         agent = Agent(cfg_path)
         after = complete_document(agent, codes, rng, doc_id, opened, killed.per_product())
         figures.recovery_s.append(agent.first_answer - agent.started)
+        if commands is not None:
+            commands.wait_online(online)  # its "online" counted now, not as the next agent's
         assert agent.finish() == 0
         printed += after
 
@@ -300,10 +324,10 @@ def test_sigkill_inside_an_open_document(tmp_path, figures, opened):
     seqs = sorted(seq for _, seq in done.rows.values() if seq is not None)
     assert seqs == list(range(1, len(seqs) + 1))
     seen = {d["verdict"] for d in printed} | {d["reason"] for d in printed if d["verdict"] == "rejected"}
-    wanted = {"accepted", "rejected", "closed", "opened" if opened == "barcode" else "not_on_document"}
+    wanted = {"opened", "accepted", "rejected", "closed"} | ({"not_on_document"} if opened == "lines" else set())
     assert wanted <= seen, seen
 
-    how = "scanned RX barcode, no lines" if opened == "barcode" else "3 lines x 20, opened by the station verb"
+    how = "scanned RX barcode, no lines" if opened == "barcode" else "3 lines x 20, opened by MQTT command"
     figures.fault = f"agent SIGKILL inside an open document ({how})"
     figures.cycles, figures.sent = runs, len(printed)
     figures.note = (
