@@ -95,12 +95,18 @@ def script(rng: random.Random, codes: Codes, length: int) -> list[str]:
         if roll < 0.08 and lines and len(lines[-1]) == 20:
             lines.append(lines[-1])  # at once: a double read
         elif roll < 0.16:
-            lines.append(f"69{rng.randrange(10**11):011d}")  # the product's barcode: rejected
+            lines.append(ean13(f"69{rng.randrange(10**10):010d}"))  # the product's barcode: rejected
         elif roll < 0.24:
             lines.append(codes.new(OTHER))
         else:
             lines.append(codes.new(rng.choice(PRODUCTS)))
     return lines
+
+
+def ean13(first12: str) -> str:
+    """``first12`` with its EAN-13 check digit (weights 1, 3, 1, 3, ... from the left)."""
+    total = sum(int(d) * (3 if n % 2 else 1) for n, d in enumerate(first12))
+    return first12 + str(-total % 10)
 
 
 class Commands:
@@ -324,7 +330,8 @@ def test_sigkill_inside_an_open_document(tmp_path, request, figures, opened):
     seqs = sorted(seq for _, seq in done.rows.values() if seq is not None)
     assert seqs == list(range(1, len(seqs) + 1))
     seen = {d["verdict"] for d in printed} | {d["reason"] for d in printed if d["verdict"] == "rejected"}
-    wanted = {"opened", "accepted", "rejected", "closed"} | ({"not_on_document"} if opened == "lines" else set())
+    wanted = {"opened", "accepted", "rejected", "product_barcode", "double_read", "closed"}
+    wanted |= {"not_on_document"} if opened == "lines" else set()
     assert wanted <= seen, seen
 
     how = "scanned RX barcode, no lines" if opened == "barcode" else "3 lines x 20, opened by MQTT command"
