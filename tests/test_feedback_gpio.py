@@ -12,6 +12,7 @@ from agent.config import FeedbackConfig
 from agent.domain import Decision
 from agent.ledger import Ledger
 from agent.read import Read
+from agent.sinks.feedback import ALL_CLEAR
 from agent.sinks.gpio import GpioFeedback
 from agent.sinks.patterns import DEFAULT_LOOKS, DEFAULT_PATTERNS, Step
 from tests.support.gpio import assert_runs, mock_factory, runs
@@ -261,13 +262,14 @@ def test_default_patterns_are_told_apart_by_ear_on_an_active_buzzer():
     rhythms = {n: rhythm(n) for n in audible}
     assert len(set(rhythms.values())) == len(audible), rhythms
     assert DEFAULT_PATTERNS["double_read"].silent
-    # Only the accept pattern lights green.
-    assert [n for n in audible if DEFAULT_PATTERNS[n].green] == ["accepted"]
+    # Only what says "recorded, all good" lights green (and plays the fault pattern instead in fault).
+    assert [n for n in audible if DEFAULT_PATTERNS[n].green] == list(ALL_CLEAR)
 
 
 def test_default_looks_show_each_state_on_its_own_led():
     assert DEFAULT_LOOKS["broker_offline"] == {"amber": Step(1.0, 0.0, None)}  # amber, steady
     assert set(DEFAULT_LOOKS["fault"]) == {"red"} and set(DEFAULT_LOOKS["ready"]) == {"green"}
+    assert set(DEFAULT_LOOKS["locked"]) == {"red"} and DEFAULT_LOOKS["locked"] != DEFAULT_LOOKS["fault"]
     amber = [DEFAULT_LOOKS[s]["amber"] for s in ("scanner_missing", "backlog", "broker_offline")]
     assert len(set(amber)) == 3  # three amber states, three rhythms
     assert all(step.n is None for look in DEFAULT_LOOKS.values() for step in look.values())
@@ -282,9 +284,13 @@ def test_a_late_state_or_verdict_after_close_is_ignored(make, factory):
     assert not pin(factory, "amber").state and not pin(factory, "green").state
 
 
+@pytest.mark.slow
 def test_self_test_plays_every_pattern_on_every_pin(make, factory):
     fb = make()
-    fb.self_test(pause_s=2.5)  # longer than the longest pattern
+    longest = max(p.duration for p in DEFAULT_PATTERNS.values())
+    fb.self_test(pause_s=longest + 0.1)  # each pattern whole, none cut by the next
     assert all(any(on for on, _ in runs(pin(factory, name))) for name in ("green", "red", "amber"))
     beeps = [on for on, _ in runs(pin(factory, "buzzer")) if on]
-    assert len(beeps) >= 1 + 1 + 3 + 2 + 3  # accepted, duplicate, rejected, product_barcode, fault
+    # accepted, duplicate, rejected, product_barcode, fault, then flagged, wrong_drug, over_count,
+    # document_opened, document_complete, document_incomplete, locked, void, exception, acknowledged
+    assert len(beeps) == 1 + 1 + 3 + 2 + 3 + 2 + 2 + 5 + 2 + 3 + 3 + 6 + 1 + 2 + 2

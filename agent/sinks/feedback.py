@@ -1,8 +1,9 @@
 """Feedback a person can trust: what the operator sees and hears per decision and device state.
 
 Every backend shares the rules of :class:`Feedback`: which pattern a decision gets
-(``product_barcode`` for that reject reason, nothing for a double read), the device
-states, and never the accept pattern while the station is in fault. Backends:
+(:func:`pattern_for`: ``product_barcode`` for that reject reason, ``wrong_drug`` for a
+code not on the open document, nothing for a double read, ...), the device states,
+and never an "all good" pattern while the station is in fault. Backends:
 ``console`` (a coloured line and the terminal bell on stderr, for machines without
 GPIO), ``gpio`` (LEDs and a buzzer, :class:`agent.sinks.gpio.GpioFeedback`) and
 ``none``.
@@ -16,7 +17,9 @@ cause holds it::
     feedback.set_state("fault", True, cause="disk_full")            # and False when it is over
 
 The feedback itself holds ``fault`` with cause ``ledger`` from a ``fault`` decision until
-the next committed decision.
+the next committed decision, and ``locked`` from a decision that locks the station (or a
+``station_locked`` rejection) until an ``acknowledged`` one. At start the runner sets
+``locked`` from the ledger, since a lock outlives a restart.
 
 >>> import io
 >>> out = io.StringIO()
@@ -33,8 +36,9 @@ import threading
 import time
 from typing import TextIO
 
-from agent.domain import Decision
+from agent.domain import ENTRIES, Decision
 from agent.sinks.patterns import PATTERN_NAMES, STATES
+from agent.sinks.printer import document_tag, entry_text
 
 SELF_TEST = tuple(name for name in PATTERN_NAMES if name != "double_read")
 
@@ -47,9 +51,72 @@ LEDGER = "ledger"
 SETTABLE_STATES = tuple(name for name in STATES if name != "ready")
 
 
+#: ``(verdict, reason)`` -> pattern; ``(verdict, None)`` for any other reason of that verdict.
+#: A verdict in neither gets the pattern of its own name.
+DECISION_PATTERNS: dict[tuple[str, str | None], str] = {
+    ("rejected", "product_barcode"): "product_barcode",
+    ("rejected", "not_on_document"): "wrong_drug",
+    ("rejected", "line_complete"): "over_count",
+    ("rejected", "in_document"): "over_count",
+    ("rejected", "document_full"): "over_count",
+    ("rejected", "station_locked"): "locked",
+    # Under lifecycle "warn" the scan is recorded: it must read as accepted, with a hint.
+    ("accepted", "never_received"): "flagged",
+    ("accepted", "never_dispensed"): "flagged",
+    # dispensed_before (回流) keeps the duplicate pattern: ("duplicate", None).
+    ("opened", None): "document_opened",
+    ("closed", "complete"): "document_complete",
+    ("closed", "complete_with_exceptions"): "document_complete",
+    ("closed", None): "document_incomplete",
+    ("void", None): "void",
+    ("reversal", None): "void",
+    ("exception", None): "exception",
+    ("locked", None): "locked",
+    ("acknowledged", None): "acknowledged",
+}
+
+#: Patterns that say "all good": while the station is in fault the fault pattern plays instead.
+ALL_CLEAR = ("accepted", "flagged", "document_opened", "document_complete", "acknowledged")
+
+
 def pattern_for(decision: Decision) -> str:
-    """The pattern a decision gets before any state is considered."""
-    return "product_barcode" if decision.reason == "product_barcode" else decision.verdict
+    """The pattern a decision gets before any state is considered.
+
+    Two rules beyond the table: a decision that locks the station gets ``locked``
+    (what the operator must do now is fetch a supervisor), and the accepted scan that
+    completes its document gets the ``document_complete`` chime, so the pharmacist
+    hears "that was the last one" with the box in hand; closing it complete chimes
+    again. A flagged scan keeps ``flagged`` even then: a warning is never covered by
+    a chime (the close still chimes).
+
+    >>> from types import SimpleNamespace as D
+    >>> pattern_for(D(verdict="rejected", reason="not_on_document", locks=False, progress=None))
+    'wrong_drug'
+    >>> pattern_for(D(verdict="accepted", reason=None, locks=False, progress={"complete": True}))
+    'document_complete'
+    """
+    if decision.locks:
+        return "locked"
+    verdict, reason = decision.verdict, decision.reason
+    name = DECISION_PATTERNS.get((verdict, reason)) or DECISION_PATTERNS.get((verdict, None), verdict)
+    if name == "accepted" and (decision.progress or {}).get("complete"):
+        # Once complete, a document refuses every further scan: only the completing one is
+        # accepted with progress complete.
+        return "document_complete"
+    return name
+
+
+def lock_change(decision: Decision) -> bool | None:
+    """Whether the station is locked after ``decision`` (None: the decision does not say).
+
+    A ``station_locked`` rejection says so too, so the state holds even if nobody
+    set it at start.
+    """
+    if decision.locks or decision.verdict == "locked" or decision.reason == "station_locked":
+        return True
+    if decision.verdict == "acknowledged":
+        return False
+    return None
 
 
 class Feedback:
@@ -67,13 +134,16 @@ class Feedback:
                 # A decision was committed, so the ledger writes again.
                 self.set_state("fault", False, cause=LEDGER)
             name = pattern_for(decision)
-            if name == "accepted" and self.is_on("fault"):
+            if name in ALL_CLEAR and self.is_on("fault"):
                 # On disk, but the station needs help: the operator must not hear "all good".
                 name = "fault"
             self.play(name, decision)
+            # States after the pattern, so that their looks wait beneath it.
             if decision.verdict == "fault":
-                # After the pattern, so that the fault look waits beneath it.
                 self.set_state("fault", True, cause=LEDGER)
+            locked = lock_change(decision)
+            if locked is not None:
+                self.set_state("locked", locked)
 
     def set_state(self, name: str, on: bool, *, cause: str = "") -> None:
         """Turn device state ``name`` on or off for ``cause``; safe from any thread."""
@@ -96,10 +166,10 @@ class Feedback:
                     log.exception("could not show device states %s", ", ".join(sorted(after)))
 
     def states(self) -> frozenset[str]:
-        """The states on now (``ready`` whenever there is no fault)."""
+        """The states on now (``ready`` whenever the station is neither in fault nor locked)."""
         with self.lock:
             on = {name for name, causes in self._causes.items() if causes}
-            if "fault" not in on:
+            if not on & {"fault", "locked"}:
                 on.add("ready")
             return frozenset(on)
 
@@ -126,12 +196,23 @@ class Feedback:
         """Release devices; nothing shows afterwards."""
 
 
+#: Pattern -> colour, tag, bells.
 _STYLE = {
     "accepted": ("32", "[ OK ]", 1),
     "duplicate": ("31;1", "[DUP!]", 2),
     "rejected": ("31", "[ NO ]", 3),
     "product_barcode": ("33;1", "[EAN?]", 2),
     "fault": ("41;97", "[FAULT]", 3),
+    "flagged": ("33", "[OK !]", 1),
+    "wrong_drug": ("31;1", "[DRUG]", 2),
+    "over_count": ("31", "[OVER]", 2),
+    "document_opened": ("36", "[OPEN]", 1),
+    "document_complete": ("32;1", "[DONE]", 1),
+    "document_incomplete": ("33", "[PART]", 2),
+    "locked": ("41;97", "[LOCK]", 3),
+    "void": ("35", "[VOID]", 1),
+    "exception": ("35", "[EXCP]", 1),
+    "acknowledged": ("32", "[ACK ]", 1),
 }
 
 
@@ -150,23 +231,37 @@ class ConsoleFeedback(Feedback):
         if name not in _STYLE:
             return  # a double read: quietly nothing
         if decision is None:
-            message = ""
-        elif name == "fault" and decision.verdict != "fault":
-            reasons = ", ".join(self.causes("fault")) or "fault"
-            message = f"{decision.text} recorded, but the station is in fault ({reasons})"
-        elif decision.reason in (None, name):
-            message = decision.text
+            self.show(name, "")
+        elif decision.verdict in ENTRIES or name == "flagged":
+            # Their words say what they are (an entry row's verdict; "accepted" first for a
+            # flagged scan, which is recorded); the pattern's name would only repeat it.
+            self.show(name, self._message(name, decision), named=False)
         else:
-            message = f"{decision.reason}: {decision.text}"
-        self.show(name, message)
+            self.show(name, self._message(name, decision))
 
-    def show(self, pattern: str, message: str) -> None:
+    def _message(self, name: str, decision: Decision) -> str:
+        entry = decision.verdict in ENTRIES
+        if name == "fault" and decision.verdict != "fault":
+            reasons = ", ".join(self.causes("fault")) or "fault"
+            what = entry_text(decision) if entry else decision.text
+            return f"{what} recorded, but the station is in fault ({reasons})"
+        if entry:
+            return entry_text(decision)
+        tag = document_tag(decision)
+        if name == "flagged":
+            return " ".join(w for w in ("accepted", decision.text, tag, f"flagged {decision.reason}") if w)
+        message = decision.text if decision.reason in (None, name) else f"{decision.reason}: {decision.text}"
+        return f"{message} {tag}" if tag else message
+
+    def show(self, pattern: str, message: str, *, named: bool = True) -> None:
+        """One line: the pattern's tag, its name (unless ``named`` is false) and ``message``."""
         colour, tag, bells = _STYLE[pattern]
-        self._write(f"{tag} {pattern} {message}", colour, bells if self.bell else 0)
+        words = [tag, pattern, message] if named else [tag, message]
+        self._write(" ".join(w for w in words if w), colour, bells if self.bell else 0)
 
     def show_states(self, states: frozenset[str]) -> None:
         names = [name for name in STATES if name in states]
-        colour = "41;97" if "fault" in states else "32" if names == ["ready"] else "33"
+        colour = "41;97" if states & {"fault", "locked"} else "32" if names == ["ready"] else "33"
         self._write(f"[STATE] {', '.join(names)}", colour, 0)
 
     def _write(self, line: str, colour: str, bells: int) -> None:

@@ -25,12 +25,30 @@ LEDS = ("green", "red", "amber")
 #: Pitch of a buzzer step that names none.
 DEFAULT_TONE_HZ = 2000.0
 
-#: Patterns the feedback plays: one per verdict, ``product_barcode`` for that reject reason.
-PATTERN_NAMES = ("accepted", "duplicate", "rejected", "product_barcode", "double_read", "fault")
+#: Patterns the feedback plays (which decision gets which: ``agent.sinks.feedback.pattern_for``).
+PATTERN_NAMES = (
+    "accepted",
+    "duplicate",
+    "rejected",
+    "product_barcode",
+    "double_read",
+    "fault",
+    # Documents and the station lock.
+    "flagged",
+    "wrong_drug",
+    "over_count",
+    "document_opened",
+    "document_complete",
+    "document_incomplete",
+    "locked",
+    "void",
+    "exception",
+    "acknowledged",
+)
 
 #: Device states, most important first: each LED shows the first state that is on and has a
-#: look for that LED. ``ready`` is on whenever ``fault`` is off.
-STATES = ("fault", "scanner_missing", "backlog", "broker_offline", "ready")
+#: look for that LED. ``ready`` is on whenever neither ``fault`` nor ``locked`` is.
+STATES = ("fault", "locked", "scanner_missing", "backlog", "broker_offline", "ready")
 
 
 @dataclass(frozen=True)
@@ -76,7 +94,7 @@ class Pattern:
 
 
 #: Each recognisable by ear alone, on an active buzzer too (by rhythm: one short, one long,
-#: three short, two medium, three long) and on a tonal one also by pitch.
+#: three short, two medium, three long, ...) and on a tonal one also by pitch.
 DEFAULT_PATTERNS: Mapping[str, Pattern] = {
     "accepted": Pattern(green=Step(0.3, 0.2), buzzer=(Step(0.08, 0.0, 1, 2700.0),)),
     "duplicate": Pattern(red=Step(1.0, 0.2), buzzer=(Step(0.8, 0.0, 1, 600.0),)),
@@ -87,11 +105,42 @@ DEFAULT_PATTERNS: Mapping[str, Pattern] = {
     ),
     "double_read": Pattern(),
     "fault": Pattern(red=Step(0.4, 0.2, 3), amber=Step(0.4, 0.2, 3), buzzer=(Step(0.4, 0.2, 3, 400.0),)),
+    # Documents. Green means recorded, red refused, amber "look again"; each rhythm is its own
+    # (short-medium, medium-long, a trill, a chime up, a chime down, a siren, ...).
+    # Recorded, with a lifecycle warning: the accept blink and beep, then a low tone and amber.
+    "flagged": Pattern(
+        green=Step(0.3, 0.2), amber=Step(1.0, 0.2), buzzer=(Step(0.08, 0.15, 1, 2700.0), Step(0.3, 0.0, 1, 1200.0))
+    ),
+    # Not on the document (串码): put it back, take the right drug. Falling, medium then long.
+    "wrong_drug": Pattern(red=Step(0.4, 0.1, 2), buzzer=(Step(0.3, 0.1, 1, 1500.0), Step(0.6, 0.0, 1, 500.0))),
+    # The line (or document) has all it takes, or this code is in it already: a fast trill.
+    "over_count": Pattern(red=Step(0.06, 0.06, 5), buzzer=(Step(0.06, 0.06, 5, 2200.0),)),
+    "document_opened": Pattern(
+        green=Step(0.1, 0.1, 2), buzzer=(Step(0.06, 0.06, 1, 2000.0), Step(0.06, 0.0, 1, 2700.0))
+    ),
+    # A chime up: short, short, long.
+    "document_complete": Pattern(
+        green=Step(1.2, 0.2),
+        buzzer=(Step(0.1, 0.03, 1, 1600.0), Step(0.1, 0.03, 1, 2000.0), Step(0.35, 0.0, 1, 2700.0)),
+    ),
+    # The same chime turned round: long, short, short, down.
+    "document_incomplete": Pattern(
+        amber=Step(0.5, 0.2, 2),
+        buzzer=(Step(0.35, 0.05, 1, 2000.0), Step(0.1, 0.03, 1, 1600.0), Step(0.1, 0.0, 1, 1200.0)),
+    ),
+    # A two-tone siren; the ``locked`` look then keeps red blinking until acknowledged.
+    "locked": Pattern(red=Step(0.2, 0.05, 6), buzzer=(Step(0.2, 0.05, 1, 1800.0), Step(0.2, 0.05, 1, 900.0)) * 3),
+    # Confirmations of a supervisor's command: short, and unlike any scan's.
+    "void": Pattern(amber=Step(0.3, 0.2), buzzer=(Step(0.3, 0.0, 1, 1000.0),)),
+    "exception": Pattern(amber=Step(0.1, 0.1, 3), buzzer=(Step(0.3, 0.08, 1, 1500.0), Step(0.08, 0.0, 1, 2000.0))),
+    "acknowledged": Pattern(green=Step(0.6, 0.2), buzzer=(Step(0.08, 0.1, 1, 1400.0), Step(0.6, 0.0, 1, 2700.0))),
 }
 
 #: LED name -> a step repeating until the state ends.
 DEFAULT_LOOKS: Mapping[str, Mapping[str, Step]] = {
     "fault": {"red": Step(0.5, 0.5, None)},
+    # Twice as fast as fault: scans are refused until a supervisor acknowledges.
+    "locked": {"red": Step(0.25, 0.25, None)},
     "scanner_missing": {"amber": Step(0.15, 0.35, None)},
     "backlog": {"amber": Step(1.0, 1.0, None)},
     "broker_offline": {"amber": Step(1.0, 0.0, None)},
