@@ -1,6 +1,6 @@
 """Documents and the station lock as the operator sees and hears them: which pattern each
 decision gets, each new pattern on gpiozero's MockFactory pins, the ``locked`` state, the
-console and printer lines."""
+console and printer lines, and the scanner's host-ACK."""
 
 from __future__ import annotations
 
@@ -16,11 +16,15 @@ from agent.config import FeedbackConfig
 from agent.domain import Decision
 from agent.ledger import Ledger
 from agent.ledger.documents import ExceptionItem, read_document
+from agent.pipeline import Pipeline
 from agent.read import Read
 from agent.sinks.feedback import ConsoleFeedback, NoFeedback, pattern_for
 from agent.sinks.gpio import GpioFeedback
+from agent.sinks.host_ack import HostAck
 from agent.sinks.patterns import DEFAULT_PATTERNS, Step
 from agent.sinks.printer import DecisionPrinter
+from agent.sinks.profiles import HostAckCommands, ScannerProfile
+from agent.station import StationCodes
 from tests.support.gpio import assert_runs, mock_factory, runs
 from tests.test_feedback_gpio import EXPECTED as EXPECTED_BEFORE
 from tests.test_feedback_gpio import PINS
@@ -459,3 +463,41 @@ def test_json_lines_carry_document_progress_record_and_lock(decisions):
     amox = closed["record"]["lines"][0]
     assert [c["drug_trac_codg"] for c in amox["drugtracinfo"]] == [code(AMOX, 0), code(AMOX, 1)]
     assert locking["locks"] is True and locking["verdict"] == "duplicate"
+
+
+# -- the scanner's own beep (host-ACK) --------------------------------------------------
+
+
+def test_host_ack_answers_each_read_once_good_or_bad():
+    profile = ScannerProfile("demo", "Demo 1", "Acme", "guide", HostAckCommands(True, b"G", b"B", "guide"))
+    ack = HostAck({"counter": "demo"}, {"demo": profile})
+    ledger = Ledger.open(":memory:", device_id="k", site_id="s", lifecycle="warn", lock_on=("duplicate",))
+    pipeline = Pipeline(
+        ledger,
+        sinks=[ack],
+        station_codes=StationCodes({"prescription": "^RX[0-9]{8}$"}, close_code="CLOSE", ack_code="ACK"),
+    )
+    answers: list[tuple[str, bytes]] = []
+    t = [1000.0]
+
+    def scan(text: str) -> str:
+        t[0] += 10
+        reply = lambda b: answers.append((text, b))  # noqa: E731 - the scanner's end of the line
+        read = Read(text.encode(), "serial", "tty", scanner="counter", t_first=t[0], t_last=t[0], reply=reply)
+        return pipeline.handle(read).verdict
+
+    pipeline.handle(Read(code(IBU, 0).encode(), "stdin", "stdin", movement="receive"))
+    steps = [
+        ("RX00000001", "opened", b"G"),
+        (code(AMOX, 0), "accepted", b"G"),  # never received: flagged, but recorded
+        (code(IBU, 0), "accepted", b"G"),
+        ("RX00000002", "opened", b"G"),  # closes RX00000001 and opens RX00000002: one read, one answer
+        (code(IBU, 0), "duplicate", b"B"),  # locks the station
+        (code(IBU, 1), "rejected", b"B"),  # station_locked
+        ("ACK", "acknowledged", b"G"),
+        ("CLOSE", "closed", b"G"),
+        ("RX00000001", "rejected", b"B"),  # a closed document's id: document_refused
+    ]
+    for text, verdict, _ in steps:
+        assert scan(text) == verdict, text
+    assert answers == [(text, answer) for text, _, answer in steps]

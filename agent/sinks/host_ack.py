@@ -25,9 +25,16 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from agent.domain import Decision
+from agent.read import Read
 from agent.sinks.profiles import PROFILE_DIR, ScannerProfile, load_profile
 
 log = logging.getLogger(__name__)
+
+#: Verdicts the scanner beeps good for: what was scanned is recorded as asked (an accepted
+#: code, also one flagged never_received; a document opened or closed by its barcode or the
+#: close code; the lock acknowledged by the ack code). Every other verdict is bad: a reject
+#: (``station_locked`` too), a duplicate, a fault.
+GOOD_VERDICTS = ("accepted", "opened", "closed", "void", "reversal", "exception", "acknowledged")
 
 
 class HostAck:
@@ -37,6 +44,8 @@ class HostAck:
     ``in_fault`` (e.g. ``lambda: feedback.is_on("fault")``) turns a good answer
     bad while the station is in fault, as the LEDs and buzzer do. A double read
     gets the same answer as the read it repeats, so the scanner never waits for one.
+    A read answers once: a document barcode that closes the open document and opens
+    the next is two decisions for one read, and the scanner waits for one answer.
     """
 
     def __init__(
@@ -49,6 +58,8 @@ class HostAck:
         self.commands = {scanner: profiles[name].host_ack for scanner, name in scanners.items() if profiles[name].acks}
         self.in_fault = in_fault
         self._last: dict[str, bytes] = {}
+        #: The read each scanner was last answered for.
+        self._answered: dict[str, Read] = {}
 
     def __bool__(self) -> bool:
         return bool(self.commands)
@@ -56,17 +67,18 @@ class HostAck:
     def decided(self, decision: Decision) -> None:
         read = decision.read
         commands = self.commands.get(read.scanner)
-        if commands is None or read.reply is None:
+        if commands is None or read.reply is None or self._answered.get(read.scanner) is read:
             return
         if decision.verdict == "double_read":
             answer = self._last.get(read.scanner)
             if answer is None:
                 return
-        elif decision.verdict == "accepted" and not self.in_fault():
+        elif decision.verdict in GOOD_VERDICTS and not self.in_fault():
             answer = commands.good
         else:
             answer = commands.bad
         self._last[read.scanner] = answer
+        self._answered[read.scanner] = read
         try:
             read.reply(answer)
         except Exception as problem:
