@@ -105,6 +105,7 @@ class Runner:
             lifecycle=cfg.codes.lifecycle,
             lock_on=cfg.documents.lock_on,
         )
+        feedback.set_state("locked", ledger.lock is not None)  # a lock outlives a restart
         if moved is not None:
             ledger.record_alarm("ledger_damaged", moved.describe())
             self.alarms.append(moved.describe())

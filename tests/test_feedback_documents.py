@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import threading
 import time
 from dataclasses import replace
 
 import pytest
+from gpiozero import Device
 
 from agent import codes
-from agent.config import FeedbackConfig
+from agent.config import FeedbackConfig, parse_toml
 from agent.domain import Decision
 from agent.ledger import Ledger
 from agent.ledger.documents import ExceptionItem, read_document
 from agent.pipeline import Pipeline
 from agent.read import Read
+from agent.runner import Runner
 from agent.sinks.feedback import ConsoleFeedback, NoFeedback, pattern_for
 from agent.sinks.gpio import GpioFeedback
 from agent.sinks.host_ack import HostAck
@@ -26,6 +30,7 @@ from agent.sinks.printer import DecisionPrinter
 from agent.sinks.profiles import HostAckCommands, ScannerProfile
 from agent.station import StationCodes
 from tests.support.gpio import assert_runs, mock_factory, runs
+from tests.support.net import wait_until
 from tests.test_feedback_gpio import EXPECTED as EXPECTED_BEFORE
 from tests.test_feedback_gpio import PINS
 
@@ -392,6 +397,46 @@ def test_console_shows_the_lock_and_its_end(decisions):
         "\x1b[32m[ACK ] acknowledged by sup-1 (ack_code)\x1b[0m\a",
         "\x1b[32m[STATE] ready\x1b[0m",
     ]
+
+
+def test_the_runner_shows_a_lock_left_from_before_the_restart(tmp_path):
+    path = tmp_path / "ledger.db"
+    ledger = Ledger.open(path, device_id="k", site_id="s", lock_on=("duplicate",))
+    ledger.open_document(read_document({"id": "SL00000001", "kind": "sale"}), read=COMMAND)
+    for source in ("a", "b"):  # two scanners: a duplicate, not a double read
+        ledger.decide_and_record(Read(code(AMOX, 0).encode(), "stdin", source), "dispense", codes.parse(code(AMOX, 0)))
+    assert ledger.lock is not None
+    ledger.close()
+    config = parse_toml(
+        f"""
+[ledger]
+path = "{path}"
+[documents]
+ack_code = "SUPERVISOR-ACK"
+[feedback]
+backend = "gpio"
+"""
+    )
+    before = Device.pin_factory
+    Device.pin_factory = mock_factory()
+    read_end, write_end = os.pipe()
+    out = io.StringIO()
+    runner = Runner(config, out=out, stdin=os.fdopen(read_end, "rb"))
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        wait_until(lambda: runner.pipeline is not None, what="agent up")
+        assert runner.feedback.is_on("locked")
+        os.write(write_end, code(AMOX, 1).encode() + b"\n")
+        wait_until(lambda: "station_locked" in out.getvalue(), what="the refused scan")
+        os.write(write_end, b"SUPERVISOR-ACK\n")
+        wait_until(lambda: "acknowledged" in out.getvalue(), what="the acknowledgement")
+        assert not runner.feedback.is_on("locked")
+    finally:
+        os.close(write_end)
+        thread.join(30)
+        Device.pin_factory = before
+    assert [line.split()[0] for line in out.getvalue().splitlines()] == ["rejected", "acknowledged"]
 
 
 # -- console and printer lines ---------------------------------------------------------
