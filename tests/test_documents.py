@@ -170,7 +170,7 @@ def test_refused_voids_change_nothing(db, counter):
     counter.open({"id": "S4", "kind": "sale"})
     loose_ledger_row = counter.scan("6901234567892")  # rejected: a product barcode
     before = rows(db)
-    for event_id, match in (("999", "no scan"), (loose_ledger_row.event_id, "only an accepted scan")):
+    for event_id, match in (("01a00000-0000-7000-8000-000000000000", "no scan"), (loose_ledger_row.event_id, "only an accepted scan")):
         with pytest.raises(DocumentError, match=match):
             db.void(event_id, reason="x", read=COMMAND)
     assert rows(db) == before
@@ -238,9 +238,11 @@ def test_bad_documents_name_the_field(body, field):
 
 
 def test_bad_voids_and_exceptions_name_the_field():
-    with pytest.raises(DocumentError) as problem:
-        read_void({"event_id": "abc", "reason": "x"})
-    assert problem.value.field == "event_id"
+    for bad in ("abc", "999", 7, None):
+        with pytest.raises(DocumentError) as problem:
+            read_void({"event_id": bad, "reason": "x"})
+        assert problem.value.field == "event_id"
+    assert read_void({"event_id": "01a22ac1-87db-7054-af92-b3da00ee4411", "reason": "r"})[1] == "r"
     with pytest.raises(DocumentError) as problem:
         read_exception({"document": "D", "line": AMOX, "kind": "lost", "reason": "x", "approver": "a"})
     assert problem.value.field == "kind"

@@ -222,11 +222,6 @@ def test_a_prescription_opened_scanned_excepted_and_closed_by_command(kiosk):
     assert published[loose["event_id"]][1]["document"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/ledger/documents.py read_void takes only digits for event_id, and event ids are UUIDv7:"
-    " every void by command is refused (field event_id) until that check accepts a UUID",
-)
 def test_a_scan_voided_by_command_is_a_void_event_naming_the_scan_and_leaves_the_closed_document(kiosk):
     assert kiosk.send("open_document", {"id": "SALE-1", "kind": "sale"})["ok"] is True
     kept, voided = kiosk.scan(code(AMOXICILLIN, 1)), kiosk.scan(code(AMOXICILLIN, 2))

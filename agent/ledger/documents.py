@@ -40,6 +40,7 @@ REF_KEYS = ("patient", "visit", "order", "supplier", "prescriber", "ward", "bed"
 #: What an exception records: an item without a code (无码), or a code that cannot be read.
 EXCEPTION_KINDS = ("uncoded", "damaged")
 _PRODUCT = re.compile(r"[0-9]{7}|[0-9]{14}")
+_EVENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class DocumentError(ValueError):
@@ -220,8 +221,8 @@ def read_void(body: Mapping) -> tuple[str, str, str]:
     """``(event id, reason, approver)`` from a ``void`` command's JSON (approver may be "")."""
     _only(body, ("event_id", "reason", "approver"), "")
     event_id = body.get("event_id")
-    if not isinstance(event_id, str) or not event_id.isdigit() or len(event_id) > 20:
-        raise DocumentError("event_id", f"{event_id!r}: must be the event id of a scan, a string of digits")
+    if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
+        raise DocumentError("event_id", f"{event_id!r}: must be the event id of a scan (a UUID)")
     return event_id, read_text(body, "reason", limit=MAX_NAME), read_text(body, "approver", required=False)
 
 
