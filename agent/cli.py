@@ -89,6 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import signal
     import sqlite3
 
+    from agent import control
     from agent.ledger import quarantine
     from agent.runner import Runner, with_overrides
 
@@ -98,6 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: runner.request_stop())
     try:
         return runner.run()
+    except control.LedgerBusy as problem:
+        print(f"scan-agent: REFUSING TO START: {problem}", file=sys.stderr)
+        return 2
     except quarantine.LedgerDamaged as problem:
         print(f"scan-agent: REFUSING TO START: {problem}", file=sys.stderr)
         return 3

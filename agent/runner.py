@@ -25,9 +25,10 @@ from dataclasses import replace
 from typing import Any, BinaryIO, TextIO
 
 from agent import config as config_file
+from agent import control
 from agent.config import Config, ScannerConfig
 from agent.ledger import Ledger, connect
-from agent.ledger.quarantine import prepare
+from agent.ledger.quarantine import MovedAside, prepare
 from agent.ops.systemd import LedgerProbe, Notifier, Watchdog, pipeline_healthy
 from agent.pipeline import Context, Pipeline, Sink
 from agent.sinks.feedback import Feedback
@@ -92,10 +93,24 @@ class Runner:
 
     def run(self) -> int:
         cfg = self.config
+        lock, moved = None, None
+        if str(cfg.ledger.path) != ":memory:":
+            # First of all: a second agent on this ledger is refused (LedgerBusy) before it
+            # touches a scanner, a pin or the ledger. Raises LedgerDamaged when the ledger is
+            # damaged and on_corrupt = "refuse".
+            lock, moved = control.hold_ledger(
+                cfg.ledger.path, lambda: prepare(cfg.ledger.path, on_corrupt=cfg.ledger.on_corrupt)
+            )
+        try:
+            return self._run(cfg, moved)
+        finally:
+            # Only now that every connection to the ledger is closed (see LedgerLock).
+            if lock is not None:
+                lock.release()
+
+    def _run(self, cfg: Config, moved: MovedAside | None) -> int:
         self.feedback = feedback = make_feedback(cfg.feedback)
         host_ack = host_ack_for(cfg.scanners, in_fault=lambda: feedback.is_on("fault"))
-        # Raises LedgerDamaged when the ledger is damaged and on_corrupt = "refuse".
-        moved = prepare(cfg.ledger.path, on_corrupt=cfg.ledger.on_corrupt)
         ledger = Ledger.open(
             cfg.ledger.path,
             device_id=cfg.station.device_id,
@@ -137,8 +152,12 @@ class Runner:
         pipeline.start()
         if uplink is not None:
             uplink.start()  # connects in the background; scans never wait for it
-        notifier, watchdog = Notifier(), None
+        notifier, watchdog, server = Notifier(), None, None
         try:
+            if str(cfg.ledger.path) != ":memory:":
+                # `scan-agent documents` commands reach the pipeline through it.
+                server = control.ControlServer(cfg.ledger.path, self.station)
+                server.start()
             for source in sources:
                 source.start(pipeline.submit)
             # systemd: ready only now that config, ledger and sources are up.
@@ -151,6 +170,8 @@ class Runner:
             if watchdog is not None:
                 watchdog.stop()
             notifier.stopping()
+            if server is not None:
+                server.stop()  # before the pipeline: a command it took still runs
             for source in sources:
                 source.stop()
             pipeline.stop()
