@@ -4,12 +4,25 @@
     scan-agent run [--config F] [--movement M] [--db PATH] [--json]
     scan-agent ledger verify [--db PATH]
     scan-agent ledger export [--db PATH] [--since T] [--format csv|jsonl]
+    scan-agent documents open --id ID --kind KIND [--ref KEY=VALUE ...] [--lines FILE|-]
+    scan-agent documents close ID
+    scan-agent documents void EVENT_ID --reason R [--approver A]
+    scan-agent documents exception DOC --line PRODUCT --kind uncoded|damaged --reason R --approver A [--units N]
+    scan-agent documents acknowledge --by NAME
+    scan-agent documents list [--json]
+    scan-agent documents show ID [--json]
+    scan-agent documents export [--id ID] [--closed] [--format csv|jsonl]
     scan-agent provision --device-id ID --site SITE --broker HOST[:PORT] --ca FILE [--dir D]
     scan-agent provision --install-cert FILE [--dir D]
     scan-agent doctor [--config F] [--json] [--interactive]
     scan-agent --version
 
-Exit status: 0 success, 1 a check or verification failed, 2 bad usage or config,
+Every ``ledger`` and ``documents`` command takes ``--config F`` and ``--db PATH``. The
+documents commands that write go to the running agent (its control socket), or,
+when no agent runs on that ledger, write it directly; the others only read it.
+
+Exit status: 0 success, 1 a check or verification failed or a documents command was
+refused, 2 bad usage or config (or another agent already runs on the ledger),
 3 the ledger is damaged and ``[ledger] on_corrupt = "refuse"`` (it was moved aside).
 """
 
@@ -174,6 +187,184 @@ def _open_existing(args: argparse.Namespace) -> sqlite3.Connection:
     return conn
 
 
+def cmd_documents_send(args: argparse.Namespace) -> int:
+    """A documents command that writes: open, close, void, exception, acknowledge."""
+    import json
+
+    from agent import control
+    from agent.ledger.documents import DocumentError
+
+    cfg = config.load(args.config)
+    if args.db:
+        from dataclasses import replace
+
+        cfg = replace(cfg, ledger=replace(cfg.ledger, path=Path(args.db)))
+    try:
+        result = control.send(cfg.ledger.path, args.verb, args.body(args), config=cfg)
+    except DocumentError as problem:
+        print(f"scan-agent documents: {problem}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    for row in result["rows"]:
+        line = f"{row['verdict']}: {row['detail']} (event {row['event_id']}, seq {row['seq']})"
+        progress = row.get("progress")
+        if progress:
+            line += f"; collected {_of(progress['collected'], progress['expected'])}"
+        print(line)
+    return 0
+
+
+def _open_body(args: argparse.Namespace) -> dict:
+    body: dict = {"id": args.id, "kind": args.kind}
+    if args.ref:
+        body["ref"] = dict(args.ref)
+    if args.lines is not None:
+        body["lines"] = _read_lines(args.lines)
+    return body
+
+
+def _read_lines(name: str) -> object:
+    import json
+
+    from agent.ledger.documents import DocumentError
+
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as problem:
+        print(f"scan-agent documents: lines: cannot read {name}: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        return json.loads(text)
+    except ValueError as problem:
+        raise DocumentError("lines", f"{name} is not JSON ({problem}); give a list of lines") from None
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=VALUE, e.g. patient=P-17")
+    return key, value
+
+
+def _void_body(args: argparse.Namespace) -> dict:
+    body = {"event_id": args.event_id, "reason": args.reason}
+    if args.approver is not None:
+        body["approver"] = args.approver
+    return body
+
+
+def _exception_body(args: argparse.Namespace) -> dict:
+    body = {
+        "document": args.document,
+        "line": args.line,
+        "kind": args.kind,
+        "reason": args.reason,
+        "approver": args.approver,
+    }
+    if args.units is not None:
+        body["units"] = args.units
+    return body
+
+
+def cmd_documents_list(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.ledger import reports
+
+    documents = reports.list_documents(_open_existing(args))
+    if args.json:
+        for doc in documents:
+            print(json.dumps(doc, ensure_ascii=False))
+        return 0
+    table = [("id", "kind", "opened", "closed", "status", "collected")]
+    for doc in documents:
+        status = doc["status"] + (f" ({doc['reversals']} reversed)" if doc["reversals"] else "")
+        collected = _of(doc["collected"], doc["expected"])
+        table.append((doc["id"], doc["kind"], doc["opened_ts"], doc["closed_ts"] or "-", status, collected))
+    widths = [max(len(row[n]) for row in table) for n in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_documents_show(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.ledger import reports
+    from agent.ledger.documents import DocumentError
+
+    try:
+        doc = reports.show_document(_open_existing(args), args.id)
+    except DocumentError as problem:
+        print(f"scan-agent documents: {problem}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        return 0
+    opened, closed, progress = doc["opened"], doc["closed"], doc["progress"]
+    print(f"{doc['kind']} {doc['id']}: {doc['status']} ({doc['movement']})")
+    print(f"  opened {opened['ts']} by {opened['source_kind']}/{opened['source_id']} (event {opened['event_id']})")
+    if closed is not None:
+        print(f"  closed {closed['ts']} by {closed['closed_by']} (event {closed['event_id']})")
+    if doc["ref"]:
+        print("  ref " + " ".join(f"{k}={v}" for k, v in doc["ref"].items()))
+    print(f"  collected {_of(progress['collected'], progress['expected'])}" + (", complete" * progress["complete"]))
+    for line in doc["lines"]:
+        extra = f", {line['exceptions']} by exception" if line["exceptions"] else ""
+        print(f"  line {line['product_id']} {line['name']}: {_of(line['collected'], line['expected'])}{extra}")
+    if doc["codes"]:
+        print("codes:")
+    for code in doc["codes"]:
+        gone = f"  REVERSED by {code['reversed_by']}" if code["reversed_by"] else ""
+        print(
+            f"  {code['drug_trac_codg']}  {code['product_id']}  trdn_flag={code['trdn_flag']}"
+            f"  event {code['event_id']}  {code['ts']}{gone}"
+        )
+    if doc["voids"]:
+        print("voids:")
+    for void in doc["voids"]:
+        approver = f" (approver {void['approver']})" if void["approver"] else ""
+        print(f"  {void['kind']} {void['event_id']} of {void['voided']}: {void['reason']}{approver}")
+    if doc["exceptions"]:
+        print("exceptions:")
+    for item in doc["exceptions"]:
+        print(
+            f"  {item['kind']} on line {item['line']}, {item['units']} unit(s): {item['reason']}"
+            f" (approver {item['approver']}, event {item['event_id']})"
+        )
+    if doc["rejected"]:
+        print(f"refused scans: {doc['rejected']}")
+    return 0
+
+
+def cmd_documents_export(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from agent.ledger import reports
+    from agent.ledger.documents import DocumentError
+
+    try:
+        rows = list(reports.export_codes(_open_existing(args), args.id, closed_only=args.closed))
+    except DocumentError as problem:
+        print(f"scan-agent documents: {problem}", file=sys.stderr)
+        return 1
+    if args.format == "jsonl":
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return 0
+    writer = csv.DictWriter(sys.stdout, fieldnames=reports.EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return 0
+
+
+def _of(collected: int, expected: int | None) -> str:
+    return f"{collected}/{expected}" if expected is not None else str(collected)
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
     from agent.ops import provision
 
@@ -233,6 +424,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="config naming the ledger")
         sub.set_defaults(handler=handler)
 
+    _documents_parser(commands)
+
     prov = commands.add_parser("provision", help="create the device key, CSR and config; install its certificate")
     prov.add_argument("--device-id", help="this kiosk's id (the certificate's CN)")
     prov.add_argument("--site", help="site id")
@@ -249,6 +442,65 @@ def _parser() -> argparse.ArgumentParser:
     doc.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
     doc.set_defaults(handler=cmd_doctor)
     return parser
+
+
+def _documents_parser(commands: argparse._SubParsersAction) -> None:
+    docs = commands.add_parser("documents", help="open, close and inspect documents (sales, deliveries, ...)")
+    verbs = docs.add_subparsers(dest="documents_command", required=True, metavar="COMMAND")
+
+    # Kinds and reasons are not argparse choices: the verb checks them and names the field.
+    opening = verbs.add_parser("open", help="open a document")
+    opening.add_argument("--id", required=True, help="the document's id (its barcode, the POS or HIS number)")
+    opening.add_argument("--kind", required=True, help="sale, prescription, ward_order, delivery, ...")
+    opening.add_argument(
+        "--ref", action="append", type=_key_value, default=[], metavar="KEY=VALUE", help="e.g. patient=P-17"
+    )
+    opening.add_argument("--lines", metavar="FILE|-", help="expected lines, a JSON list (- reads stdin)")
+    opening.set_defaults(verb="open_document", body=_open_body)
+
+    closing = verbs.add_parser("close", help="close the open document")
+    closing.add_argument("id", metavar="ID")
+    closing.set_defaults(verb="close_document", body=lambda a: {"id": a.id})
+
+    void = verbs.add_parser("void", help="void a document's scan (a reversal once the document closed)")
+    void.add_argument("event_id", metavar="EVENT_ID")
+    void.add_argument("--reason", required=True)
+    void.add_argument("--approver")
+    void.set_defaults(verb="void", body=_void_body)
+
+    exception = verbs.add_parser("exception", help="count an item without a readable code against a line")
+    exception.add_argument("document", metavar="DOC")
+    exception.add_argument("--line", required=True, metavar="PRODUCT", help="the line's product id")
+    exception.add_argument("--kind", required=True, help="uncoded or damaged")
+    exception.add_argument("--reason", required=True)
+    exception.add_argument("--approver", required=True)
+    exception.add_argument("--units", type=int)
+    exception.set_defaults(verb="exception", body=_exception_body)
+
+    ack = verbs.add_parser("acknowledge", help="lift the station's lock")
+    ack.add_argument("--by", required=True, metavar="NAME")
+    ack.set_defaults(verb="acknowledge", body=lambda a: {"by": a.by})
+
+    for sub in (opening, closing, void, exception, ack):
+        sub.add_argument("--json", action="store_true", help="the reply as JSON")
+        sub.set_defaults(handler=cmd_documents_send)
+
+    listing = verbs.add_parser("list", help="every document: kind, opened, closed, status, collected")
+    listing.add_argument("--json", action="store_true", help="one JSON object per document")
+    listing.set_defaults(handler=cmd_documents_list)
+    show = verbs.add_parser("show", help="one document: lines, progress, codes, voids, exceptions")
+    show.add_argument("id", metavar="ID")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_documents_show)
+    export = verbs.add_parser("export", help="one row per document code, for a 3505/3506 upload")
+    export.add_argument("--id", help="only this document")
+    export.add_argument("--closed", action="store_true", help="only closed documents")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    export.set_defaults(handler=cmd_documents_export)
+
+    for sub in (opening, closing, void, exception, ack, listing, show, export):
+        sub.add_argument("--db", help="ledger file (default: from the config)")
+        sub.add_argument("--config", help="config naming the ledger (and, with no agent running, its settings)")
 
 
 if __name__ == "__main__":
