@@ -31,15 +31,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from agent import __version__, config
 from agent.domain import MOVEMENTS
 
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Callable
 
     from agent import codes
+
+T = TypeVar("T")
 
 # Each command imports what it needs itself: ``check`` must not pay for the ledger,
 # the runner, logging or the scanners' libraries (bench/startup.py times it).
@@ -273,7 +276,7 @@ def cmd_documents_list(args: argparse.Namespace) -> int:
 
     from agent.ledger import reports
 
-    documents = reports.list_documents(_open_existing(args))
+    documents = _report(args, reports.list_documents)
     if args.json:
         for doc in documents:
             print(json.dumps(doc, ensure_ascii=False))
@@ -293,13 +296,8 @@ def cmd_documents_show(args: argparse.Namespace) -> int:
     import json
 
     from agent.ledger import reports
-    from agent.ledger.documents import DocumentError
 
-    try:
-        doc = reports.show_document(_open_existing(args), args.id)
-    except DocumentError as problem:
-        print(f"scan-agent documents: {problem}", file=sys.stderr)
-        return 1
+    doc = _report(args, lambda conn: reports.show_document(conn, args.id))
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         return 0
@@ -344,13 +342,8 @@ def cmd_documents_export(args: argparse.Namespace) -> int:
     import json
 
     from agent.ledger import reports
-    from agent.ledger.documents import DocumentError
 
-    try:
-        rows = list(reports.export_codes(_open_existing(args), args.id, closed_only=args.closed))
-    except DocumentError as problem:
-        print(f"scan-agent documents: {problem}", file=sys.stderr)
-        return 1
+    rows = _report(args, lambda conn: list(reports.export_codes(conn, args.id, closed_only=args.closed)))
     if args.format == "jsonl":
         for row in rows:
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -359,6 +352,26 @@ def cmd_documents_export(args: argparse.Namespace) -> int:
     writer.writeheader()
     writer.writerows(rows)
     return 0
+
+
+def _report(args: argparse.Namespace, query: Callable[[sqlite3.Connection], T]) -> T:
+    """``query`` on the ledger opened read-only, in one snapshot; a refusal exits 1."""
+    import sqlite3
+
+    from agent.ledger.documents import DocumentError
+
+    conn = _open_existing(args)
+    try:
+        # One read transaction: an agent writing meanwhile cannot tear a report in two.
+        conn.execute("BEGIN")
+        return query(conn)
+    except DocumentError as problem:
+        print(f"scan-agent documents: {problem}", file=sys.stderr)
+    except sqlite3.Error as problem:
+        print(f"scan-agent documents: ledger: {problem}", file=sys.stderr)
+    finally:
+        conn.close()
+    raise SystemExit(1)
 
 
 def _of(collected: int, expected: int | None) -> str:

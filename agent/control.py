@@ -404,6 +404,8 @@ def send(
         except FileNotFoundError:
             # Not created here: a mistyped --db must not start a second ledger.
             raise ControlError("ledger", f"no ledger at {path}; the agent creates it when it first starts") from None
+        except OSError as problem:
+            raise ControlError("ledger", f"cannot open {path}: {problem.strerror or problem}") from None
         if free:
             try:
                 return run_here(path, verb, body, config=config)
@@ -485,10 +487,13 @@ def run_here(ledger_path: Path, verb: str, body: Mapping, *, config: Config | No
     from agent.station import Station
 
     cfg = config or config_file.builtin_default()
-    damage = inspect(ledger_path)
-    if damage:
-        raise ControlError("ledger", f"{ledger_path} is damaged ({'; '.join(damage)}); see scan-agent ledger verify")
     with as_owner(ledger_path):
+        # Even looking may make SQLite's side files: as the owner, too.
+        damage = inspect(ledger_path)
+        if damage:
+            raise ControlError(
+                "ledger", f"{ledger_path} is damaged ({'; '.join(damage)}); see scan-agent ledger verify"
+            )
         try:
             ledger = Ledger(
                 connect(ledger_path),

@@ -331,3 +331,14 @@ def test_show_and_export_of_an_unknown_document(setup):
         assert result.returncode == 1
         assert result.stderr.decode() == "scan-agent documents: id: no document has id NOPE\n"
     assert documents(config, "list").stdout.decode().splitlines() == ["id  kind  opened  closed  status  collected"]
+
+
+def test_a_damaged_ledger_is_not_written_by_a_command(setup):
+    config, ledger = setup
+    ledger.write_bytes(b"this is not a database" * 100)
+    opened = documents(config, "open", "--id", "S-1", "--kind", "sale")
+    assert opened.returncode == 1
+    assert opened.stderr.decode().startswith(f"scan-agent documents: ledger: {ledger} is damaged (")
+    assert ledger.read_bytes() == b"this is not a database" * 100
+    listed = documents(config, "list")
+    assert listed.returncode == 1 and listed.stderr.decode().startswith("scan-agent documents: ledger: ")
