@@ -273,7 +273,8 @@ class ControlServer:
         pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         if uid not in self.allowed_uids:
             log.warning("control socket: refused uid %d (pid %d)", uid, pid)
-            reply = _refusal("peer", f"uid {uid} may not command this agent; only root and uid {os.getuid()} may")
+            allowed = ", ".join(map(str, sorted(self.allowed_uids)))
+            reply = _refusal("peer", f"uid {uid} may not command this agent; only uid {allowed} may")
         else:
             try:
                 request = _read_line(conn, deadline)
