@@ -170,7 +170,10 @@ def test_refused_voids_change_nothing(db, counter):
     counter.open({"id": "S4", "kind": "sale"})
     loose_ledger_row = counter.scan("6901234567892")  # rejected: a product barcode
     before = rows(db)
-    for event_id, match in (("01a00000-0000-7000-8000-000000000000", "no scan"), (loose_ledger_row.event_id, "only an accepted scan")):
+    for event_id, match in (
+        ("01a00000-0000-7000-8000-000000000000", "no scan"),
+        (loose_ledger_row.event_id, "only an accepted scan"),
+    ):
         with pytest.raises(DocumentError, match=match):
             db.void(event_id, reason="x", read=COMMAND)
     assert rows(db) == before
@@ -246,6 +249,9 @@ def test_bad_voids_and_exceptions_name_the_field():
     with pytest.raises(DocumentError) as problem:
         read_exception({"document": "D", "line": AMOX, "kind": "lost", "reason": "x", "approver": "a"})
     assert problem.value.field == "kind"
+    with pytest.raises(DocumentError) as problem:
+        read_exception({"document": "D", "line": AMOX, "kind": "damaged", "reason": "x", "approver": "a", "units": 0})
+    assert problem.value.field == "units"
 
 
 def test_a_duplicate_in_a_document_locks_the_station_until_acknowledged(db, counter):

@@ -155,9 +155,8 @@ def _line(line: object, where: str) -> Line:
 def _whole(body: Mapping, key: str, where: str, *, default: int | None) -> int:
     value = body.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > DOCUMENT_LIMIT:
-        raise DocumentError(
-            f"{where}.{key}", f"{value!r} is not allowed; allowed: a whole number from 1 to {DOCUMENT_LIMIT}"
-        )
+        field = f"{where}.{key}" if where else key
+        raise DocumentError(field, f"{value!r} is not allowed; allowed: a whole number from 1 to {DOCUMENT_LIMIT}")
     return value
 
 
