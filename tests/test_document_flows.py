@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import run_agent, start_agent
+from tests.support.net import wait_until
 
 AMOX, IBU, PARA = "8123456", "8234567", "8345678"
 PATTERNS = '{ prescription = "^RX[0-9]{8}$", ward_order = "^WO[0-9]{6}$", delivery = "^DN[0-9]{8}$" }'
@@ -202,3 +203,44 @@ def test_a_prescription_through_a_serial_scanner(tmp_path, pty_pair):
     assert got[2]["progress"]["collected"] == 2 and got[3]["reason"] == "complete"
     assert got[1]["source"] == str(pty_pair.host)
     assert run_agent("ledger", "verify", "--db", str(tmp_path / "ledger.db")).returncode == 0
+
+
+def test_a_void_then_a_rescan_and_an_exception_by_the_documents_command(agent_with, tmp_path):
+    agent = agent_with(lifecycle="off")
+    config = str(tmp_path / "agent.toml")
+    lines = json.dumps([{"product_id": AMOX, "expected": 2}, {"product_id": IBU, "expected": 1}])
+    (tmp_path / "lines.json").write_text(lines)
+    wait_until(lambda: (tmp_path / "ledger.db").exists(), what="the agent's ledger")
+    opened = run_agent(
+        "documents", "open", "--id", "RX00000005", "--kind", "prescription", "--lines", str(tmp_path / "lines.json"),
+        "--config", config,
+    )  # fmt: skip
+    assert opened.returncode == 0, opened.stderr.decode()
+    assert agent.next()["verdict"] == "opened"
+    first, second = agent.scan(code(AMOX, 1), code(AMOX, 2))
+    assert second["progress"]["collected"] == 2
+    voided = run_agent(
+        "documents", "void", first["event_id"], "--reason", "box for another patient", "--config", config
+    )
+    assert voided.returncode == 0, voided.stderr.decode()
+    void = agent.next()
+    assert void["verdict"] == "void" and void["progress"]["collected"] == 1
+    assert void["earlier"]["event_id"] == first["event_id"]
+    again = run_agent("documents", "void", first["event_id"], "--reason", "twice", "--config", config)
+    assert again.returncode == 1 and b"event_id" in again.stderr
+    rescan = agent.scan(code(AMOX, 3))[0]
+    assert rescan["verdict"] == "accepted" and rescan["progress"]["collected"] == 2
+    excepted = run_agent(
+        "documents", "exception", "RX00000005", "--line", IBU, "--kind", "uncoded", "--reason", "no code on the box",
+        "--approver", "chief-pharmacist", "--config", config,
+    )  # fmt: skip
+    assert excepted.returncode == 0, excepted.stderr.decode()
+    exception = agent.next()
+    assert exception["verdict"] == "exception" and exception["progress"]["complete"]
+    closed = agent.scan("DOC-CLOSE")[0]
+    assert (closed["verdict"], closed["reason"]) == ("closed", "complete_with_exceptions")
+    amox = closed["record"]["lines"][0]["drugtracinfo"]
+    assert [c["drug_trac_codg"] for c in amox] == [code(AMOX, 2), code(AMOX, 3)]
+    shown = run_agent("documents", "show", "RX00000005", "--json", "--config", config)
+    assert shown.returncode == 0, shown.stderr.decode()
+    assert agent.stop() == 0
