@@ -16,7 +16,8 @@ near its 3,500 codes (untimed scans first, so the last timed scan finds about
 covering the product, each as a p99 ratio to the full ledger without a document.
 This VM's fsync moves p99 by 2x from one second to the next, so the three run in
 ``--rounds`` blocks each, taking turns (the order rotated every round), and each
-case's p99 is over its blocks together.
+case's p99 is over its blocks together. ``--synchronous OFF`` leaves fsync out,
+to see what a document itself costs a scan (not durable: never the kiosk's setting).
 """
 
 from __future__ import annotations
@@ -81,11 +82,12 @@ def prefill(path: Path, rows: int) -> None:
     conn.close()
 
 
-def measure(path: Path, scans: int, document: str = "", warmup: int = 0) -> list[float]:
+def measure(path: Path, scans: int, document: str = "", warmup: int = 0, synchronous: str = "FULL") -> list[float]:
     """Milliseconds per decide_and_record for ``scans`` new scans (every tenth a duplicate),
     after ``warmup`` untimed ones; with ``document`` ("bare" or "lines"), all inside a
     document opened first."""
     ledger = Ledger.open(path, device_id="bench", site_id="site")
+    ledger.conn.execute(f"PRAGMA synchronous={synchronous}")
     if ledger.document is not None:  # left open by an interrupted run: not the loose case
         close(ledger)
     base = 10**18 + int(time.time() * 1000) % 10**12 * 1000
@@ -112,7 +114,7 @@ def measure(path: Path, scans: int, document: str = "", warmup: int = 0) -> list
 CASES = ("", "bare", "lines")
 
 
-def compare_documents(path: Path, scans: int, rounds: int) -> dict[str, list[float]]:
+def compare_documents(path: Path, scans: int, rounds: int, synchronous: str) -> dict[str, list[float]]:
     """Times of each case in :data:`CASES`, ``rounds`` blocks of ``scans // rounds`` each, in turn.
 
     Every block starts with the same untimed scans, enough that a document holds about
@@ -123,7 +125,7 @@ def compare_documents(path: Path, scans: int, rounds: int) -> dict[str, list[flo
     times: dict[str, list[float]] = {case: [] for case in CASES}
     for r in range(rounds):
         for case in CASES[r % len(CASES) :] + CASES[: r % len(CASES)]:
-            times[case] += measure(path, block, document=case, warmup=warmup)
+            times[case] += measure(path, block, document=case, warmup=warmup, synchronous=synchronous)
     return times
 
 
@@ -158,6 +160,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000, help="scans in the full ledger")
     parser.add_argument("--scans", type=int, default=3000, help="scans timed on each ledger")
     parser.add_argument("--rounds", type=int, default=3, help="blocks of each case in the document comparison")
+    parser.add_argument("--synchronous", choices=("FULL", "OFF"), default="FULL", help="OFF: without fsync")
     args = parser.parse_args()
     block = args.scans // max(args.rounds, 1)
     if not 100 <= block <= DOCUMENT_END * 10 // 9:
@@ -166,7 +169,7 @@ def main() -> None:
     print(header())
     OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-        fresh = measure(Path(tmp) / "fresh.db", args.scans)
+        fresh = measure(Path(tmp) / "fresh.db", args.scans, synchronous=args.synchronous)
 
     full_path = OUT / f"full-{args.rows}.db"
     if not full_path.exists():
@@ -179,10 +182,10 @@ def main() -> None:
     size_gb = full_path.stat().st_size / 1e9
     # Timed scans are appended to the kept ledger: a few thousand more on
     # millions change nothing, and each run uses codes of its own.
-    full = measure(full_path, args.scans)
-    compared = compare_documents(full_path, args.scans, args.rounds)
+    full = measure(full_path, args.scans, synchronous=args.synchronous)
+    compared = compare_documents(full_path, args.scans, args.rounds, args.synchronous)
 
-    print(f"\ndecide_and_record, synchronous=FULL, {args.scans} scans each (ms)")
+    print(f"\ndecide_and_record, synchronous={args.synchronous}, {args.scans} scans each (ms)")
     print(f"{'ledger':<44}{'p50':>8}{'p99':>8}{'max':>8}")
     rows_fresh, rows_full = summary(fresh), summary(full)
     print(f"{'fresh':<44}" + "".join(f"{v:8.3f}" for v in rows_fresh))
