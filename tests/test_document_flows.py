@@ -145,10 +145,10 @@ def test_a_sold_code_received_again_is_a_duplicate_and_locks_until_acknowledged(
     agent.stop()
 
 
-def test_wrong_drug_and_over_count_on_a_ward_order(agent_with):
+def test_a_ward_order_scanned_at_the_bedside_is_use(agent_with):
     agent = agent_with(lifecycle="off")
-    # A ward order opened by scanning carries no lines; the HIS sends lines by command.
-    # Without lines any code counts, once:
+    # A ward order opened by scanning carries no lines (the HIS sends lines by command);
+    # without lines any code counts, once:
     agent.scan("WO000001")
     first, twice = agent.scan(code(AMOX, 1), code(AMOX, 1))
     assert first["movement"] == "use" and first["verdict"] == "accepted"
@@ -205,7 +205,7 @@ def test_a_prescription_through_a_serial_scanner(tmp_path, pty_pair):
     assert run_agent("ledger", "verify", "--db", str(tmp_path / "ledger.db")).returncode == 0
 
 
-def test_a_void_then_a_rescan_and_an_exception_by_the_documents_command(agent_with, tmp_path):
+def test_wrong_drug_over_count_void_rescan_and_exception_with_the_documents_command(agent_with, tmp_path):
     agent = agent_with(lifecycle="off")
     config = str(tmp_path / "agent.toml")
     lines = json.dumps([{"product_id": AMOX, "expected": 2}, {"product_id": IBU, "expected": 1}])
@@ -219,6 +219,10 @@ def test_a_void_then_a_rescan_and_an_exception_by_the_documents_command(agent_wi
     assert agent.next()["verdict"] == "opened"
     first, second = agent.scan(code(AMOX, 1), code(AMOX, 2))
     assert second["progress"]["collected"] == 2
+    wrong, over = agent.scan(code(PARA, 1), code(AMOX, 9))
+    assert (wrong["verdict"], wrong["reason"]) == ("rejected", "not_on_document"), "the wrong drug (串码)"
+    assert (over["verdict"], over["reason"]) == ("rejected", "line_complete"), "a third box on a line of two"
+    assert over["progress"]["lines"][0] == {"product_id": AMOX, "name": "", "expected": 2, "collected": 2}
     voided = run_agent(
         "documents", "void", first["event_id"], "--reason", "box for another patient", "--config", config
     )
