@@ -8,7 +8,8 @@ reach this machine's disk) and one virtio serial port per role whose host end
 is a file that qemu writes as the guest prints. ``real`` runs ``scan-agent``
 as shipped; ``control`` runs it with the test-only switch that opens the
 ledger with ``synchronous=OFF``. Both run in the same boots, so one cut hits
-both. 3-15 s (random) after every agent has printed its first decision, qemu
+both; odd cycles feed loose scans, even ones scans inside prescriptions
+(:func:`scenario`). 3-15 s (random) after every agent has printed its first decision, qemu
 is SIGKILLed: a power cut. A decision in the port file was printed before the
 cut, since qemu wrote it there. Then, per role, on a copy of the image:
 ``e2fsck -fy``, ``debugfs dump`` of the ledger and its WAL, and the checks:
@@ -426,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         make_image(r.image)
     boots = max(args.cycles, args.control_cycles)
     print(
-        f"scripts/powercut-tests: {args.cycles} cycles of plain dispensing, {args.control_cycles} of the control "
+        f"scripts/powercut-tests: {args.cycles} cycles (odd: plain dispensing, even: inside documents), "
+        f"{args.control_cycles} of the control "
         f"(synchronous=OFF), in {boots} boots of {args.kernel} ({'KVM' if args.kvm else 'no KVM'}); seed {seed}; "
         f"results in {args.out}",
         flush=True,
