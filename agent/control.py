@@ -496,10 +496,15 @@ def run_here(ledger_path: Path, verb: str, body: Mapping, *, config: Config | No
                 "ledger", f"{ledger_path} is damaged ({'; '.join(damage)}); see scan-agent ledger verify"
             )
         try:
+            conn = connect(ledger_path)
+            # A ledger belongs to one device: its rows go on under the id it already has,
+            # whatever config (or none) this command line found.
+            last = conn.execute("SELECT device_id, site_id FROM scans ORDER BY id DESC LIMIT 1").fetchone()
+            device_id, site_id = (cfg.station.device_id, cfg.station.site_id) if last is None else tuple(last)
             ledger = Ledger(
-                connect(ledger_path),
-                device_id=cfg.station.device_id,
-                site_id=cfg.station.site_id,
+                conn,
+                device_id=device_id,
+                site_id=site_id,
                 double_read_window_s=cfg.codes.double_read_window_s,
                 split_packs=cfg.codes.split_packs,
                 lifecycle=cfg.codes.lifecycle,

@@ -99,6 +99,7 @@ class Pipeline:
         self.last_progress = time.monotonic()
         self.faulted = False
         self._thread: threading.Thread | None = None
+        self._stopping = False
         #: When the open document last had a scan or a command (monotonic).
         self._document_active = time.monotonic()
 
@@ -120,6 +121,9 @@ class Pipeline:
         :class:`~agent.ledger.documents.DocumentError` or :class:`~agent.ledger.LedgerError`.
         """
         future: Future = Future()
+        if self._stopping:
+            future.set_exception(DocumentError("station", "the agent is stopping; nothing was recorded"))
+            return future
         self.queue.put(_Call(verb, future))
         return future
 
@@ -142,6 +146,7 @@ class Pipeline:
                 self.last_progress = time.monotonic()
                 continue
             if item is _STOP:
+                self._refuse_calls_left()
                 return
             if isinstance(item, dict):
                 self.context = replace(self.context, **item)
@@ -151,6 +156,17 @@ class Pipeline:
                 self.handle(item)
             self.close_if_idle()
             self.last_progress = time.monotonic()
+
+    def _refuse_calls_left(self) -> None:
+        """Stopping: a command queued after the stop is answered, not left waiting."""
+        self._stopping = True
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Call) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(DocumentError("station", "the agent is stopping; nothing was recorded"))
 
     def run_call(self, call: _Call) -> None:
         """Run one command (on the pipeline thread) and tell the sinks what it recorded."""
@@ -166,8 +182,8 @@ class Pipeline:
             call.future.set_exception(problem)
             return
         self._document_active = time.monotonic()
+        call.future.set_result(decisions)  # before the sinks: a failing sink must not keep the caller waiting
         self.announce(decisions)
-        call.future.set_result(decisions)
 
     def close_if_idle(self, now: float | None = None) -> None:
         """Close the open document when it has had no scan for ``idle_close_s`` (pipeline thread)."""
@@ -192,11 +208,12 @@ class Pipeline:
         parsed = codes.parse(read.raw, leading_digits=self.leading_digits, accept_gs1=self.accept_gs1)
         movement = read.movement or self.context.movement
         action = None if parsed.valid else self.station_codes.match(parsed.text)
-        if self.ledger.document is not None:
-            self._document_active = time.monotonic()
+        if action is not None and self.ledger.is_double_read(read, parsed.text):
+            action = None  # the scanner reading a document barcode twice: recorded quietly, as any double read
         try:
             if action is not None and (self.ledger.lock is None or action[0] == "ack"):
                 decision = self._station_scan(read, parsed, action)
+                self.ledger.remember_read(read, parsed.text)
             else:
                 decision = self.ledger.decide_and_record(
                     read, movement, parsed, operator=self.context.operator, bill=self.context.bill
@@ -218,6 +235,8 @@ class Pipeline:
                 parsed=parsed,
                 read=read,
             )
+        if self.ledger.document is not None:
+            self._document_active = time.monotonic()  # after: a document just opened starts its idle time now
         self.announce([decision])
         return decision
 
@@ -237,7 +256,8 @@ class Pipeline:
                     raise DocumentError("close_code", "no document is open")
                 decisions = self.ledger.close_document(doc.id, closed_by="close_code", read=read, operator=operator)
             else:
-                decisions = self.ledger.acknowledge(operator or "supervisor", via="ack_code", read=read)
+                # Whoever holds the ack code acknowledged: not the operator whose scan locked it.
+                decisions = self.ledger.acknowledge("supervisor", via="ack_code", read=read)
         except DocumentError as problem:
             refused = codes.Rejection("document_refused", parsed.text, str(problem), parsed.symbology)
             return self.ledger.decide_and_record(read, self.context.movement, refused, operator=operator)

@@ -236,7 +236,7 @@ class Runner:
             self.pipeline.set_context(**applied)
         restart = [
             section
-            for section in ("codes", "ledger", "scanners", "feedback", "mqtt")
+            for section in ("codes", "documents", "ledger", "scanners", "feedback", "mqtt")
             if getattr(new, section) != getattr(old, section)
         ]
         if replace(new.station, movement=old.station.movement, operator=old.station.operator) != old.station:

@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 #: How long a command waits for the pipeline to run it (the pipeline is busy only with scans).
 CALL_TIMEOUT_S = 10.0
-#: ``acknowledge`` accepts these ways it was given.
-ACK_VIA = ("ack_code", "button", "command", "cli", "api")
 
 
 class StationCodes:
@@ -128,9 +126,11 @@ class Station:
         try:
             decisions = future.result(self.timeout_s)
         except FutureTimeout:
-            raise DocumentError(
-                "station", f"the pipeline did not take the command within {self.timeout_s:g} s"
-            ) from None
+            if future.cancel():  # never started, and now never will: "nothing recorded" holds
+                raise DocumentError(
+                    "station", f"the pipeline did not take the command within {self.timeout_s:g} s; nothing recorded"
+                ) from None
+            decisions = future.result()  # started: its rows are being committed, so wait for them
         return {"rows": [reply_row(d) for d in decisions]}
 
 

@@ -342,3 +342,22 @@ def test_a_damaged_ledger_is_not_written_by_a_command(setup):
     assert ledger.read_bytes() == b"this is not a database" * 100
     listed = documents(config, "list")
     assert listed.returncode == 1 and listed.stderr.decode().startswith("scan-agent documents: ledger: ")
+
+
+def test_a_command_without_a_config_goes_on_under_the_ledgers_own_device(tmp_path):
+    from agent import codes as code_parser
+    from agent.ledger import Ledger
+    from agent.read import Read
+
+    db = tmp_path / "ledger.db"
+    ledger = Ledger.open(db, device_id="kiosk-42", site_id="site-9")
+    read = Read(b"81234567890123456789", "stdin", "stdin")
+    ledger.decide_and_record(read, "dispense", code_parser.parse(read.raw))
+    ledger.close()
+    opened = run_agent("documents", "open", "--id", "S-42", "--kind", "sale", "--db", str(db))
+    assert opened.returncode == 0, opened.stderr.decode()
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT device_id, site_id, seq, verdict FROM scans ORDER BY id").fetchall()
+    conn.close()
+    assert rows[-1] == ("kiosk-42", "site-9", 2, "opened")
+    assert run_agent("ledger", "verify", "--db", str(db)).returncode == 0

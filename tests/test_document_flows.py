@@ -152,7 +152,8 @@ def test_a_ward_order_scanned_at_the_bedside_is_use(agent_with):
     agent.scan("WO000001")
     first, twice = agent.scan(code(AMOX, 1), code(AMOX, 1))
     assert first["movement"] == "use" and first["verdict"] == "accepted"
-    assert (twice["verdict"], twice["reason"]) == ("duplicate", "already_dispensed")
+    assert (twice["verdict"], twice["reason"], twice["locks"]) == ("rejected", "in_document", False)
+    assert summary(agent.scan(code(AMOX, 2))) == [("accepted", None)], "a counting slip does not lock the cart"
     agent.stop()
 
 
@@ -160,7 +161,9 @@ def test_an_idle_document_closes_itself(agent_with):
     agent = agent_with(lifecycle="off", idle_close_s=1)
     agent.scan("RX00000002", code(AMOX, 1))
     closed = agent.next(timeout=15)
-    assert (closed["verdict"], closed["reason"]) == ("closed", "complete")
+    assert (closed["verdict"], closed["reason"]) == ("closed", "incomplete"), (
+        "nobody said a document without lines was done"
+    )
     assert closed["record"]["closed_by"] == "idle"
     agent.stop()
 

@@ -2,6 +2,7 @@
 exceptions, the station lock, lifecycle rules, and everything in the one verified chain."""
 
 import json
+import sqlite3
 
 import pytest
 
@@ -270,6 +271,67 @@ def test_a_duplicate_in_a_document_locks_the_station_until_acknowledged(db, coun
         db.acknowledge("supervisor-3", via="command", read=COMMAND)
 
 
+def test_the_same_box_twice_in_a_document_is_a_counting_slip_not_a_lock(db, counter):
+    counter.open({"id": "S7", "kind": "sale"})
+    counter.scan(code(AMOX, 1))
+    again = counter.scan(code(AMOX, 1))
+    assert (again.verdict, again.reason, again.locks) == ("rejected", "in_document", False)
+    assert db.lock is None and counter.scan(code(IBU, 1)).verdict == "accepted"
+
+
+def test_split_packs_apply_in_a_document_without_lines(tmp_path):
+    ledger = open_ledger(tmp_path / "split.db", split_packs={AMOX: 2}, lifecycle="off")
+    counter = Counter(ledger)
+    counter.open({"id": "S8", "kind": "sale"})
+    assert [counter.scan(code(AMOX, 1)).reason for _ in range(3)] == [None, None, "in_document"]
+    [closed] = ledger.close_document("S8", closed_by="command", read=COMMAND)
+    assert {c["trdn_flag"] for c in closed.record["drugtracinfo"]} == {1}
+    ledger.close()
+
+
+def test_empty_and_idle_documents_without_lines_close_incomplete(db, counter):
+    counter.open({"id": "S9", "kind": "sale"})
+    assert db.close_document("S9", closed_by="command", read=COMMAND)[0].reason == "incomplete"
+    counter.open({"id": "S10", "kind": "sale"})
+    counter.scan(code(AMOX, 1))
+    assert db.close_document("S10", closed_by="idle", read=COMMAND)[0].reason == "incomplete"
+
+
+def test_a_void_is_refused_once_the_code_moved_on(db, counter):
+    received = counter.scan(code(AMOX, 1), "receive")
+    counter.open({"id": "DN1", "kind": "delivery"})
+    in_doc = counter.scan(code(AMOX, 2))
+    db.close_document("DN1", closed_by="command", read=COMMAND)
+    counter.scan(code(AMOX, 2))  # sold after it was received
+    with pytest.raises(DocumentError, match="moved after"):
+        db.void(in_doc.event_id, reason="not ours", read=COMMAND)
+    assert received.verdict == "accepted"
+    counter.open({"id": "CR1", "kind": "customer_return"})
+    returned = counter.scan(code(AMOX, 2))
+    db.close_document("CR1", closed_by="command", read=COMMAND)
+    counter.scan(code(AMOX, 2))  # sold again after the return
+    with pytest.raises(DocumentError, match="moved after"):
+        db.void(returned.event_id, reason="x", read=COMMAND)
+
+
+def test_a_stale_open_document_is_read_back_before_the_next_decision(db, counter, monkeypatch):
+    from agent.ledger import store
+
+    counter.open()
+    counter.scan(code(AMOX, 1))
+    before = db.document.progress()
+    db.conn.execute("CREATE TRIGGER no_more BEFORE INSERT ON scans BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    monkeypatch.setattr(store, "load_open_document", lambda *a: (_ for _ in ()).throw(sqlite3.OperationalError("io")))
+    with pytest.raises(LedgerError):
+        counter.scan(code(AMOX, 2))
+    with pytest.raises(LedgerError, match="read the open document back"):
+        counter.scan(code(AMOX, 2))
+    monkeypatch.undo()
+    db.conn.execute("DROP TRIGGER no_more")
+    assert counter.scan(code(AMOX, 2)).progress["collected"] == before["collected"] + 1
+    assert verify(db.conn).ok
+
+
 def test_loose_scans_do_not_lock(db, counter):
     counter.scan(code(AMOX, 1))
     assert counter.scan(code(AMOX, 1)).locks is False
@@ -301,7 +363,8 @@ def test_the_open_document_and_the_lock_survive_a_restart(tmp_path):
     path = tmp_path / "ledger.db"
     ledger = open_ledger(path)
     counter = Counter(ledger)
-    counter.receive(code(AMOX, 1), code(AMOX, 2), code(IBU, 1))
+    counter.receive(code(AMOX, 1), code(AMOX, 2), code(IBU, 1), code(IBU, 2))
+    counter.scan(code(IBU, 2))  # sold loose, before the prescription
     counter.open()
     first = counter.scan(code(AMOX, 1))
     counter.scan(code(AMOX, 2))
@@ -311,7 +374,7 @@ def test_the_open_document_and_the_lock_survive_a_restart(tmp_path):
     )
     ledger.add_exception(doc_id, item, read=COMMAND)
     counter.scan(code(IBU, 1))
-    counter.scan(code(IBU, 1))  # a duplicate in the document: locks
+    assert counter.scan(code(IBU, 2)).locks  # sold before: a duplicate in the document locks
     expected = ledger.document.progress()
     ledger.close()
 
@@ -372,3 +435,20 @@ def test_an_exception_needs_a_line_of_the_open_document(db, counter):
     with pytest.raises(DocumentError) as problem:
         db.add_exception("RX00000009", ExceptionItem(AMOX, "uncoded", "x", "a"), read=COMMAND)
     assert problem.value.field == "id" and rows(db) == before
+
+
+def test_a_report_counts_exceptions_as_the_ledger_does(db, counter):
+    from agent.ledger.reports import show_document
+
+    counter.open()
+    for c in (code(AMOX, 1), code(AMOX, 2), code(IBU, 1)):
+        counter.scan(c)
+    doc_id, item = read_exception(
+        {"document": "RX00000001", "line": PARA, "kind": "uncoded", "reason": "no code", "approver": "a"}
+    )
+    db.add_exception(doc_id, item, read=COMMAND)
+    db.close_document("RX00000001", closed_by="command", read=COMMAND)
+    shown = show_document(db.conn, "RX00000001")
+    assert shown["status"] == "complete_with_exceptions"
+    assert shown["progress"] == {"collected": 4, "expected": 4, "complete": True}
+    assert [line["exceptions"] for line in shown["lines"]] == [0, 0, 1]

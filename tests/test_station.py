@@ -96,9 +96,9 @@ def test_the_acknowledge_button_lifts_the_lock(station):
     cfg = parse_toml("[documents]\nack_pin = 5\n")
     button = make_ack_button(cfg, station, pin_factory=factory)
     try:
+        scan(station, code(3))  # sold loose
         scan(station, "S0003")
-        scan(station, code(3))
-        scan(station, code(3))  # dispensed again inside the sale: a duplicate, the station locks
+        scan(station, code(3))  # sold again inside the sale: a duplicate, the station locks
         wait_until(lambda: len(station.sink.seen) == 3, timeout=10, what="the duplicate")
         assert station.sink.seen[-1].locks and station.pipeline.ledger.lock is not None
         pin = factory.pin(5)
@@ -114,3 +114,33 @@ def test_the_acknowledge_button_lifts_the_lock(station):
         assert [d.verdict for d in station.sink.seen].count("acknowledged") == 1
     finally:
         button.close()
+
+
+def test_a_command_the_pipeline_never_took_is_refused_and_never_recorded(tmp_path):
+    ledger = Ledger.open(tmp_path / "idle.db", device_id="k", site_id="s")
+    pipeline = Pipeline(ledger)  # not started yet: as busy as a pipeline gets
+    with pytest.raises(DocumentError, match="nothing recorded"):
+        Station(pipeline, timeout_s=0.2).open_document({"id": "S1", "kind": "sale"})
+    pipeline.start()
+    pipeline.stop()
+    assert ledger.conn.execute("SELECT COUNT(*) FROM scans").fetchone()[0] == 0
+    with pytest.raises(DocumentError, match="stopping"):
+        Station(pipeline, timeout_s=0.2).open_document({"id": "S2", "kind": "sale"})
+    ledger.close()
+
+
+def test_a_document_opened_after_a_long_quiet_spell_is_not_closed_as_idle(station):
+    station.pipeline.idle_close_s = 0.5
+    time.sleep(0.7)
+    scan(station, "S0004")
+    wait_until(lambda: len(station.sink.seen) == 1, timeout=10, what="the opened row")
+    time.sleep(0.2)
+    assert [d.verdict for d in station.sink.seen] == ["opened"]
+
+
+def test_the_scanner_reading_a_document_barcode_twice_is_a_quiet_double_read(station):
+    station.pipeline.ledger.double_read_window_s = 2.0
+    scan(station, "S0005")
+    scan(station, "S0005")
+    wait_until(lambda: len(station.sink.seen) == 2, timeout=10, what="two decisions")
+    assert [d.verdict for d in station.sink.seen] == ["opened", "double_read"]

@@ -24,6 +24,7 @@ agent.ledger.documents.DocumentError: kind: 'invoice' is not allowed; allowed: s
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -240,8 +241,10 @@ class OpenDocument:
     """What an open document has collected, kept in memory by the ledger's one writer
     (the pipeline thread) and rebuilt from the ledger's rows at start."""
 
-    def __init__(self, document: Document, *, opened_id: int) -> None:
+    def __init__(self, document: Document, *, opened_id: int, split_packs: Mapping[str, int] | None = None) -> None:
         self.document = document
+        #: ``[codes] split_packs``: how often one code may count where no line says (拆零).
+        self.split_packs = dict(split_packs or {})
         #: The ledger id of the ``opened`` row; its scans are all after it.
         self.opened_id = opened_id
         self.scans: dict[int, Collected] = {}
@@ -258,7 +261,14 @@ class OpenDocument:
     def allowed(self, product_id: str) -> int:
         """How many scans one code of ``product_id`` may have in this document."""
         line = self.document.line_for(product_id)
-        return 1 if line is None else line.split_units
+        return self.split_packs.get(product_id, 1) if line is None else line.split_units
+
+    def has_all_of(self, code: str, product_id: str) -> bool:
+        """Whether this document already counts ``code`` as often as it may."""
+        return self.per_code[code] >= self.allowed(product_id)
+
+    def in_document_detail(self) -> str:
+        return f"already scanned in {self.document.kind} {self.id}"
 
     def refuses(self, code: str, product_id: str) -> tuple[str, str] | None:
         """``(reason, detail)`` if this document cannot take the code, else None."""
@@ -268,8 +278,8 @@ class OpenDocument:
         line = doc.line_for(product_id)
         if doc.lines and line is None:
             return "not_on_document", f"product {product_id} is on no line of {doc.kind} {doc.id} (wrong drug?)"
-        if self.per_code[code] >= self.allowed(product_id):
-            return "in_document", f"already scanned in {doc.kind} {doc.id}"
+        if self.has_all_of(code, product_id):
+            return "in_document", self.in_document_detail()
         if line is not None and self.count(line.product_id) >= line.expected:
             return "line_complete", f"line {line.product_id} {line.name} already has its {line.expected} units"
         return None
@@ -313,16 +323,24 @@ class OpenDocument:
         complete = bool(lines) and all(line["collected"] >= line["expected"] for line in lines)
         return {"collected": collected, "expected": expected, "complete": complete, "lines": lines}
 
-    def status(self) -> str:
-        """How the document stands if it closed now (one of ``DOCUMENT_STATUSES``)."""
+    def status(self, closed_by: str = "") -> str:
+        """How the document stands if it closed now (one of ``DOCUMENT_STATUSES``).
+
+        Nothing collected is ``incomplete``; so is a document without lines left idle
+        (nobody said it was done); one with lines is complete once every line is.
+        """
+        if not self.scans and not self.exceptions:
+            return "incomplete"
         if self.document.lines and not self.progress()["complete"]:
+            return "incomplete"
+        if not self.document.lines and closed_by == "idle":
             return "incomplete"
         return "complete_with_exceptions" if self.exceptions else "complete"
 
     def closing_record(self, closed_by: str) -> dict:
         """What the ``closed`` row records: status, lines with their codes (the shape of the
         3505/3506 upload's ``drugtracinfo``), voids, exceptions and the included scans' hashes."""
-        status = self.status()
+        status = self.status(closed_by)
         assert status in DOCUMENT_STATUSES
         codes: dict[str, list[dict]] = {}
         for scan in self.scans.values():
@@ -351,3 +369,23 @@ class OpenDocument:
             "exceptions": list(self.exceptions),
             "scans": [{"event_id": s.event_id, "seq": s.seq, "hash": s.hash} for s in self.scans.values()],
         }
+
+
+def replay(doc: OpenDocument, rows: Iterable[Mapping]) -> None:
+    """Apply a document's ledger rows after its ``opened`` row, in order: accepted scans
+    count, voids take theirs back, exceptions count toward their line. How the ledger
+    rebuilds the open document at start, and how a report rebuilds any document."""
+    for row in rows:
+        verdict = row["verdict"]
+        if row["record"] is None:
+            if verdict == "accepted":
+                doc.add(row["id"], row["code"], row["product_id"] or "", row["event_id"], row["seq"], row["hash"])
+        elif verdict == "void":
+            doc.remove(row["earlier_id"], entry_of(row))
+        elif verdict == "exception":
+            doc.add_exception(entry_of(row))
+
+
+def entry_of(row: Mapping) -> dict:
+    """A void's or an exception's row as the document lists it: its record, event id and time."""
+    return {**json.loads(row["record"]), "event_id": row["event_id"], "ts": row["ts"]}

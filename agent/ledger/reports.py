@@ -28,7 +28,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 
-from agent.ledger.documents import Document, DocumentError, OpenDocument
+from agent.ledger.documents import Document, DocumentError, OpenDocument, replay
 
 #: ``documents export``: one row per code of a document (the 3505/3506 upload's
 #: ``drugtracinfo``, with the scan that collected it); ``reversed_by`` names a
@@ -130,7 +130,7 @@ def show_document(conn: sqlite3.Connection, doc_id: str) -> dict:
             {
                 **line.to_dict(),
                 "collected": doc.count(line.product_id),
-                "exceptions": sum(e["units"] for e in doc.exceptions if e["line"] == line.product_id),
+                "exceptions": doc.excepted[line.product_id],
             }
             for line in doc.document.lines
         ],
@@ -197,20 +197,10 @@ def _replay(
         f" WHERE id > :opened{end} AND document = :doc ORDER BY id",
         {"opened": opened["id"], "closed": None if closed is None else closed["id"], "doc": doc.id},
     )
-    times: dict[int, str] = {}
-    rejected = 0
-    for row in rows:
-        verdict = row["verdict"]
-        if row["record"] is None:
-            if verdict == "accepted":
-                doc.add(row["id"], row["code"], row["product_id"] or "", row["event_id"], row["seq"], row["hash"])
-                times[row["id"]] = row["ts"]
-            elif verdict in ("rejected", "duplicate"):
-                rejected += 1
-        elif verdict == "void":
-            doc.remove(row["earlier_id"], {"event_id": row["event_id"], "ts": row["ts"], **json.loads(row["record"])})
-        elif verdict == "exception":
-            doc.exceptions.append({**json.loads(row["record"]), "event_id": row["event_id"], "ts": row["ts"]})
+    rows = rows.fetchall()
+    replay(doc, rows)
+    times = {row["id"]: row["ts"] for row in rows if row["record"] is None and row["verdict"] == "accepted"}
+    rejected = sum(row["record"] is None and row["verdict"] in ("rejected", "duplicate") for row in rows)
     return doc, times, rejected
 
 

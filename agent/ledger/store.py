@@ -31,7 +31,7 @@ from agent.domain import BILL_LIMIT, LIFECYCLES, Decision, Earlier, check_moveme
 from agent.ids import EventIds
 from agent.ledger.chain import GENESIS, HASHED, HASHED_WHEN_SET, row_hash
 from agent.ledger.checkpoint import Checkpointer
-from agent.ledger.documents import Document, DocumentError, ExceptionItem, OpenDocument
+from agent.ledger.documents import Document, DocumentError, ExceptionItem, OpenDocument, entry_of, replay
 from agent.ledger.rules import RULES, State, judge, undo
 from agent.ledger.schema import create_schema
 from agent.ledger.sqlite import CACHE_KIB, connect
@@ -93,6 +93,9 @@ class Ledger:
         #: The open document and the station's lock (one writer: the pipeline).
         self.document: OpenDocument | None = None
         self.lock: dict | None = None
+        #: Set when a failed transaction could not read the open document back: the next
+        #: call reads it again before deciding anything (see :meth:`_fresh`).
+        self._stale = False
         self._load_station()
 
     @classmethod
@@ -133,17 +136,25 @@ class Ledger:
         Raises :class:`LedgerError` if it could not be recorded; then nothing was.
         """
         check_movement(movement)
+        self._fresh()
         if self.document is not None:
             movement = self.document.document.movement
         text = parsed.code if parsed.valid else parsed.text
-        previous = self._last_by_source.get(read.source_id)
-        double_read = (
-            previous is not None and previous[0] == text and read.t_first - previous[1] <= self.double_read_window_s
-        )
+        double_read = self.is_double_read(read, text)
         with self._transaction():
             decision = self._decide_and_insert(read, movement, parsed, text, double_read, operator, bill)
         self._last_by_source[read.source_id] = (text, read.t_last)
         return decision
+
+    def is_double_read(self, read: Read, text: str) -> bool:
+        """Whether ``text`` from ``read``'s source is the scanner reading the last one again."""
+        previous = self._last_by_source.get(read.source_id)
+        return previous is not None and previous[0] == text and read.t_first - previous[1] <= self.double_read_window_s
+
+    def remember_read(self, read: Read, text: str) -> None:
+        """Note ``text`` as the last read of its source (a station barcode, which
+        :meth:`decide_and_record` does not see), for :meth:`is_double_read`."""
+        self._last_by_source[read.source_id] = (text, read.t_last)
 
     def _decide_and_insert(
         self,
@@ -170,8 +181,11 @@ class Ledger:
             state = self._state(parsed.code)
             allowed = self.split_packs.get(parsed.product_id, 1)
             if doc is not None:
-                allowed = max(allowed, doc.allowed(parsed.product_id))
+                allowed = doc.allowed(parsed.product_id)
             verdict, reason, detail, earlier_id = judge(movement, state, allowed=allowed, lifecycle=self.lifecycle)
+            if doc is not None and doc.has_all_of(parsed.code, parsed.product_id):
+                # The same box again in this document: a counting slip, not a second sale.
+                verdict, reason, detail, earlier_id = "rejected", "in_document", doc.in_document_detail(), None
             refusal = doc.refuses(parsed.code, parsed.product_id) if doc is not None and verdict == "accepted" else None
             if refusal is not None:
                 (reason, detail), verdict = refusal, "rejected"
@@ -228,6 +242,7 @@ class Ledger:
         Raises :class:`DocumentError` (nothing recorded) for an id already open or
         already used by a closed document, or another document open under ``refuse``.
         """
+        self._fresh()
         doc = self.document
         if doc is not None and doc.id == document.id:
             raise DocumentError("id", f"{doc.document.kind} {doc.id} is open already")
@@ -252,7 +267,7 @@ class Ledger:
                     record=document.to_record(),
                 ),
             )
-            self.document = OpenDocument(document, opened_id=row["id"])
+            self.document = OpenDocument(document, opened_id=row["id"], split_packs=self.split_packs)
             decisions.append(self._decision(row, read, None, document.id, progress=self.document.progress()))
         return decisions
 
@@ -289,6 +304,7 @@ class Ledger:
         was not accepted, is in no document, was voided already, or whose code
         moved since (void the later scan first).
         """
+        self._fresh()
         target = self.conn.execute("SELECT * FROM scans WHERE event_id = ?", (event_id,)).fetchone()
         if target is None:
             raise DocumentError("event_id", f"no scan has event id {event_id}")
@@ -326,18 +342,11 @@ class Ledger:
             row = self._append(fields)
             self._store_state(code, state, undo(movement, state))
             if doc is not None:
-                doc.remove(target["id"], {"event_id": row["event_id"], **record})
-        parsed = TraceCode(kind=target["kind"], code=code, product_id=target["product_id"] or "")
-        return [
-            self._decision(
-                row,
-                read,
-                parsed,
-                code,
-                earlier=self._earlier(target["id"]),
-                progress=None if doc is None else doc.progress(),
-            )
-        ]
+                doc.remove(target["id"], entry_of(row))
+            parsed = TraceCode(kind=target["kind"], code=code, product_id=target["product_id"] or "")
+            progress = None if doc is None else doc.progress()
+            decision = self._decision(row, read, parsed, code, earlier=self._earlier(target["id"]), progress=progress)
+        return [decision]
 
     def add_exception(self, doc_id: str, item: ExceptionItem, *, read: Read, operator: str = "") -> list[Decision]:
         """Record an item counted without a scan (no code, or a code that will not read) against a line."""
@@ -357,11 +366,13 @@ class Ledger:
                     record=item.to_record(),
                 ),
             )
-            doc.add_exception({**item.to_record(), "event_id": row["event_id"]})
-        return [self._decision(row, read, None, item.line, progress=doc.progress())]
+            doc.add_exception(entry_of(row))
+            decision = self._decision(row, read, None, item.line, progress=doc.progress())
+        return [decision]
 
     def acknowledge(self, by: str, *, via: str, read: Read) -> list[Decision]:
         """Lift the station's lock; the row names who acknowledged it and how."""
+        self._fresh()
         if self.lock is None:
             raise DocumentError("station", "the station is not locked; nothing to acknowledge")
         record = {"by": by, "via": via, "lock": self.lock["event_id"]}
@@ -378,7 +389,8 @@ class Ledger:
                 ),
             )
             self.lock = None
-        return [self._decision(row, read, None, by)]
+            decision = self._decision(row, read, None, by)
+        return [decision]
 
     def lock_detail(self) -> str:
         """Why the station is locked, for a ``station_locked`` rejection."""
@@ -405,6 +417,7 @@ class Ledger:
         self.lock = {"event_id": row["event_id"], "movement": row["movement"], **record}
 
     def _open_named(self, doc_id: str) -> OpenDocument:
+        self._fresh()
         doc = self.document
         if doc is None or doc.id != doc_id:
             now = "no document is open" if doc is None else f"the open one is {doc.document.kind} {doc.id}"
@@ -472,8 +485,11 @@ class Ledger:
                     with contextlib.suppress(sqlite3.Error):
                         self.conn.execute("ROLLBACK")
                 self._tail, self._latest_ts = tail, latest
+                # The open document and the lock may hold what was rolled back: read them
+                # again now, or (if the database will not answer) before the next decision.
+                self._stale = True
                 with contextlib.suppress(sqlite3.Error):
-                    self._load_station()
+                    self._fresh()
                 raise
         except sqlite3.Error as problem:
             raise LedgerError(f"could not record scan: {problem}") from problem
@@ -548,9 +564,19 @@ class Ledger:
         opened = self._entry_row(doc_id, "opened")
         return None if opened is None else json.loads(opened["record"])["kind"]
 
+    def _fresh(self) -> None:
+        """Read the open document and the lock back if a failed transaction left them stale."""
+        if not self._stale:
+            return
+        try:
+            self._load_station()
+        except sqlite3.Error as problem:
+            raise LedgerError(f"could not read the open document back: {problem}") from problem
+        self._stale = False
+
     def _load_station(self) -> None:
         """The open document (with what it collected) and the lock, read back from the ledger."""
-        self.document = load_open_document(self.conn)
+        self.document = load_open_document(self.conn, self.split_packs)
         self.lock = load_lock(self.conn)
 
     def _state(self, code: str) -> State:
@@ -597,34 +623,38 @@ def _left_by(movement: str, state: State, scan_id: int) -> bool:
     """Whether the code's ``state`` is still the one scan ``scan_id`` (a ``movement``) left."""
     if movement in ("dispense", "use"):
         return state.out_id == scan_id and state.out_count > 0
-    if movement in ("receive", "return_out"):
+    if movement == "receive":
+        # A received code sold since cannot be un-received: void the sale first.
+        return state.in_id == scan_id and (state.out_id is None or state.out_id < scan_id)
+    if movement == "return_out":
         return state.in_id == scan_id
+    if movement == "return_in":
+        # Undoing a customer return puts the sale back; a code sold again since would then
+        # count two sales, so the later sale is voided first.
+        return state.out_count == 0
     if movement == "destroy":
         return state.destroyed_id == scan_id
     return True
 
 
-def load_open_document(conn: sqlite3.Connection) -> OpenDocument | None:
+def load_open_document(conn: sqlite3.Connection, split_packs: Mapping[str, int] | None = None) -> OpenDocument | None:
     """The document opened and not closed yet, with its scans, voids and exceptions, or None."""
+    # The partial index holds entry rows only; without it the planner walks every scan
+    # from the end, on every start of a ledger that never had a document.
     last = conn.execute(
-        "SELECT id, document, verdict, record FROM scans WHERE record IS NOT NULL AND verdict IN ('opened', 'closed')"
-        " ORDER BY id DESC LIMIT 1"
+        "SELECT id, document, verdict, record FROM scans INDEXED BY scans_entries"
+        " WHERE record IS NOT NULL AND verdict IN ('opened', 'closed') ORDER BY id DESC LIMIT 1"
     ).fetchone()
     if last is None or last["verdict"] != "opened":
         return None
-    doc = OpenDocument(Document.from_record(json.loads(last["record"])), opened_id=last["id"])
+    document = Document.from_record(json.loads(last["record"]))
+    doc = OpenDocument(document, opened_id=last["id"], split_packs=split_packs)
     rows = conn.execute(
-        "SELECT id, verdict, code, product_id, event_id, seq, hash, earlier_id, record FROM scans"
+        "SELECT id, verdict, code, product_id, event_id, seq, ts, hash, earlier_id, record FROM scans"
         " WHERE id > ? AND document = ? ORDER BY id",
         (last["id"], last["document"]),
     )
-    for row in rows:
-        if row["verdict"] == "accepted" and row["record"] is None:
-            doc.add(row["id"], row["code"], row["product_id"] or "", row["event_id"], row["seq"], row["hash"])
-        elif row["verdict"] == "void":
-            doc.remove(row["earlier_id"], {"event_id": row["event_id"], **json.loads(row["record"])})
-        elif row["verdict"] == "exception":
-            doc.add_exception({**json.loads(row["record"]), "event_id": row["event_id"]})
+    replay(doc, rows)
     return doc
 
 
