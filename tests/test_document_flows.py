@@ -251,3 +251,51 @@ def test_wrong_drug_over_count_void_rescan_and_exception_with_the_documents_comm
     shown = run_agent("documents", "show", "RX00000005", "--json", "--config", config)
     assert shown.returncode == 0, shown.stderr.decode()
     assert agent.stop() == 0
+
+
+def test_a_three_line_prescription_completed_through_a_serial_scanner(tmp_path, pty_pair):
+    config = write_config(
+        tmp_path,
+        lifecycle="off",
+        extra=f'[[scanners]]\nkind = "serial"\nname = "counter"\nport = "{pty_pair.host}"\nterminator = "cr"\n',
+    )
+    proc = start_agent("run", "--config", str(config), "--json")
+    decisions: queue.Queue = queue.Queue()
+    ready = threading.Event()
+    threading.Thread(target=lambda: [decisions.put(json.loads(x)) for x in proc.stdout], daemon=True).start()
+    threading.Thread(
+        target=lambda: [ready.set() for x in proc.stderr if f"opened {pty_pair.host}".encode() in x], daemon=True
+    ).start()
+    lines = [
+        {"product_id": AMOX, "name": "Amoxicillin 500 mg", "expected": 2},
+        {"product_id": IBU, "name": "Ibuprofen 200 mg", "expected": 1},
+        {"product_id": PARA, "name": "Paracetamol 500 mg", "expected": 1, "split_units": 2},
+    ]
+    try:
+        assert ready.wait(15), "the agent never opened the serial port"
+        opened = run_agent(
+            "documents", "open", "--id", "RX00000006", "--kind", "prescription", "--ref", "patient=P-7",
+            "--lines", "-", "--config", str(config), input=json.dumps(lines).encode(),
+        )  # fmt: skip
+        assert opened.returncode == 0, opened.stderr.decode()
+        assert decisions.get(timeout=15)["verdict"] == "opened"
+        fd = pty_pair.open_device()
+        reads = [code(AMOX, 1), code(IBU, 1), code(AMOX, 2), code(PARA, 1), "DOC-CLOSE"]
+        os.write(fd, "".join(f"]C0{r}\r" for r in reads).encode())
+        got = [decisions.get(timeout=15) for _ in reads]
+        os.close(fd)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    assert [d["verdict"] for d in got] == ["accepted"] * 4 + ["closed"]
+    assert [d["progress"]["collected"] for d in got[:4]] == [1, 2, 3, 4]
+    assert got[3]["progress"]["complete"] and got[4]["reason"] == "complete"
+    record = got[4]["record"]
+    assert record["ref"] == {"patient": "P-7"}
+    assert {line["product_id"]: [c["drug_trac_codg"] for c in line["drugtracinfo"]] for line in record["lines"]} == {
+        AMOX: [code(AMOX, 1), code(AMOX, 2)],
+        IBU: [code(IBU, 1)],
+        PARA: [code(PARA, 1)],
+    }
+    assert record["lines"][2]["drugtracinfo"][0]["trdn_flag"] == 1, "a split line's code is a 拆零 unit"
+    assert run_agent("ledger", "verify", "--db", str(tmp_path / "ledger.db")).returncode == 0
