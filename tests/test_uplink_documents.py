@@ -205,7 +205,7 @@ def test_a_prescription_opened_scanned_excepted_and_closed_by_command(kiosk):
     exception_row = kiosk.conn.execute("SELECT * FROM scans WHERE verdict = 'exception'").fetchone()
     assert doc["exceptions"] == [
         {"line": IBUPROFEN, "kind": "uncoded", "reason": "no code on the box", "approver": "pharmacist-2",
-         "units": 1, "event_id": exception_row["event_id"]},
+         "units": 1, "event_id": exception_row["event_id"], "ts": exception_row["ts"]},
     ]  # fmt: skip
     assert doc["voids"] == []
     # Each included scan by event, seq and hash: the same as its own scan event's.
