@@ -432,6 +432,7 @@ def ask(ledger_path: str | os.PathLike, verb: str, body: Mapping, *, timeout_s: 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         sock.connect(socket_name(ledger_path))
+        _check_server(sock, ledger_path)
         try:
             sock.sendall(request)
             sock.shutdown(socket.SHUT_WR)
@@ -449,6 +450,20 @@ def ask(ledger_path: str | os.PathLike, verb: str, body: Mapping, *, timeout_s: 
     if ok:
         return reply["result"]
     raise DocumentError(str(reply.get("field") or "agent"), str(reply.get("error")))
+
+
+def _check_server(sock: socket.socket, ledger_path: str | os.PathLike) -> None:
+    """The process behind the socket must be root, the ledger's owner or this user.
+
+    An abstract socket's name is open to any local user: without this check another
+    user could listen under the agent's name and collect (or fake replies to) commands.
+    """
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    owner = os.stat(ledger_path).st_uid
+    if uid not in (0, owner, os.getuid()):
+        raise ControlError(
+            "agent", f"the process answering for {ledger_path} runs as uid {uid}, not as root or the ledger's owner"
+        )
 
 
 def _read_reply(sock: socket.socket) -> bytes:

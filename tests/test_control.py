@@ -333,3 +333,31 @@ def test_send_waits_for_a_starting_agent(tmp_path):
         holder.wait()
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT COUNT(*) FROM scans").fetchone()[0] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another user")
+@pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs a python another user may run")
+def test_a_client_will_not_talk_to_another_user_listening_under_the_agents_name(tmp_path):
+    path = tmp_path / "ledger.db"
+    Ledger.open(path, device_id="kiosk-1", site_id="site-1").close()
+    squatter = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.bind(bytes.fromhex(sys.argv[1]))\n"
+        "s.listen(1)\n"
+        "print('listening', flush=True)\n"
+        "c, _ = s.accept()\n"
+        'c.sendall(b\'{"ok": true, "result": {"rows": []}}\\n\')\n'
+    )
+    proc = subprocess.Popen(
+        [str(SYSTEM_PYTHON), "-I", "-c", squatter, control.socket_name(path).hex()],
+        user=NOBODY, group=NOBODY, extra_groups=[], stdout=subprocess.PIPE, cwd="/",
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline() == b"listening\n"
+        with pytest.raises(control.ControlError) as refused:
+            control.ask(path, "close_document", {"id": "S-1"}, timeout_s=5)
+        assert refused.value.field == "agent" and "not as root or the ledger's owner" in str(refused.value)
+    finally:
+        proc.kill()
+        proc.wait()
