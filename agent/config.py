@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.domain import DOCUMENT_KINDS, LIFECYCLES, check_movement
+from agent.codes import REASONS
+from agent.domain import DOCUMENT_KINDS, LEDGER_REASONS, LIFECYCLES, check_movement
 from agent.sinks.patterns import (
     DEFAULT_LOOKS,
     DEFAULT_PATTERNS,
@@ -348,8 +349,11 @@ def _documents(t: Table) -> DocumentsConfig:
     if ack_pin is not None and not 0 <= ack_pin <= 27:
         t.fail("ack_pin", f"{ack_pin!r} is not allowed; allowed: a whole number from 0 to 27")
     lock_on = t.get("lock_on", list(d.lock_on), list)
-    if not all(isinstance(x, str) and x for x in lock_on):
-        t.fail("lock_on", f'{lock_on!r} is not allowed; allowed: a list of verdicts or reasons, e.g. ["duplicate"]')
+    lockable = ("duplicate", "rejected", *(r for r in LEDGER_REASONS if r != "station_locked"), *REASONS)
+    for name in lock_on:
+        if name not in lockable:
+            # A misspelt name would leave the station never locking, silently.
+            t.fail("lock_on", f"{name!r} is not allowed; allowed: {', '.join(lockable)}")
     documents = DocumentsConfig(
         patterns=dict(patterns),
         ack_pin=ack_pin,

@@ -39,6 +39,22 @@ DOCUMENT_KINDS = {
 #: what): a document opened or closed, a scan voided (``reversal`` once its document
 #: has closed), an exception against a line, the station locked and acknowledged.
 ENTRIES = ("opened", "closed", "void", "reversal", "exception", "locked", "acknowledged")
+#: Reasons the ledger gives (beside the code checks' own, :data:`agent.codes.REASONS`).
+LEDGER_REASONS = (
+    "already_dispensed",
+    "already_received",
+    "destroyed",
+    "dispensed_before",
+    "never_received",
+    "never_dispensed",
+    "not_on_document",
+    "line_complete",
+    "in_document",
+    "document_full",
+    "bill_full",
+    "station_locked",
+    "document_refused",
+)
 #: How a document ends.
 DOCUMENT_STATUSES = ("complete", "complete_with_exceptions", "incomplete")
 #: ``[codes] lifecycle``: whether a code's history across movements is checked.

@@ -1,5 +1,7 @@
 """Config: the documented example loads, the built-in default, and errors that name the key."""
 
+import re
+
 import pytest
 
 from agent import config
@@ -103,3 +105,34 @@ def test_unreadable_file_is_a_config_error(tmp_path):
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="UTF-8"):
         config.load(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[documents]\nlock_on = ["duplicat"]', "[documents] lock_on: 'duplicat' is not allowed"),
+        ('[documents]\npatterns = { sale = "^[0-9]{20}$" }', "matches the trace code"),
+        ('[documents]\npatterns = { invoice = "^IV[0-9]+$" }', "patterns.invoice: unknown document kind"),
+        ('[documents]\nclose_code = "X"\nack_code = "X"', "ack_code: must differ from close_code"),
+        ('[documents]\non_new = "merge"', "on_new: 'merge' is not allowed"),
+        ('[codes]\nlifecycle = "loose"', "lifecycle: 'loose' is not allowed"),
+    ],
+)
+def test_bad_document_settings_name_the_key(text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_toml(text)
+
+
+def test_document_settings_read_as_given():
+    cfg = parse_toml(
+        '[documents]\npatterns = { prescription = "^RX[0-9]{8}$" }\nclose_code = "DOC-CLOSE"\n'
+        'ack_code = "SUPERVISOR-ACK"\nidle_close_s = 30\non_new = "refuse"\nlock_on = ["dispensed_before"]\n'
+        '[codes]\nlifecycle = "strict"\n'
+    )
+    assert cfg.documents.patterns == {"prescription": "^RX[0-9]{8}$"}
+    assert (cfg.documents.idle_close_s, cfg.documents.on_new, cfg.documents.lock_on) == (
+        30,
+        "refuse",
+        ("dispensed_before",),
+    )
+    assert cfg.codes.lifecycle == "strict"
