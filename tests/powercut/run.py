@@ -70,6 +70,7 @@ class Role:
     port: Path
     cycles: int
     received: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # since the image was made
+    unprinted: set[str] = field(default_factory=set)  # committed, never printed, counted already
     results: list[dict] = field(default_factory=list)
     offset: int = 0
     partial: bytes = b""
@@ -167,8 +168,14 @@ def dump_ledger(image: Path, into: Path) -> tuple[int, str, Path | None]:
     return fsck.returncode, (fsck.stdout + fsck.stderr).strip(), db if db.exists() else None
 
 
-def check_ledger(db: Path | None, received: dict[str, tuple[str, int | None]]) -> dict:
-    """The invariant on a ledger read out after a cut; ``received`` = event_id -> (verdict, seq) as printed."""
+def check_ledger(db: Path | None, received: dict[str, tuple[str, int | None]], counted: set[str] | None = None) -> dict:
+    """The invariant on a ledger read out after a cut; ``received`` = event_id -> (verdict, seq) as printed.
+
+    ``unprinted`` counts the decisions committed and never printed that are not in
+    ``counted`` yet (rows of earlier cuts on the same image were counted then), and
+    adds them to it. A ``locked`` row is never printed (the scan that locked is), so
+    it is not counted.
+    """
     result = {"verify_ok": False, "verify": "", "integrity": "", "seq_ok": False, "stored": 0}
     stored: dict[str, tuple[str, int | None]] = {}
     if db is None:
@@ -201,7 +208,10 @@ def check_ledger(db: Path | None, received: dict[str, tuple[str, int | None]]) -
     lost = [eid for eid, printed in received.items() if stored.get(eid) != printed]
     result["lost"] = len(lost)
     result["lost_examples"] = lost[:3]
-    result["unprinted"] = len(set(stored) - set(received))
+    counted = set() if counted is None else counted
+    unprinted = {eid for eid, (verdict, _) in stored.items() if eid not in received and verdict != "locked"}
+    result["unprinted"] = len(unprinted - counted)
+    counted |= unprinted
     result["broken"] = not (
         result["verify_ok"] and result["integrity"] == "ok" and result["seq_ok"] and not result.get("documents_bad")
     )
@@ -360,7 +370,7 @@ def check_role(args, cycle: int, r: Role, cut_after: float) -> dict:
     for d in printed:
         r.received[d["event_id"]] = (d["verdict"], d["seq"])
     fsck_rc, fsck_out, db = dump_ledger(r.image, args.out / "check" / r.name)
-    result = check_ledger(db, r.received)
+    result = check_ledger(db, r.received, r.unprinted)
     counts: dict[str, int] = {}
     for d in r.this_boot:
         counts[d["verdict"]] = counts.get(d["verdict"], 0) + 1
@@ -399,7 +409,7 @@ def check_role(args, cycle: int, r: Role, cut_after: float) -> dict:
         f.write(json.dumps(result) + "\n")
     if result["lost"] or result["broken"]:
         make_image(r.image)  # the next boot starts a new ledger
-        r.received = {}
+        r.received, r.unprinted = {}, set()
         print(f"  {r.name:7} the next boot gets a new disk image", flush=True)
     return result
 

@@ -59,6 +59,8 @@ def test_check_counts_lost_and_unprinted(tmp_path):
     last = printed[-1]["event_id"]
     fewer = {k: v for k, v in received.items() if k != last}  # the cut came before this line was printed
     assert check_ledger(db, fewer)["unprinted"] == 1
+    counted: set[str] = set()
+    assert [check_ledger(db, fewer, counted)["unprinted"] for _ in range(2)] == [1, 0], "each row counted once"
     wrong = dict(received, **{last: ("accepted", printed[-1]["seq"])})  # printed one thing, stored another
     assert check_ledger(db, wrong)["lost"] == 1
     invented = dict(received, **{"01a00000-0000-7000-8000-000000000000": ("accepted", 99)})
