@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from agent.ledger.documents import DocumentError
-from agent.station import CALL_TIMEOUT_S
+from agent.station import CALL_TIMEOUT_S, VERBS
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The station verbs a command may name (methods of :class:`agent.station.Station`).
-VERBS = ("open_document", "close_document", "void", "exception", "acknowledge")
 #: The agent waits this long for the lock at start: a command line holds it for one verb.
 LOCK_WAIT_S = 5.0
 #: A request larger than this is refused unread (3,500 lines of a document fit easily).

@@ -21,12 +21,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
 
 from agent.domain import Decision
-from agent.ledger.documents import DocumentError, read_document, read_exception, read_text, read_void
+from agent.ledger.documents import DocumentError, only_fields, read_document, read_exception, read_text, read_void
 from agent.read import Read
 
 if TYPE_CHECKING:
     from agent.pipeline import Pipeline
 
+#: The verbs of :class:`Station`, as MQTT commands and the control socket name them.
+VERBS = ("open_document", "close_document", "void", "exception", "acknowledge")
 #: How long a command waits for the pipeline to run it (the pipeline is busy only with scans).
 CALL_TIMEOUT_S = 10.0
 
@@ -86,7 +88,7 @@ class Station:
         )
 
     def close_document(self, body: Mapping, *, via: str = "command", source_id: str = "") -> dict:
-        _only(body, ("id",))
+        only_fields(body, ("id",))
         doc_id = read_text(body, "id")
         ledger = self.pipeline.ledger
         return self._run(
@@ -112,7 +114,7 @@ class Station:
         )
 
     def acknowledge(self, body: Mapping, *, via: str = "command", source_id: str = "") -> dict:
-        _only(body, ("by",))
+        only_fields(body, ("by",))
         by = read_text(body, "by")
         ledger = self.pipeline.ledger
         return self._run(lambda read: ledger.acknowledge(by, via=via, read=read), via, source_id)
@@ -145,9 +147,3 @@ def reply_row(decision: Decision) -> dict:
         "document": decision.document,
         "progress": decision.progress,
     }
-
-
-def _only(body: Mapping, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise DocumentError(unknown[0], f"unknown field; allowed: {', '.join(allowed)}")

@@ -112,7 +112,7 @@ class Document:
 
 def read_document(body: Mapping) -> Document:
     """A :class:`Document` from an ``open_document`` command's JSON, or :class:`DocumentError`."""
-    _only(body, ("id", "kind", "ref", "lines"), "")
+    only_fields(body, ("id", "kind", "ref", "lines"))
     doc_id = read_text(body, "id")
     kind = body.get("kind")
     if kind not in DOCUMENT_KINDS:
@@ -120,7 +120,7 @@ def read_document(body: Mapping) -> Document:
     ref = body.get("ref") or {}
     if not isinstance(ref, dict):
         raise DocumentError("ref", 'must be an object, e.g. {"patient": "P-1"}')
-    _only(ref, REF_KEYS, "ref.")
+    only_fields(ref, REF_KEYS, "ref.")
     for key in ref:
         read_text(ref, key, where="ref.")
     lines = body.get("lines") or []
@@ -141,7 +141,7 @@ def read_document(body: Mapping) -> Document:
 def _line(line: object, where: str) -> Line:
     if not isinstance(line, dict):
         raise DocumentError(where, "must be an object with product_id, name, expected, split_units")
-    _only(line, ("product_id", "name", "expected", "split_units"), f"{where}.")
+    only_fields(line, ("product_id", "name", "expected", "split_units"), f"{where}.")
     product = line.get("product_id")
     if not isinstance(product, str) or not _PRODUCT.fullmatch(product):
         raise DocumentError(f"{where}.product_id", f"{product!r}: must be the 7-digit product id or a 14-digit GTIN")
@@ -171,7 +171,8 @@ def read_text(body: Mapping, key: str, *, where: str = "", required: bool = True
     return value
 
 
-def _only(body: Mapping, allowed: Iterable[str], where: str) -> None:
+def only_fields(body: Mapping, allowed: Iterable[str], where: str = "") -> None:
+    """DocumentError naming the first field of ``body`` not in ``allowed`` (``where`` prefixes its name)."""
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         raise DocumentError(f"{where}{unknown[0]}", f"unknown field; allowed: {', '.join(allowed)}")
@@ -199,7 +200,7 @@ class ExceptionItem:
 
 def read_exception(body: Mapping) -> tuple[str, ExceptionItem]:
     """``(document id, exception)`` from an ``exception`` command's JSON."""
-    _only(body, ("document", "line", "kind", "reason", "approver", "units"), "")
+    only_fields(body, ("document", "line", "kind", "reason", "approver", "units"))
     doc_id = read_text(body, "document")
     line = body.get("line")
     if not isinstance(line, str) or not _PRODUCT.fullmatch(line):
@@ -219,7 +220,7 @@ def read_exception(body: Mapping) -> tuple[str, ExceptionItem]:
 
 def read_void(body: Mapping) -> tuple[str, str, str]:
     """``(event id, reason, approver)`` from a ``void`` command's JSON (approver may be "")."""
-    _only(body, ("event_id", "reason", "approver"), "")
+    only_fields(body, ("event_id", "reason", "approver"))
     event_id = body.get("event_id")
     if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
         raise DocumentError("event_id", f"{event_id!r}: must be the event id of a scan (a UUID)")
@@ -262,6 +263,10 @@ class OpenDocument:
         """How many scans one code of ``product_id`` may have in this document."""
         line = self.document.line_for(product_id)
         return self.split_packs.get(product_id, 1) if line is None else line.split_units
+
+    def trdn_flag(self, product_id: str) -> int:
+        """1 when a code of ``product_id`` stands for split units (拆零) here, as the 3505 upload flags it."""
+        return 1 if self.allowed(product_id) > 1 else 0
 
     def has_all_of(self, code: str, product_id: str) -> bool:
         """Whether this document already counts ``code`` as often as it may."""
@@ -344,7 +349,7 @@ class OpenDocument:
         assert status in DOCUMENT_STATUSES
         codes: dict[str, list[dict]] = {}
         for scan in self.scans.values():
-            flag = 1 if self.allowed(scan.product_id) > 1 else 0
+            flag = self.trdn_flag(scan.product_id)
             codes.setdefault(scan.product_id, []).append({"drug_trac_codg": scan.code, "trdn_flag": flag})
         lines = [
             {

@@ -29,6 +29,7 @@ import sqlite3
 from collections.abc import Iterator
 
 from agent.ledger.documents import Document, DocumentError, OpenDocument, replay
+from agent.ledger.store import entry_row
 
 #: ``documents export``: one row per code of a document (the 3505/3506 upload's
 #: ``drugtracinfo``, with the scan that collected it); ``reversed_by`` names a
@@ -103,10 +104,10 @@ def show_document(conn: sqlite3.Connection, doc_id: str) -> dict:
 
     Raises :class:`DocumentError` (field ``id``) when no document has that id.
     """
-    opened = _entry(conn, doc_id, "opened")
+    opened = entry_row(conn, doc_id, "opened")
     if opened is None:
         raise DocumentError("id", f"no document has id {doc_id}")
-    closed = _entry(conn, doc_id, "closed")
+    closed = entry_row(conn, doc_id, "closed")
     doc, times, rejected = _replay(conn, opened, closed)
     reversals = conn.execute(
         f"{_ENTRY} WHERE record IS NOT NULL AND document = ? AND verdict = 'reversal' ORDER BY id", (doc_id,)
@@ -138,7 +139,7 @@ def show_document(conn: sqlite3.Connection, doc_id: str) -> dict:
             {
                 "drug_trac_codg": scan.code,
                 "product_id": scan.product_id,
-                "trdn_flag": 1 if doc.allowed(scan.product_id) > 1 else 0,
+                "trdn_flag": doc.trdn_flag(scan.product_id),
                 "event_id": scan.event_id,
                 "seq": scan.seq,
                 "ts": times[scan_id],
@@ -177,12 +178,6 @@ def export_codes(conn: sqlite3.Connection, doc_id: str | None = None, *, closed_
                 "ts": code["ts"],
                 "reversed_by": code["reversed_by"],
             }
-
-
-def _entry(conn: sqlite3.Connection, doc_id: str, verdict: str) -> sqlite3.Row | None:
-    return conn.execute(
-        f"{_ENTRY} WHERE record IS NOT NULL AND document = ? AND verdict = ? ORDER BY id LIMIT 1", (doc_id, verdict)
-    ).fetchone()
 
 
 def _replay(

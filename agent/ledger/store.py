@@ -246,7 +246,7 @@ class Ledger:
         doc = self.document
         if doc is not None and doc.id == document.id:
             raise DocumentError("id", f"{doc.document.kind} {doc.id} is open already")
-        if self._entry_row(document.id, "closed") is not None:
+        if entry_row(self.conn, document.id, "closed") is not None:
             raise DocumentError("id", f"{document.id} was used by a document already closed; ids are not reused")
         if doc is not None and on_new == "refuse":
             raise DocumentError(
@@ -424,12 +424,6 @@ class Ledger:
             raise DocumentError("id", f"{doc_id} is not open; {now}")
         return doc
 
-    def _entry_row(self, doc_id: str, verdict: str) -> sqlite3.Row | None:
-        return self.conn.execute(
-            "SELECT * FROM scans WHERE record IS NOT NULL AND document = ? AND verdict = ? ORDER BY id LIMIT 1",
-            (doc_id, verdict),
-        ).fetchone()
-
     def _voided(self, doc_id: str, scan_id: int) -> bool:
         return (
             self.conn.execute(
@@ -561,7 +555,7 @@ class Ledger:
         )
 
     def _document_kind(self, doc_id: str) -> str | None:
-        opened = self._entry_row(doc_id, "opened")
+        opened = entry_row(self.conn, doc_id, "opened")
         return None if opened is None else json.loads(opened["record"])["kind"]
 
     def _fresh(self) -> None:
@@ -656,6 +650,14 @@ def load_open_document(conn: sqlite3.Connection, split_packs: Mapping[str, int] 
     )
     replay(doc, rows)
     return doc
+
+
+def entry_row(conn: sqlite3.Connection, doc_id: str, verdict: str) -> sqlite3.Row | None:
+    """Document ``doc_id``'s first entry row of ``verdict`` (``opened``, ``closed``...), through the entry index."""
+    return conn.execute(
+        "SELECT * FROM scans WHERE record IS NOT NULL AND document = ? AND verdict = ? ORDER BY id LIMIT 1",
+        (doc_id, verdict),
+    ).fetchone()
 
 
 def load_lock(conn: sqlite3.Connection) -> dict | None:

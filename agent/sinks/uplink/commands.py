@@ -38,6 +38,7 @@ from paho.mqtt.properties import Properties
 
 from agent.domain import check_movement
 from agent.ledger.documents import DocumentError
+from agent.station import VERBS
 
 from .topics import Topics
 
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The station's verbs, each run by :class:`agent.station.Station`'s method of that name.
-DOCUMENT_COMMANDS = ("open_document", "close_document", "void", "exception", "acknowledge")
+DOCUMENT_COMMANDS = VERBS  # the station's verbs, by the same names
 COMMANDS = ("set", "health", "reload", "resend", *DOCUMENT_COMMANDS)
 #: Commands bigger than this are refused unread.
 MAX_COMMAND_BYTES = 4096
