@@ -179,7 +179,9 @@ def test_a_refused_document_barcode_is_recorded_as_rejected(agent_with):
     agent.stop()
 
 
-def test_a_prescription_through_a_serial_scanner(tmp_path, pty_pair):
+def serial_agent(tmp_path: Path, pty_pair):
+    """``scan-agent run --json`` with a serial scanner on ``pty_pair``, once it has opened the
+    port; returns the process and a queue of its decisions."""
     config = write_config(
         tmp_path,
         lifecycle="off",
@@ -187,13 +189,20 @@ def test_a_prescription_through_a_serial_scanner(tmp_path, pty_pair):
     )
     proc = start_agent("run", "--config", str(config), "--json")
     decisions: queue.Queue = queue.Queue()
-    opened = threading.Event()
+    ready = threading.Event()
     threading.Thread(target=lambda: [decisions.put(json.loads(x)) for x in proc.stdout], daemon=True).start()
     threading.Thread(
-        target=lambda: [opened.set() for x in proc.stderr if f"opened {pty_pair.host}".encode() in x], daemon=True
+        target=lambda: [ready.set() for x in proc.stderr if f"opened {pty_pair.host}".encode() in x], daemon=True
     ).start()
+    if not ready.wait(15):
+        proc.kill()
+        raise AssertionError("the agent never opened the serial port")
+    return proc, decisions, config
+
+
+def test_a_prescription_through_a_serial_scanner(tmp_path, pty_pair):
+    proc, decisions, _ = serial_agent(tmp_path, pty_pair)
     try:
-        assert opened.wait(15), "the agent never opened the serial port"
         fd = pty_pair.open_device()
         reads = ["]C0RX00000004", f"]C0{code(AMOX, 1)}", f"]C0{code(IBU, 1)}", "DOC-CLOSE"]
         os.write(fd, "".join(r + "\r" for r in reads).encode())
@@ -254,25 +263,13 @@ def test_wrong_drug_over_count_void_rescan_and_exception_with_the_documents_comm
 
 
 def test_a_three_line_prescription_completed_through_a_serial_scanner(tmp_path, pty_pair):
-    config = write_config(
-        tmp_path,
-        lifecycle="off",
-        extra=f'[[scanners]]\nkind = "serial"\nname = "counter"\nport = "{pty_pair.host}"\nterminator = "cr"\n',
-    )
-    proc = start_agent("run", "--config", str(config), "--json")
-    decisions: queue.Queue = queue.Queue()
-    ready = threading.Event()
-    threading.Thread(target=lambda: [decisions.put(json.loads(x)) for x in proc.stdout], daemon=True).start()
-    threading.Thread(
-        target=lambda: [ready.set() for x in proc.stderr if f"opened {pty_pair.host}".encode() in x], daemon=True
-    ).start()
+    proc, decisions, config = serial_agent(tmp_path, pty_pair)
     lines = [
         {"product_id": AMOX, "name": "Amoxicillin 500 mg", "expected": 2},
         {"product_id": IBU, "name": "Ibuprofen 200 mg", "expected": 1},
         {"product_id": PARA, "name": "Paracetamol 500 mg", "expected": 1, "split_units": 2},
     ]
     try:
-        assert ready.wait(15), "the agent never opened the serial port"
         opened = run_agent(
             "documents", "open", "--id", "RX00000006", "--kind", "prescription", "--ref", "patient=P-7",
             "--lines", "-", "--config", str(config), input=json.dumps(lines).encode(),
