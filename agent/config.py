@@ -222,6 +222,55 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """The local HTTP API for the counter's POS or HIS (``[api]``); see :mod:`agent.sinks.api`.
+
+    Off loopback it needs ``token_file``: a client then sends ``Authorization: Bearer <token>``.
+    """
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = 8765
+    token_file: str = ""
+
+    def token(self) -> str | None:
+        """The token from ``token_file`` (surrounding whitespace is not part of it), or None.
+
+        Raises :class:`OSError` if the file cannot be read.
+        """
+        if not self.token_file:
+            return None
+        return Path(self.token_file).read_text(encoding="utf-8").strip()
+
+
+@dataclass(frozen=True)
+class WedgeConfig:
+    """The validated keyboard wedge (``[wedge]``); see :mod:`agent.sinks.wedge`.
+
+    After the commit, each code whose verdict is in ``verdicts`` is typed into the
+    host through a uinput keyboard named ``device_name``: ``prefix``, the code, ``suffix``.
+    """
+
+    enabled: bool = False
+    verdicts: tuple[str, ...] = ("accepted",)
+    suffix: str = "enter"
+    prefix: str = ""
+    layout: str = "us"
+    key_delay_ms: float = 1.0
+    device_name: str = "scan-agent wedge"
+
+
+@dataclass(frozen=True)
+class ReceivingConfig:
+    """Receiving against the supplier's manifest (``[receiving]``); see :mod:`agent.ledger.manifests`.
+
+    ``unexpected``: what a code not on a delivery's manifest gets, ``reject`` or ``flag`` (accepted, flagged).
+    """
+
+    unexpected: str = "reject"
+
+
+@dataclass(frozen=True)
 class Config:
     station: StationConfig = field(default_factory=StationConfig)
     codes: CodesConfig = field(default_factory=CodesConfig)
@@ -230,6 +279,9 @@ class Config:
     scanners: tuple[ScannerConfig, ...] = (StdinScannerConfig(),)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    wedge: WedgeConfig = field(default_factory=WedgeConfig)
+    receiving: ReceivingConfig = field(default_factory=ReceivingConfig)
     source: str = "built-in default"
 
 
@@ -278,6 +330,9 @@ def parse_toml(text: str, source: str = "<string>") -> Config:
         scanners=_scanners(top.array_of_tables("scanners")),
         feedback=_feedback(top.table("feedback")),
         mqtt=_mqtt(top.table("mqtt")),
+        api=_api(top.table("api")),
+        wedge=_wedge(top.table("wedge")),
+        receiving=_receiving(top.table("receiving")),
         source=source,
     )
     top.finish()
@@ -592,6 +647,61 @@ def _mqtt(t: Table) -> MqttConfig:
                 t.fail(key, f"{path!r}: no such file")
     t.finish()
     return mqtt
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+WEDGE_SUFFIXES = ("enter", "tab", "none")
+WEDGE_LAYOUTS = ("us", "de", "fr")
+
+
+def _api(t: Table) -> ApiConfig:
+    d = ApiConfig()
+    api = ApiConfig(
+        enabled=t.get("enabled", d.enabled, bool),
+        bind=t.text("bind", d.bind, nonempty=True),
+        port=t.integer("port", d.port, 1, 65535),
+        token_file=t.text("token_file", d.token_file),
+    )
+    if api.enabled and api.bind not in LOOPBACK and not api.token_file:
+        # Anyone on the counter's network could open documents and void scans.
+        t.fail("token_file", f"bind = {api.bind!r} is off loopback: set token_file (or bind to 127.0.0.1)")
+    if api.enabled and api.token_file:
+        try:
+            token = api.token()
+        except OSError as problem:
+            t.fail("token_file", f"{api.token_file!r}: cannot read: {problem.strerror or problem}")
+        if not token or len(token) < 16:
+            t.fail("token_file", f"{api.token_file!r}: the token must be at least 16 characters")
+    t.finish()
+    return api
+
+
+def _wedge(t: Table) -> WedgeConfig:
+    d = WedgeConfig()
+    verdicts = t.get("verdicts", list(d.verdicts), list)
+    for verdict in verdicts:
+        if verdict not in ("accepted", "duplicate", "rejected"):
+            t.fail("verdicts", f"{verdict!r} is not allowed; allowed: accepted, duplicate, rejected")
+    prefix = t.text("prefix", d.prefix)
+    if not prefix.isprintable() or not prefix.isascii():
+        t.fail("prefix", f"{prefix!r} is not allowed; allowed: printable ASCII the layout can type")
+    wedge = WedgeConfig(
+        enabled=t.get("enabled", d.enabled, bool),
+        verdicts=tuple(verdicts),
+        suffix=t.choice("suffix", d.suffix, WEDGE_SUFFIXES),
+        prefix=prefix,
+        layout=t.choice("layout", d.layout, WEDGE_LAYOUTS),
+        key_delay_ms=t.number("key_delay_ms", d.key_delay_ms, low=0.0, high=100.0),
+        device_name=t.text("device_name", d.device_name, nonempty=True),
+    )
+    t.finish()
+    return wedge
+
+
+def _receiving(t: Table) -> ReceivingConfig:
+    receiving = ReceivingConfig(unexpected=t.choice("unexpected", ReceivingConfig().unexpected, ("reject", "flag")))
+    t.finish()
+    return receiving
 
 
 def _check_topic_ids(config: Config) -> None:

@@ -35,7 +35,7 @@ from agent.sinks.feedback import Feedback
 from agent.sinks.host_ack import host_ack_for
 from agent.sinks.printer import DecisionPrinter
 from agent.station import Station, StationCodes
-from agent.wiring import make_ack_button, make_feedback, make_source, make_uplink
+from agent.wiring import make_ack_button, make_api, make_feedback, make_source, make_uplink, make_wedge
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,9 @@ class Runner:
         sinks: list[Sink] = [feedback]
         if host_ack:
             sinks.append(host_ack)
+        wedge = make_wedge(cfg)
+        if wedge is not None:
+            sinks.append(wedge)  # before the printers: the POS is waiting for its keys
         if self.out is not None:
             sinks.append(DecisionPrinter(self.out, as_json=self.as_json))
         self.pipeline = pipeline = Pipeline(
@@ -147,11 +150,16 @@ class Runner:
             uplink = make_uplink(
                 cfg, pipeline, sources, station=self.station, reload=self.reload_config, on_state=feedback.set_state
             )
+        api = None
+        if cfg.api.enabled:
+            api = make_api(cfg, pipeline, self.station, sources, uplink=uplink, feedback=feedback)
         log.info("scan-agent up: %s, ledger %s, movement %s", cfg.source, cfg.ledger.path, cfg.station.movement)
         settle_heap()
         pipeline.start()
         if uplink is not None:
             uplink.start()  # connects in the background; scans never wait for it
+        if api is not None:
+            api.start()  # listening before READY: a POS started after the agent finds it
         notifier, watchdog, server = Notifier(), None, None
         try:
             if str(cfg.ledger.path) != ":memory:":
@@ -175,6 +183,10 @@ class Runner:
             for source in sources:
                 source.stop()
             pipeline.stop()
+            if api is not None:
+                api.stop()  # after the pipeline: the stream carries the last decisions out
+            if wedge is not None:
+                wedge.close()
             if uplink is not None:
                 uplink.stop()
             if ack_button is not None:
@@ -236,7 +248,7 @@ class Runner:
             self.pipeline.set_context(**applied)
         restart = [
             section
-            for section in ("codes", "documents", "ledger", "scanners", "feedback", "mqtt")
+            for section in ("codes", "documents", "ledger", "scanners", "feedback", "mqtt", "api", "wedge", "receiving")
             if getattr(new, section) != getattr(old, section)
         ]
         if replace(new.station, movement=old.station.movement, operator=old.station.operator) != old.station:

@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from agent.pipeline import Pipeline
+    from agent.sinks.api import LocalApi
+    from agent.sinks.feedback import Feedback
     from agent.sinks.uplink import Uplink
+    from agent.sinks.wedge import Wedge
     from agent.station import Station
 
 
@@ -209,3 +212,31 @@ def make_uplink(
     )
     pipeline.sinks.append(uplink)
     return uplink
+
+
+def make_wedge(cfg: config.Config) -> Wedge | None:
+    """The validated keyboard wedge for ``[wedge]`` (a uinput keyboard), or None when it is off."""
+    if not cfg.wedge.enabled:
+        return None
+    from agent.sinks.wedge import Wedge  # evdev's uinput only where the wedge is on
+
+    return Wedge.from_config(cfg.wedge)
+
+
+def make_api(
+    cfg: config.Config,
+    pipeline: Pipeline,
+    station: Station,
+    sources: list,
+    *,
+    uplink: Uplink | None,
+    feedback: Feedback,
+) -> LocalApi:
+    """The local HTTP API for ``[api]``, added to the pipeline's sinks (its stream hears each decision)."""
+    from agent.sinks.api import LocalApi  # the HTTP library only where the API is on
+
+    api = LocalApi.from_config(
+        cfg, pipeline=pipeline, station=station, sources=sources, uplink=uplink, feedback=feedback
+    )
+    pipeline.sinks.append(api)
+    return api
