@@ -2,9 +2,9 @@
 
 >>> m = make_manifest("DN00000001", products=2, cases=2, units_per_case=6, middle_per_case=2, partial=1, mixed=1)
 >>> [line["quantity"] for line in m["lines"]]
-[9, 7]
+[9, 5]
 >>> sum(1 for c in m["codes"] if c["level"] == "unit")
-16
+14
 >>> make_manifest("DN1", seed=3) == make_manifest("DN1", seed=3)
 True
 """
@@ -56,7 +56,7 @@ def make_manifest(
     rng = random.Random(seed)
     # Product ids start with 8 (the platform's prefix) and differ per packaging level,
     # as real ones do: the case, middle and unit of one drug have three ids.
-    base = 8_100_000 + rng.randrange(100_000) * 10
+    base = 8_100_000 + rng.randrange(10_000) * 10  # room for 60,000 products below 9,000,000
     unit_ids = [str(base + 3 * 10 * p) for p in range(products)]
     middle_ids = [str(base + 3 * 10 * p + 10) for p in range(products)]
     case_ids = [str(base + 3 * 10 * p + 20) for p in range(products)]
