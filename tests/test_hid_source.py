@@ -188,6 +188,33 @@ def test_device_match_selectors():
     )
 
 
+def test_the_agents_own_virtual_keyboard_is_never_a_scanner_even_for_a_broad_selector(inputs, reads):
+    from agent.sources.hid.device import WEDGE_PHYS, own_keyboard
+
+    # Another scan-agent's wedge (or this one's): on the virtual bus, with the wedge's phys.
+    wedge = inputs.plug("event9", DeviceInfo("", "scan-agent wedge", bus=e.BUS_VIRTUAL, phys=WEDGE_PHYS))
+    # One this process made, whatever it reports.
+    mine = inputs.plug("event8", DeviceInfo("", "scan-agent wedge", bus=e.BUS_USB))
+    own_keyboard(str(Path(inputs.dir) / "event8"))
+    scanner = inputs.plug("event5", NEWLAND)
+    everything = DeviceMatch(name_pattern="*")
+    assert everything.matches(NEWLAND) and everything.matches(DeviceInfo("", "x", bus=e.BUS_VIRTUAL))
+    source = start(inputs, reads, match=everything)
+    try:
+        wait_until(lambda: scanner.grabbed, 2, what="scanner grabbed")
+        wait_until(lambda: wedge.closed and mine.closed, 2, what="wedges looked at and let go")
+        assert not wedge.grabbed and not mine.grabbed
+        scanner.type_keys(keys(CODE))
+        wait_until(lambda: reads, 2, what="a read")
+        assert [r.raw for r in reads] == [CODE.encode() + b"\n"]
+    finally:
+        source.stop()
+        own_keyboard(str(Path(inputs.dir) / "event8"), made=False)
+    assert not DeviceMatch(name_pattern="*").matches(
+        DeviceInfo("/x", "scan-agent wedge", bus=e.BUS_VIRTUAL, phys=WEDGE_PHYS)
+    )
+
+
 def test_identity_without_usb_serial_uses_the_usb_port():
     info = DeviceInfo("/dev/input/event5", "Scanner", 0x0C2E, 0x0B61, "", "usb-0000:01:00.0-1.2/input0")
     assert info.identity == "0c2e:0b61@usb-0000:01:00.0-1.2/input0"

@@ -1,7 +1,8 @@
 """Which input devices are ours, and an evdev device behind a small interface.
 
 - :class:`DeviceInfo` is what identifies a device (node, name, USB ids, serial, links);
-- :class:`DeviceMatch` says whether one is ours, from a ``[[scanners]]`` entry's selectors;
+- :class:`DeviceMatch` says whether one is ours, from a ``[[scanners]]`` entry's selectors
+  (never the agent's own virtual keyboard: see :func:`is_agent_keyboard`);
 - :class:`EvdevDevice` opens one; :class:`InputDeviceLike` is the seam tests use instead.
 """
 
@@ -20,6 +21,11 @@ from evdev import ecodes as e
 
 from agent.sources.identity import usb_identity
 
+#: The ``phys`` the agent gives its own virtual keyboard (:mod:`agent.sinks.wedge`).
+WEDGE_PHYS = "scan-agent/wedge"
+# Nodes of the virtual keyboards this process made; see own_keyboard().
+_own_nodes: set[str] = set()
+
 
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -33,6 +39,7 @@ class DeviceInfo:
     phys: str = ""
     links: tuple[str, ...] = ()
     keyboard: bool = True
+    bus: int = e.BUS_USB
 
     @property
     def identity(self) -> str:
@@ -66,7 +73,7 @@ class DeviceMatch:
         return cls(config.vendor_id, config.product_id, config.serial, config.name_pattern, config.path)
 
     def matches(self, info: DeviceInfo) -> bool:
-        if not info.keyboard:
+        if not info.keyboard or is_agent_keyboard(info):
             return False
         if self.vendor_id is not None and info.vendor != self.vendor_id:
             return False
@@ -83,6 +90,35 @@ class DeviceMatch:
             f"{k}={v:#06x}" if isinstance(v, int) else f"{k}={v!r}" for k, v in vars(self).items() if v is not None
         ]
         return ", ".join(parts)
+
+
+def own_keyboard(node: str, *, made: bool = True) -> None:
+    """Record (``made=False``: forget) ``node`` as a virtual keyboard this process types on.
+
+    Called by the wedge when it creates and destroys its device, before any
+    source could look at the node.
+    """
+    if made:
+        _own_nodes.add(node)
+    else:
+        _own_nodes.discard(node)
+
+
+def is_agent_keyboard(info: DeviceInfo) -> bool:
+    """True for a scan-agent's own virtual keyboard, which is never a scanner.
+
+    Taking it for one would grab it away from the POS and feed every typed code
+    back in as a duplicate scan. It is known two ways, so that a broad selector
+    (``name_pattern = "*"``) still leaves it alone: a node this process made, or
+    a virtual-bus device with the wedge's ``phys`` (another scan-agent's, or this
+    one's before the node was recorded). A USB scanner is never on the virtual bus.
+
+    >>> is_agent_keyboard(DeviceInfo("/dev/input/event9", "scan-agent wedge", bus=e.BUS_VIRTUAL, phys=WEDGE_PHYS))
+    True
+    >>> is_agent_keyboard(DeviceInfo("/dev/input/event5", "Newland", 0x1EAB, 0x1D06, phys=WEDGE_PHYS))
+    False
+    """
+    return info.path in _own_nodes or (info.bus == e.BUS_VIRTUAL and info.phys == WEDGE_PHYS)
 
 
 class InputDeviceLike(Protocol):
@@ -120,6 +156,7 @@ class EvdevDevice:
             phys=self.device.phys or "",
             links=links,
             keyboard=e.KEY_ENTER in keys and (e.KEY_1 in keys or e.KEY_KP1 in keys),
+            bus=self.device.info.bustype,
         )
         try:
             # Event times on the same clock as Read.t_first (time.monotonic).

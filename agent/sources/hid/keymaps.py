@@ -14,9 +14,14 @@ there (including dead keys, which only combine with the next key).
 
 Keypad keys are the same in every layout and always give digits (see
 :data:`KEYPAD`): scanners use them for digits whatever the host's NumLock.
+
+The other way round, :func:`strokes` says which key types a character, for
+the agent's own virtual keyboard (:mod:`agent.sinks.wedge`).
 """
 
 from __future__ import annotations
+
+import functools
 
 from evdev import ecodes as e
 
@@ -87,3 +92,38 @@ KEYPAD: dict[int, str] = {
     e.KEY_KPMINUS: "-",
     e.KEY_KPPLUS: "+",
 }
+
+#: One key to type a character: the key code, and the modifier held with it
+#: (``KEY_LEFTSHIFT``, ``KEY_RIGHTALT`` for AltGr) or None.
+Stroke = tuple[int, int | None]
+_LEVELS = (None, e.KEY_LEFTSHIFT, e.KEY_RIGHTALT)  # the order of a Key's three characters
+
+
+@functools.cache
+def strokes(layout: str) -> dict[str, Stroke]:
+    """Which key, and which modifier with it, types each character on ``layout``: :data:`LAYOUTS` inverted.
+
+    A character a key gives without a modifier is typed that way, then with Shift,
+    then with AltGr; among keys of one level the lowest key code wins, and the
+    ISO key beside the left Shift (``KEY_102ND``, absent from US keyboards) comes
+    last. Keypad keys are never used: on the host they type digits only with
+    NumLock on. AZERTY digits need Shift:
+
+    >>> strokes("fr")["1"] == (e.KEY_1, e.KEY_LEFTSHIFT)
+    True
+    >>> strokes("us")["1"] == (e.KEY_1, None)
+    True
+    >>> strokes("de")["@"] == (e.KEY_Q, e.KEY_RIGHTALT)
+    True
+    >>> strokes("us")["\\\\"] == (e.KEY_BACKSLASH, None)
+    True
+    """
+    table = LAYOUTS[layout]
+    order = sorted(table, key=lambda code: (code == e.KEY_102ND, code))
+    found: dict[str, Stroke] = {}
+    for level, modifier in enumerate(_LEVELS):
+        for code in order:
+            char = table[code][level]
+            if char is not None:
+                found.setdefault(char, (code, modifier))
+    return found
