@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 
 #: The agent waits this long for the lock at start: a command line holds it for one verb.
 LOCK_WAIT_S = 5.0
-#: A request larger than this is refused unread (3,500 lines of a document fit easily).
-MAX_REQUEST_BYTES = 1 << 20
+#: A request larger than this is refused unread (a manifest of 300,000 codes fits).
+MAX_REQUEST_BYTES = 32 << 20
 #: A client gets this long to send its whole request; the server serves one at a time.
 REQUEST_TIMEOUT_S = 5.0
 #: The client waits this long for a reply: the agent's own wait for its pipeline, and some.
@@ -476,11 +476,12 @@ class _Here:
     runs: each verb runs at once on the calling thread, which holds the ledger's lock
     and so is its one writer. The verbs check their JSON exactly as in the agent."""
 
-    def __init__(self, ledger, operator: str) -> None:
+    def __init__(self, ledger, operator: str, leading_digits: tuple[str, ...] = ("8",)) -> None:
         from agent.pipeline import Context
 
         self.ledger = ledger
         self.context = Context(operator=operator)
+        self.leading_digits = leading_digits
 
     def call(self, verb: Callable[[], list]) -> Future:
         from agent.ledger import LedgerError
@@ -522,11 +523,13 @@ def run_here(ledger_path: Path, verb: str, body: Mapping, *, config: Config | No
                 split_packs=cfg.codes.split_packs,
                 lifecycle=cfg.codes.lifecycle,
                 lock_on=cfg.documents.lock_on,
+                unexpected=cfg.receiving.unexpected,
             )
         except Exception as problem:  # sqlite3.Error, OSError
             raise ControlError("ledger", f"cannot open {ledger_path}: {problem}") from problem
         try:
-            station = Station(_Here(ledger, cfg.station.operator), on_new=cfg.documents.on_new)
+            here = _Here(ledger, cfg.station.operator, cfg.codes.leading_digits)
+            station = Station(here, on_new=cfg.documents.on_new)
             return getattr(station, verb)(body, via="cli", source_id=user_name(os.getuid()))
         except LedgerError as problem:
             raise ControlError("ledger", str(problem)) from problem

@@ -37,8 +37,9 @@ DOCUMENT_KINDS = {
 }
 #: Ledger rows that record something other than a read (their ``record`` column holds
 #: what): a document opened or closed, a scan voided (``reversal`` once its document
-#: has closed), an exception against a line, the station locked and acknowledged.
-ENTRIES = ("opened", "closed", "void", "reversal", "exception", "locked", "acknowledged")
+#: has closed), an exception against a line, the station locked and acknowledged, a
+#: supplier's manifest imported. (A case scan is a scan with a ``record``: its units.)
+ENTRIES = ("opened", "closed", "void", "reversal", "exception", "locked", "acknowledged", "manifest")
 #: Reasons the ledger gives (beside the code checks' own, :data:`agent.codes.REASONS`).
 LEDGER_REASONS = (
     "already_dispensed",
@@ -54,6 +55,9 @@ LEDGER_REASONS = (
     "bill_full",
     "station_locked",
     "document_refused",
+    "received_in_case",
+    "parent_child_same_document",
+    "not_on_manifest",
 )
 #: How a document ends.
 DOCUMENT_STATUSES = ("complete", "complete_with_exceptions", "incomplete")

@@ -119,6 +119,7 @@ class Runner:
             split_packs=cfg.codes.split_packs,
             lifecycle=cfg.codes.lifecycle,
             lock_on=cfg.documents.lock_on,
+            unexpected=cfg.receiving.unexpected,
         )
         feedback.set_state("locked", ledger.lock is not None)  # a lock outlives a restart
         if moved is not None:

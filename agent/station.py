@@ -1,5 +1,5 @@
 """What a station is told besides codes: open or close a document, void a scan, record an
-exception, acknowledge a lock.
+exception, acknowledge a lock, import a supplier's manifest.
 
 Every way in uses these verbs: a scanned barcode (the pipeline recognises it with
 :class:`StationCodes`), an MQTT command, the CLI through the control socket, the
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from agent.pipeline import Pipeline
 
 #: The verbs of :class:`Station`, as MQTT commands and the control socket name them.
-VERBS = ("open_document", "close_document", "void", "exception", "acknowledge")
+VERBS = ("open_document", "close_document", "void", "exception", "acknowledge", "import_manifest")
 #: How long a command waits for the pipeline to run it (the pipeline is busy only with scans).
 CALL_TIMEOUT_S = 10.0
 
@@ -118,6 +118,24 @@ class Station:
         by = read_text(body, "by")
         ledger = self.pipeline.ledger
         return self._run(lambda read: ledger.acknowledge(by, via=via, read=read), via, source_id)
+
+    def import_manifest(self, body: Mapping, *, via: str = "command", source_id: str = "") -> dict:
+        """Check a supplier's manifest whole (here, on the caller's thread: a big one takes a
+        moment), then record it on the pipeline thread. The same manifest again records
+        nothing (``rows`` empty, ``imported`` false)."""
+        from agent.ledger.manifests import ManifestError, read_manifest
+
+        try:
+            manifest = read_manifest(body, leading_digits=getattr(self.pipeline, "leading_digits", ("8",)))
+        except ManifestError as problem:
+            field = ".".join(part for part in (problem.row, problem.field) if part) or "manifest"
+            raise DocumentError(field, problem.message) from None
+        ledger = self.pipeline.ledger
+        result = self._run(
+            lambda read: ledger.import_manifest(manifest, read=read, operator=self._operator()), via, source_id
+        )
+        result.update(imported=bool(result["rows"]), bill_code=manifest.bill_code, codes=len(manifest.codes))
+        return result
 
     def _operator(self) -> str:
         return self.pipeline.context.operator

@@ -210,7 +210,10 @@ def test_tables_are_append_only(db, scanner, table):
     d = scanner.scan(A)
     Outbox(db.conn).mark_delivered([d.scan_id])
     alarm = db.record_alarm("ledger_damaged", "moved aside at start")
-    key, row = {"scans": ("id", d.scan_id), "alarms": ("id", alarm)}.get(table, ("scan_id", d.scan_id))
+    db.conn.execute("INSERT INTO manifest_codes (code, bill_code, level) VALUES (?, 'DN1', 'unit')", (A,))
+    key, row = {"scans": ("id", d.scan_id), "alarms": ("id", alarm), "manifest_codes": ("code", A)}.get(
+        table, ("scan_id", d.scan_id)
+    )
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         db.conn.execute(f"UPDATE {table} SET {key} = 99 WHERE {key} = ?", (row,))
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from agent.domain import DOCUMENT_KINDS, DOCUMENT_LIMIT, DOCUMENT_STATUSES
+from agent.domain import DOCUMENT_KINDS, DOCUMENT_LIMIT, DOCUMENT_STATUSES, ENTRIES
 
 #: Ids, ref values, reasons and names longer than this are refused.
 MAX_TEXT = 64
@@ -73,12 +73,17 @@ class Line:
 
 @dataclass(frozen=True)
 class Document:
-    """A document as opened: id, kind, refs and expected lines (none: any code counts)."""
+    """A document as opened: id, kind, refs and expected lines (none: any code counts).
+
+    ``manifest`` is the bill code of the supplier's manifest a delivery is received
+    against ("" for none: a delivery then says ``no_manifest``).
+    """
 
     id: str
     kind: str
     ref: dict[str, str] = field(default_factory=dict)
     lines: tuple[Line, ...] = ()
+    manifest: str = ""
 
     @property
     def movement(self) -> str:
@@ -92,13 +97,18 @@ class Document:
 
     def to_record(self) -> dict:
         """What the ``opened`` row records (and :meth:`from_record` reads back)."""
-        return {
+        record = {
             "id": self.id,
             "kind": self.kind,
             "movement": self.movement,
             "ref": dict(self.ref),
             "lines": [line.to_dict() for line in self.lines],
         }
+        if self.manifest:
+            record["manifest"] = self.manifest
+        elif self.kind == "delivery":
+            record["no_manifest"] = True
+        return record
 
     @classmethod
     def from_record(cls, record: Mapping) -> Document:
@@ -107,6 +117,7 @@ class Document:
             kind=record["kind"],
             ref=dict(record.get("ref") or {}),
             lines=tuple(Line(**line) for line in record.get("lines") or ()),
+            manifest=record.get("manifest", ""),
         )
 
 
@@ -229,13 +240,22 @@ def read_void(body: Mapping) -> tuple[str, str, str]:
 
 @dataclass
 class Collected:
-    """One scan counted in a document."""
+    """One scan counted in a document; a case or middle pack (``level``) counts its ``units``."""
 
     code: str
     product_id: str
     event_id: str
     seq: int | None
     hash: str
+    level: str = "unit"
+    units: tuple[str, ...] = ()
+    middles: tuple[str, ...] = ()
+
+    def products(self) -> Counter[str]:
+        """Units per product id this scan counts."""
+        if self.level == "unit":
+            return Counter({self.product_id: 1})
+        return Counter(unit[:7] for unit in self.units)
 
 
 class OpenDocument:
@@ -254,6 +274,10 @@ class OpenDocument:
         self.exceptions: list[dict] = []
         self.excepted: Counter[str] = Counter()
         self.voids: list[dict] = []
+        #: Units and middle packs counted by a pack scan of this document -> that pack's code.
+        self.covered: dict[str, str] = {}
+        #: Codes accepted although not on the delivery's manifest (``[receiving] unexpected = "flag"``).
+        self.unexpected: list[str] = []
 
     @property
     def id(self) -> str:
@@ -294,16 +318,63 @@ class OpenDocument:
         return self.per_line[product_id] + self.excepted[product_id]
 
     def add(self, scan_id: int, code: str, product_id: str, event_id: str, seq: int | None, hash: str) -> None:
-        self.scans[scan_id] = Collected(code, product_id, event_id, seq, hash)
-        self.per_code[code] += 1
-        self.per_line[product_id] += 1
+        self.add_scan(scan_id, Collected(code, product_id, event_id, seq, hash))
+
+    def add_scan(self, scan_id: int, scan: Collected) -> None:
+        """Count one scan (a unit's, or a pack's with its units)."""
+        self.scans[scan_id] = scan
+        self.per_code[scan.code] += 1
+        self.per_line.update(scan.products())
+        for code in (*scan.units, *scan.middles):
+            self.covered[code] = scan.code
 
     def remove(self, scan_id: int, void: dict) -> None:
         """A scan voided: it no longer counts."""
         gone = self.scans.pop(scan_id)
         self.per_code[gone.code] -= 1
-        self.per_line[gone.product_id] -= 1
+        self.per_line.subtract(gone.products())
+        for code in (*gone.units, *gone.middles):
+            self.covered.pop(code, None)
+        if gone.code in self.unexpected:
+            self.unexpected.remove(gone.code)
         self.voids.append(void)
+
+    def pack_conflict(self, code: str, units: Iterable[str], middles: Iterable[str]) -> str | None:
+        """Why a pack cannot join this document beside codes it holds (a parent and its own
+        children must not share a bill), or None."""
+        if code in self.covered:
+            return f"{code} is inside {self.covered[code]}, scanned in {self.document.kind} {self.id} already"
+        for inner in (*middles, *units):
+            if self.per_code[inner]:
+                return f"{inner}, inside this pack, was scanned in {self.document.kind} {self.id} already"
+        return None
+
+    def refuses_pack(self, units: Iterable[str]) -> tuple[str, str] | None:
+        """``(reason, detail)`` if this document cannot take a pack of ``units``, else None."""
+        doc = self.document
+        if len(self.scans) >= DOCUMENT_LIMIT:
+            return "document_full", f"{doc.kind} {doc.id} already holds {DOCUMENT_LIMIT} codes"
+        for product_id, count in sorted(Counter(unit[:7] for unit in units).items()):
+            line = doc.line_for(product_id)
+            if doc.lines and line is None:
+                return "not_on_document", f"product {product_id} is on no line of {doc.kind} {doc.id} (wrong drug?)"
+            if line is not None and self.count(product_id) + count > line.expected:
+                return (
+                    "line_complete",
+                    f"line {product_id} {line.name} has {self.count(product_id)} of {line.expected} units;"
+                    f" this pack holds {count} more",
+                )
+        return None
+
+    def received_units(self) -> dict[str, str]:
+        """Every unit this document counts -> the code scanned for it (itself, or its pack)."""
+        units = {}
+        for scan in self.scans.values():
+            if scan.level == "unit":
+                units[scan.code] = scan.code
+            else:
+                units.update(dict.fromkeys(scan.units, scan.code))
+        return units
 
     def add_exception(self, record: Mapping) -> None:
         """An exception row's record (with its ``event_id``): its units count toward its line."""
@@ -348,9 +419,18 @@ class OpenDocument:
         status = self.status(closed_by)
         assert status in DOCUMENT_STATUSES
         codes: dict[str, list[dict]] = {}
+        mixed = []  # packs that hold units of several lines are listed once, beside the lines
         for scan in self.scans.values():
-            flag = self.trdn_flag(scan.product_id)
-            codes.setdefault(scan.product_id, []).append({"drug_trac_codg": scan.code, "trdn_flag": flag})
+            if scan.level == "unit":
+                flag = self.trdn_flag(scan.product_id)
+                codes.setdefault(scan.product_id, []).append({"drug_trac_codg": scan.code, "trdn_flag": flag})
+                continue
+            entry = {"drug_trac_codg": scan.code, "trdn_flag": 0, "level": scan.level, "units": len(scan.units)}
+            products = scan.products()
+            if len(products) == 1:
+                codes.setdefault(next(iter(products)), []).append(entry)
+            else:
+                mixed.append(entry)
         lines = [
             {
                 **line.to_dict(),
@@ -369,7 +449,7 @@ class OpenDocument:
             "expected": progress["expected"],
             "lines": lines,
             # A document without lines lists its codes here.
-            "drugtracinfo": [] if lines else [c for group in codes.values() for c in group],
+            "drugtracinfo": mixed if lines else [c for group in codes.values() for c in group] + mixed,
             "voids": list(self.voids),
             "exceptions": list(self.exceptions),
             "scans": [{"event_id": s.event_id, "seq": s.seq, "hash": s.hash} for s in self.scans.values()],
@@ -382,13 +462,25 @@ def replay(doc: OpenDocument, rows: Iterable[Mapping]) -> None:
     rebuilds the open document at start, and how a report rebuilds any document."""
     for row in rows:
         verdict = row["verdict"]
-        if row["record"] is None:
-            if verdict == "accepted":
-                doc.add(row["id"], row["code"], row["product_id"] or "", row["event_id"], row["seq"], row["hash"])
+        if verdict == "accepted":
+            doc.add_scan(row["id"], collected(row))
+            if row["reason"] == "not_on_manifest":
+                doc.unexpected.append(row["code"])
+        elif verdict not in ENTRIES:
+            continue
         elif verdict == "void":
             doc.remove(row["earlier_id"], entry_of(row))
         elif verdict == "exception":
             doc.add_exception(entry_of(row))
+
+
+def collected(row: Mapping) -> Collected:
+    """An accepted scan's row as a document counts it (a pack's ``record`` lists its units)."""
+    scan = Collected(row["code"], row["product_id"] or "", row["event_id"], row["seq"], row["hash"])
+    if row["record"] is not None:
+        pack = json.loads(row["record"])["pack"]
+        scan.level, scan.units, scan.middles = pack["level"], tuple(pack["units"]), tuple(pack["middles"])
+    return scan
 
 
 def entry_of(row: Mapping) -> dict:

@@ -188,14 +188,14 @@ def _replay(
     doc = OpenDocument(Document.from_record(json.loads(opened["record"])), opened_id=opened["id"])
     end = "" if closed is None else " AND id < :closed"
     rows = conn.execute(
-        "SELECT id, verdict, code, product_id, event_id, seq, ts, hash, earlier_id, record FROM scans"
+        "SELECT id, verdict, reason, code, product_id, event_id, seq, ts, hash, earlier_id, record FROM scans"
         f" WHERE id > :opened{end} AND document = :doc ORDER BY id",
         {"opened": opened["id"], "closed": None if closed is None else closed["id"], "doc": doc.id},
     )
     rows = rows.fetchall()
     replay(doc, rows)
-    times = {row["id"]: row["ts"] for row in rows if row["record"] is None and row["verdict"] == "accepted"}
-    rejected = sum(row["record"] is None and row["verdict"] in ("rejected", "duplicate") for row in rows)
+    times = {row["id"]: row["ts"] for row in rows if row["verdict"] == "accepted"}
+    rejected = sum(row["verdict"] in ("rejected", "duplicate") for row in rows)
     return doc, times, rejected
 
 

@@ -28,11 +28,12 @@ log = logging.getLogger(__name__)
 
 #: 2: the alarms table; 3: the write budget (outbox view, code_state without rowid,
 #: deliveries keyed to scans, no seq or ts index); 4: documents (``document`` and
-#: ``record`` columns on scans, and two partial indexes that only entry rows write).
-SCHEMA_VERSION = 4
+#: ``record`` columns on scans, and two partial indexes that only entry rows write);
+#: 5: receiving (``manifest_codes``: the supplier's codes with level and parent).
+SCHEMA_VERSION = 5
 
 #: Tables whose rows are never updated or deleted (triggers refuse it).
-APPEND_ONLY = ("scans", "deliveries", "alarms")
+APPEND_ONLY = ("scans", "deliveries", "alarms", "manifest_codes")
 
 _SCANS = """
 CREATE TABLE IF NOT EXISTS "scans" (
@@ -95,6 +96,22 @@ CREATE TABLE IF NOT EXISTS "alarms" (
 )
 """
 
+# A manifest's codes, as imported; its ``manifest`` entry row in ``scans`` holds the bill
+# (lines, supplier) and the digest of these rows, which ``verify`` recomputes. Keyed by
+# code first: a receive looks a scanned code up here; a code may come again in a later
+# bill (returned to the supplier and shipped again).
+_MANIFEST_CODES = """
+CREATE TABLE IF NOT EXISTS "manifest_codes" (
+   "code" TEXT NOT NULL,
+   "bill_code" TEXT NOT NULL,
+   "level" TEXT NOT NULL,
+   "parent" TEXT,
+   "batch" TEXT NOT NULL DEFAULT '',
+   "expiry" TEXT NOT NULL DEFAULT '',
+   PRIMARY KEY ("code", "bill_code")
+) WITHOUT ROWID
+"""
+
 _INDEXES = (
     # Event ids are unique (and increase with id): the index is their guard and their lookup.
     'CREATE UNIQUE INDEX IF NOT EXISTS "idx_scans_event_id" ON "scans" ("event_id")',
@@ -105,6 +122,8 @@ _INDEXES = (
     # station's last lock or acknowledgement at start.
     'CREATE INDEX IF NOT EXISTS "scans_entries" ON "scans" ("document", "verdict") WHERE "record" IS NOT NULL',
     "CREATE INDEX IF NOT EXISTS scans_locks ON scans (verdict) WHERE verdict IN ('locked', 'acknowledged')",
+    # A case's children, and a bill's codes in order (verify, reconciliation).
+    'CREATE INDEX IF NOT EXISTS "manifest_children" ON "manifest_codes" ("bill_code", "parent")',
 )
 
 #: The events to publish: every scan with a seq (all but double reads).
@@ -128,6 +147,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(_CODE_STATE.format(name="code_state"))
         conn.execute(_DELIVERIES.format(name="deliveries"))
         conn.execute(_ALARMS)
+        conn.execute(_MANIFEST_CODES)
         for index in _INDEXES:
             conn.execute(index)
         conn.execute(_OUTBOX_VIEW)

@@ -19,8 +19,11 @@ import contextlib
 import json
 import logging
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -29,13 +32,27 @@ from agent.clock import Clock, iso
 from agent.codes import Rejection, TraceCode, escape
 from agent.domain import BILL_LIMIT, LIFECYCLES, Decision, Earlier, check_movement
 from agent.ids import EventIds
+from agent.ledger import receiving
 from agent.ledger.chain import GENESIS, HASHED, HASHED_WHEN_SET, row_hash
 from agent.ledger.checkpoint import Checkpointer
-from agent.ledger.documents import Document, DocumentError, ExceptionItem, OpenDocument, entry_of, replay
+from agent.ledger.documents import (
+    Collected,
+    Document,
+    DocumentError,
+    ExceptionItem,
+    Line,
+    OpenDocument,
+    entry_of,
+    replay,
+)
+from agent.ledger.receiving import ManifestHit
 from agent.ledger.rules import RULES, State, judge, undo
 from agent.ledger.schema import create_schema
 from agent.ledger.sqlite import CACHE_KIB, connect
 from agent.read import Read
+
+if TYPE_CHECKING:
+    from agent.ledger.manifests import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +82,7 @@ class Ledger:
         split_packs: Mapping[str, int] | None = None,
         lifecycle: str = "off",
         lock_on: Iterable[str] = (),
+        unexpected: str = "reject",
         clock: Clock | None = None,
     ) -> None:
         self.conn = conn
@@ -77,6 +95,10 @@ class Ledger:
         self.lifecycle = lifecycle
         #: Verdicts and reasons after which the station refuses scans until acknowledged.
         self.lock_on = frozenset(lock_on)
+        #: ``[receiving] unexpected``: a code not on a delivery's manifest is ``reject``-ed or ``flag``-ged.
+        self.unexpected = unexpected
+        #: Codes listed per imported manifest (bill code -> count), read once each.
+        self._code_counts: dict[str, int] = {}
         self.clock = clock or Clock()
         self._last_by_source: dict[str, tuple[str, float]] = {}
         self.checkpointer: Checkpointer | None = None
@@ -178,47 +200,59 @@ class Ledger:
         elif bill and self._bill_count(bill) >= BILL_LIMIT:
             verdict, reason, detail = "rejected", "bill_full", f"bill {bill} already holds {BILL_LIMIT} codes"
         else:
+            hit = self._manifest_hit(parsed.code, doc) if movement == "receive" else None
+            if hit is not None and hit.is_pack:
+                return self._receive_pack(read, parsed, hit, doc, operator, bill)
             state = self._state(parsed.code)
             allowed = self.split_packs.get(parsed.product_id, 1)
             if doc is not None:
                 allowed = doc.allowed(parsed.product_id)
             verdict, reason, detail, earlier_id = judge(movement, state, allowed=allowed, lifecycle=self.lifecycle)
+            if reason == "already_received":
+                reason, detail = self._received_how(parsed.code, doc, earlier_id, reason, detail)
             if doc is not None and doc.has_all_of(parsed.code, parsed.product_id):
                 # The same box again in this document: a counting slip, not a second sale.
                 verdict, reason, detail, earlier_id = "rejected", "in_document", doc.in_document_detail(), None
+            manifest = "" if doc is None else doc.document.manifest
+            if verdict == "accepted" and hit is None and manifest and self._lists_codes(manifest):
+                # First: what the dock sets aside for the supplier, whatever else is wrong with it.
+                verdict, reason, detail = self._unexpected(parsed.code, doc, reason, detail)
             refusal = doc.refuses(parsed.code, parsed.product_id) if doc is not None and verdict == "accepted" else None
             if refusal is not None:
                 (reason, detail), verdict = refusal, "rejected"
 
         row = self._append(
             {
-                "movement": movement,
+                **self._scan_fields(read, parsed, movement, operator, bill),
                 "verdict": verdict,
                 "reason": reason,
                 "detail": detail,
-                "code": parsed.code if parsed.valid else None,
-                "raw": escape(read.raw),
-                "kind": parsed.kind,
-                "product_id": parsed.product_id or None,
-                "serial": parsed.serial or None,
-                "symbology": parsed.symbology or read.symbology,
-                "ais": json.dumps(parsed.ais, sort_keys=True) if parsed.valid and parsed.ais else None,
-                "source_kind": read.source_kind,
-                "source_id": read.source_id,
-                "operator": operator,
-                "bill": bill,
                 "earlier_id": earlier_id,
                 "document": None if doc is None or double_read else doc.id,
             },
             with_seq=verdict != "double_read",
         )
-        progress = None
         if verdict == "accepted" and state is not None:
             self._store_state(parsed.code, state, RULES[movement].then(state, row["id"]))
             if doc is not None:
                 doc.add(row["id"], parsed.code, parsed.product_id, row["event_id"], row["seq"], row["hash"])
-        if row["document"] is not None:
-            progress = doc.progress()
+                if reason == "not_on_manifest":
+                    doc.unexpected.append(parsed.code)
+        return self._finish(row, read, parsed, text, doc, operator, earlier_id)
+
+    def _finish(
+        self,
+        row: dict,
+        read: Read,
+        parsed: TraceCode | Rejection,
+        text: str,
+        doc: OpenDocument | None,
+        operator: str,
+        earlier_id: int | None,
+    ) -> Decision:
+        """A recorded scan's decision: its document's progress, and the lock it may set."""
+        verdict, reason = row["verdict"], row["reason"]
+        progress = None if row["document"] is None else doc.progress()
         # The lock guards a document's scans (a POS or ward order in hand); loose scans go on as before.
         locks = (
             doc is not None
@@ -231,6 +265,159 @@ class Ledger:
         return self._decision(
             row, read, parsed, text, earlier=self._earlier(earlier_id), progress=progress, locks=locks
         )
+
+    # -- receiving: manifests and the packs a case code stands for ------------------------
+
+    def import_manifest(self, manifest: Manifest, *, read: Read, operator: str = "") -> list[Decision]:
+        """Record the supplier's ``manifest``: one ``manifest`` row in the chain (bill, lines,
+        the digest of its codes) and its codes, in one transaction.
+
+        The same manifest again records nothing (returns ``[]``); another one with the
+        same bill code raises :class:`DocumentError` (field ``bill_code``).
+        """
+        self._fresh()
+        digest = manifest.digest()
+        earlier = receiving.manifest_row(self.conn, manifest.bill_code)
+        if earlier is not None:
+            if json.loads(earlier["record"])["digest"] == digest:
+                return []
+            raise DocumentError(
+                "bill_code",
+                f"{manifest.bill_code} was imported on {earlier['ts']} with other contents;"
+                " a manifest is never replaced (a corrected bill comes with a bill code of its own)",
+            )
+        rows = [(c.code, c.level, c.parent, c.batch, c.expiry) for c in manifest.codes]
+        count, codes_sha256 = receiving.codes_digest(rows)
+        levels = Counter(row[1] for row in rows)
+        record = {
+            "bill_code": manifest.bill_code,
+            "supplier": manifest.supplier,
+            "ship_date": manifest.ship_date,
+            "lines": [
+                {k: getattr(line, k) for k in ("product_id", "name", "batch", "expiry", "quantity")}
+                for line in manifest.lines
+            ],
+            "digest": digest,
+            "codes": count,
+            "codes_sha256": codes_sha256,
+            "levels": dict(sorted(levels.items())),
+        }
+        detail = f"manifest {manifest.bill_code} from {manifest.supplier}: {len(manifest.lines)} lines, {count} codes"
+        with self._transaction():
+            row = self._append(
+                self._entry_fields(
+                    read,
+                    operator,
+                    movement="receive",
+                    verdict="manifest",
+                    detail=detail,
+                    document=manifest.bill_code,
+                    record=record,
+                )
+            )
+            receiving.insert_codes(self.conn, manifest.bill_code, rows)
+            decision = self._decision(row, read, None, manifest.bill_code)
+        return [decision]
+
+    def _against_manifest(self, document: Document) -> Document:
+        """A delivery whose bill code has a manifest: received against it, its lines the
+        manifest's unless the command gave its own."""
+        row = receiving.manifest_row(self.conn, document.id)
+        if row is None:
+            return document
+        record = json.loads(row["record"])
+        lines = document.lines or tuple(Line(**line) for line in receiving.document_lines(record))
+        return replace(document, lines=lines, manifest=document.id)
+
+    def _manifest_hit(self, code: str, doc: OpenDocument | None) -> ManifestHit | None:
+        """``code`` on the manifest it is received against: the open delivery's (none for a
+        delivery without one), or for a loose receive the latest manifest that lists it."""
+        if doc is not None:
+            bill = doc.document.manifest
+            return receiving.find(self.conn, code, bill) if bill and self._lists_codes(bill) else None
+        return receiving.find(self.conn, code)
+
+    def _receive_pack(
+        self, read: Read, parsed: TraceCode, hit: ManifestHit, doc: OpenDocument | None, operator: str, bill: str
+    ) -> Decision:
+        """A case or middle pack received: every unit under it, or none, in this one row."""
+        units, middles = receiving.units_under(self.conn, hit.bill_code, hit.code)
+        state = self._state(parsed.code)
+        verdict, reason, detail, earlier_id = judge("receive", state, allowed=1, lifecycle=self.lifecycle)
+        if reason == "already_received":
+            reason, detail = self._received_how(parsed.code, doc, earlier_id, reason, detail)
+        inner_states: dict[str, State] = {}
+        if verdict == "accepted" and doc is not None:
+            conflict = doc.pack_conflict(parsed.code, units, middles)
+            if conflict is not None:
+                verdict, reason, detail = "duplicate", "parent_child_same_document", conflict
+        if verdict == "accepted" and not units:
+            verdict, reason, detail = "rejected", "not_on_manifest", f"{hit.level} lists no units in {hit.bill_code}"
+        if verdict == "accepted":
+            for inner in (*middles, *units):
+                inner_state = self._state(inner)
+                found = judge("receive", inner_state, allowed=1, lifecycle=self.lifecycle)
+                if found.verdict != "accepted":
+                    verdict, reason, earlier_id = found.verdict, found.reason, found.earlier_id
+                    detail = f"{inner} inside this {hit.level}: {found.detail}"
+                    break
+                inner_states[inner] = inner_state
+        if verdict == "accepted" and doc is not None:
+            refusal = doc.refuses_pack(units)
+            if refusal is not None:
+                (reason, detail), verdict = refusal, "rejected"
+        accepted = verdict == "accepted"
+        if accepted:
+            detail = f"{hit.level} of {len(units)} units received (manifest {hit.bill_code})"
+        pack = {"level": hit.level, "bill_code": hit.bill_code, "units": units, "middles": middles}
+        row = self._append(
+            {
+                **self._scan_fields(read, parsed, "receive", operator, bill),
+                "verdict": verdict,
+                "reason": reason,
+                "detail": detail,
+                "earlier_id": earlier_id,
+                "document": None if doc is None else doc.id,
+                # What was received is in the chain: the ledger alone says which units arrived.
+                "record": {"pack": pack} if accepted else None,
+            }
+        )
+        if accepted:
+            receive = RULES["receive"].then
+            self._store_state(parsed.code, state, receive(state, row["id"]))
+            for inner, inner_state in inner_states.items():
+                self._store_state(inner, inner_state, receive(inner_state, row["id"]))
+            if doc is not None:
+                scan = Collected(parsed.code, parsed.product_id, row["event_id"], row["seq"], row["hash"])
+                scan.level, scan.units, scan.middles = hit.level, tuple(units), tuple(middles)
+                doc.add_scan(row["id"], scan)
+        return self._finish(row, read, parsed, parsed.code, doc, operator, earlier_id)
+
+    def _received_how(
+        self, code: str, doc: OpenDocument | None, earlier_id: int | None, reason: str, detail: str
+    ) -> tuple[str, str]:
+        """A code already received: inside a pack of this very document, inside a case
+        received before, or on its own."""
+        if doc is not None and code in doc.covered:
+            return "parent_child_same_document", f"inside {doc.covered[code]}, scanned in {doc.document.kind} {doc.id}"
+        if earlier_id is not None:
+            earlier = self.conn.execute("SELECT code FROM scans WHERE id = ?", (earlier_id,)).fetchone()
+            if earlier is not None and earlier["code"] != code:
+                return "received_in_case", f"received inside {earlier['code']} and not returned to the supplier since"
+        return reason, detail
+
+    def _lists_codes(self, bill: str) -> bool:
+        """Whether manifest ``bill`` lists codes (one may give only lines: then any code of them counts)."""
+        if bill not in self._code_counts:
+            self._code_counts[bill] = json.loads(receiving.manifest_row(self.conn, bill)["record"])["codes"]
+        return self._code_counts[bill] > 0
+
+    def _unexpected(self, code: str, doc: OpenDocument, reason: str | None, detail: str) -> tuple[str, str, str]:
+        """A code not on the open delivery's manifest: refused, or taken and flagged."""
+        why = f"not on manifest {doc.document.manifest}"
+        if self.unexpected == "reject":
+            return "rejected", "not_on_manifest", f"{why}; set aside for the supplier"
+        return "accepted", reason or "not_on_manifest", detail or f"{why}; accepted and flagged"
 
     # -- documents, voids, exceptions, the lock ----------------------------------------
 
@@ -252,6 +439,8 @@ class Ledger:
             raise DocumentError(
                 "id", f"{doc.document.kind} {doc.id} is open; close it first ([documents] on_new = refuse)"
             )
+        if document.kind == "delivery":
+            document = self._against_manifest(document)
         decisions = []
         with self._transaction():
             if doc is not None:
@@ -280,6 +469,10 @@ class Ledger:
 
     def _close(self, doc: OpenDocument, closed_by: str, read: Read, operator: str) -> Decision:
         record = doc.closing_record(closed_by)
+        if doc.document.manifest:
+            record["reconciliation"] = receiving.reconcile(
+                self.conn, doc.document.manifest, doc.received_units(), doc.unexpected
+            )
         row = self._append(
             self._entry_fields(
                 read,
@@ -433,6 +626,24 @@ class Ledger:
             ).fetchone()
             is not None
         )
+
+    @staticmethod
+    def _scan_fields(read: Read, parsed: TraceCode | Rejection, movement: str, operator: str, bill: str) -> dict:
+        """A scan row's columns that say what was read, from where, by whom."""
+        return {
+            "movement": movement,
+            "code": parsed.code if parsed.valid else None,
+            "raw": escape(read.raw),
+            "kind": parsed.kind,
+            "product_id": parsed.product_id or None,
+            "serial": parsed.serial or None,
+            "symbology": parsed.symbology or read.symbology,
+            "ais": json.dumps(parsed.ais, sort_keys=True) if parsed.valid and parsed.ais else None,
+            "source_kind": read.source_kind,
+            "source_id": read.source_id,
+            "operator": operator,
+            "bill": bill,
+        }
 
     @staticmethod
     def _entry_fields(
@@ -644,7 +855,7 @@ def load_open_document(conn: sqlite3.Connection, split_packs: Mapping[str, int] 
     document = Document.from_record(json.loads(last["record"]))
     doc = OpenDocument(document, opened_id=last["id"], split_packs=split_packs)
     rows = conn.execute(
-        "SELECT id, verdict, code, product_id, event_id, seq, ts, hash, earlier_id, record FROM scans"
+        "SELECT id, verdict, reason, code, product_id, event_id, seq, ts, hash, earlier_id, record FROM scans"
         " WHERE id > ? AND document = ? ORDER BY id",
         (last["id"], last["document"]),
     )
