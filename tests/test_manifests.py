@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 
@@ -357,3 +358,13 @@ def test_a_50000_code_manifest_reads_well_under_a_second():
     elapsed = time.perf_counter() - started
     assert m.unit_count == 49_800
     assert elapsed < 1.0, f"{elapsed:.2f} s"
+
+
+def test_the_digest_hashes_the_canonical_json_text():
+    data = make_manifest("DN8", products=2, cases=2, units_per_case=6, middle_per_case=3, mixed=1, partial=1, loose=2)
+    data["codes"][0]["batch"] = '批号 "7"'  # a field that needs escaping takes the slow road
+    data["lines"][0]["batch"] = '批号 "7"'
+    m = read_manifest(data)
+    text = json.dumps(m.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert m.canonical_text() == text
+    assert m.digest() == hashlib.sha256(text.encode()).hexdigest()
