@@ -3,13 +3,13 @@
 # On plain Debian 12 it installs too, without camera and GPIO (Raspberry Pi OS packages).
 #
 #   sudo scripts/install.sh                 install or update (idempotent)
-#   sudo scripts/install.sh --uninstall     remove program, unit and udev rules;
+#   sudo scripts/install.sh --uninstall     remove program, unit, udev rules and modules-load entry;
 #                                           keep the ledger, the config and the device key
 #   scripts/install.sh --root DIR [...]     the same, into DIR instead of /
 #
 # --root writes exactly the files a real install writes, under DIR, and skips
 # what changes the running system: apt-get, useradd/usermod, pip install,
-# systemctl and udevadm. Enabling the unit becomes the symlink systemctl would
+# modprobe, systemctl and udevadm. Enabling the unit becomes the symlink systemctl would
 # make. Owners that need the scan-agent user are applied when that user exists
 # and are always recorded in DIR/opt/scan-agent/install-manifest
 # ("mode owner:group path" per line), which a real install writes too.
@@ -36,6 +36,8 @@ STATE=/var/lib/scan-agent
 UNIT=/etc/systemd/system/scan-agent.service
 WANTS=/etc/systemd/system/multi-user.target.wants/scan-agent.service
 RULES=/etc/udev/rules.d/99-scan-agent.rules
+# The keyboard wedge's uinput module, loaded at every boot by systemd-modules-load.
+MODULES_LOAD=/etc/modules-load.d/scan-agent.conf
 MANIFEST=$OPT/install-manifest
 # gcc and the headers build evdev. cryptography comes from apt (38 on Bookworm),
 # with the cffi it needs: PyPI has no armv7l cffi wheel, and the venv sees both.
@@ -152,12 +154,17 @@ do_install() {
 
   install_file "$SRC/systemd/scan-agent.service" 0644 root:root "$UNIT"
   install_file "$SRC/systemd/99-scan-agent.rules" 0644 root:root "$RULES"
+  install_file "$SRC/systemd/modules-load.conf" 0644 root:root "$MODULES_LOAD"
 
   if live; then
     systemctl daemon-reload
     systemctl enable scan-agent.service
+    # Now as well as at boot; a kernel with uinput built in has no module to load.
+    modprobe uinput 2>/dev/null || [ -e /dev/uinput ] || say "could not load uinput: the keyboard wedge will not start"
     udevadm control --reload-rules
     udevadm trigger --subsystem-match=input --subsystem-match=tty
+    # /dev/uinput to group scan-agent (the rule also applies at every boot through static_node).
+    udevadm trigger --subsystem-match=misc --sysname-match=uinput
     say "installed; edit $ETC/agent.toml (or run scan-agent provision), then: systemctl restart scan-agent"
   else
     mkdir -p "$(dirname "$ROOT$WANTS")"
@@ -171,13 +178,13 @@ do_uninstall() {
     [ "$(id -u)" -eq 0 ] || { echo "install.sh: run as root (sudo), or use --root DIR" >&2; exit 1; }
     systemctl disable --now scan-agent.service 2>/dev/null || true
   fi
-  rm -f "$ROOT$WANTS" "$ROOT$UNIT" "$ROOT$RULES"
+  rm -f "$ROOT$WANTS" "$ROOT$UNIT" "$ROOT$RULES" "$ROOT$MODULES_LOAD"
   rm -rf -- "$ROOT$OPT"   # OPT is a fixed path, never empty
   if live; then
     systemctl daemon-reload
     udevadm control --reload-rules
   fi
-  say "removed program, unit and udev rules; kept the ledger ($STATE), the config and device key ($ETC) and the $USER_NAME user"
+  say "removed program, unit, udev rules and the uinput modules-load entry; kept the ledger ($STATE), the config and device key ($ETC) and the $USER_NAME user"
 }
 
 if [ "$UNINSTALL" -eq 1 ]; then do_uninstall; else do_install; fi

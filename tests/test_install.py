@@ -57,6 +57,9 @@ def test_install_writes_the_files_with_their_modes_and_owners(tmp_path):
     assert os.readlink(wants) == "/etc/systemd/system/scan-agent.service", "enabled as systemctl would"
     rules = tmp_path / "etc/udev/rules.d/99-scan-agent.rules"
     assert rules.read_bytes() == (ROOT / "systemd/99-scan-agent.rules").read_bytes()
+    modules = tmp_path / "etc/modules-load.d/scan-agent.conf"
+    lines = [line for line in modules.read_text().splitlines() if line and not line.startswith("#")]
+    assert lines == ["uinput"], "the keyboard wedge's module is loaded at every boot"
     cfg = tmp_path / "etc/scan-agent/agent.toml"
     assert mode(cfg) == 0o640 and mode(cfg.parent) == 0o750
     assert config.load(cfg).ledger.path == Path("/var/lib/scan-agent/ledger.db"), "the template is a valid config"
@@ -77,6 +80,7 @@ def test_install_writes_the_files_with_their_modes_and_owners(tmp_path):
         "/etc/scan-agent/agent.toml": ("0640", "root:scan-agent"),
         "/etc/systemd/system/scan-agent.service": ("0644", "root:root"),
         "/etc/udev/rules.d/99-scan-agent.rules": ("0644", "root:root"),
+        "/etc/modules-load.d/scan-agent.conf": ("0644", "root:root"),
         "/opt/scan-agent": ("0755", "root:root"),
         "/opt/scan-agent/hardware.md": ("0644", "root:root"),
         "/var/lib/scan-agent": ("0750", "scan-agent:scan-agent"),
@@ -113,6 +117,7 @@ def test_uninstall_keeps_the_ledger_and_the_config(tmp_path):
     assert not (tmp_path / "etc/systemd/system/scan-agent.service").exists()
     assert not (tmp_path / "etc/systemd/system/multi-user.target.wants/scan-agent.service").is_symlink()
     assert not (tmp_path / "etc/udev/rules.d/99-scan-agent.rules").exists()
+    assert not (tmp_path / "etc/modules-load.d/scan-agent.conf").exists()
     assert not (tmp_path / "opt/scan-agent").exists()
     install(tmp_path, "--uninstall")  # twice is fine too
 

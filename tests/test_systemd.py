@@ -66,6 +66,9 @@ def test_unit_has_what_the_field_needs():
     assert s["CapabilityBoundingSet"] == [""] and s["DevicePolicy"] == ["closed"]
     allowed = {v.split()[0] for v in s["DeviceAllow"]}
     assert {"char-input", "char-ttyACM", "char-ttyUSB", "char-gpiochip", "char-video4linux"} <= allowed
+    # The keyboard wedge: the uinput node alone, not the whole misc class (watchdog, rfkill, ...).
+    assert "/dev/uinput" in allowed and "char-misc" not in allowed
+    assert {v.split()[1] for v in s["DeviceAllow"] if v.startswith("/dev/uinput")} == {"rw"}
     for key in ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges", "RestrictAddressFamilies"):
         assert key in s
 
@@ -74,7 +77,7 @@ def test_unit_has_what_the_field_needs():
 # comma-separated KEY OP "VALUE" with a key and operator udev knows.
 _PAIR = re.compile(r'\s*([A-Z_]+(?:\{[^}]+\})?)\s*(==|!=|\+=|-=|:=|=)\s*"([^"]*)"\s*(?:,|$)')
 _MATCH_KEYS = {"ACTION", "SUBSYSTEM", "KERNEL", "ATTRS", "ENV"}
-_ASSIGN_KEYS = {"ENV", "GROUP", "MODE", "SYMLINK", "IMPORT", "GOTO", "LABEL"}
+_ASSIGN_KEYS = {"ENV", "GROUP", "MODE", "SYMLINK", "IMPORT", "GOTO", "LABEL", "OPTIONS"}
 
 
 def parse_rules(text: str) -> list[list[tuple[str, str, str]]]:
@@ -112,7 +115,19 @@ def test_udev_rules_parse_and_cover_each_vendor():
     subsystems = {v for r in rules for k, op, v in r if k == "SUBSYSTEM" and op == "=="}
     assert {"input", "tty"} <= subsystems
     groups = {v for r in rules for k, _, v in r if k == "GROUP"}
-    assert groups == {"input", "dialout"}
+    assert groups == {"input", "dialout", "scan-agent"}
+
+
+def test_uinput_is_writable_by_the_agent_group_only_from_boot():
+    rules = parse_rules(RULES.read_text())
+    uinput = [dict((k, v) for k, _, v in r) for r in rules if ("KERNEL", "==", "uinput") in r]
+    assert len(uinput) == 1
+    rule = uinput[0]
+    assert (rule["SUBSYSTEM"], rule["GROUP"], rule["MODE"]) == ("misc", "scan-agent", "0660")
+    assert rule["OPTIONS"] == "static_node=uinput", "the node made at boot, before the module loads, gets it too"
+    # Before the rule that sends every other subsystem to the end, and after the removal one.
+    order = [r[0] for r in rules]
+    assert order.index(("SUBSYSTEM", "==", "misc")) < order.index(("SUBSYSTEM", "!=", "input|tty"))
 
 
 def test_the_parse_check_rejects_what_udev_would():
@@ -144,7 +159,11 @@ def test_udevadm_reads_the_rules_without_complaint(tmp_path):
     rules.mkdir()
     shutil.copy(RULES, rules / RULES.name)
     (rules / "98-broken.rules").write_text('FOO=="x", GROUP="y"\n')
+    # The scan-agent group exists on a kiosk (install.sh makes the user before the rules).
+    group = tmp_path / "group"
+    group.write_text(Path("/etc/group").read_text() + "scan-agent:x:64999:\n")
     script = (
+        f"mount --bind {group} /etc/group && "
         f"mount --bind {rules} /etc/udev/rules.d && mount -t tmpfs none /run && mount -t tmpfs none /dev && "
         f"{udevadm} test --action=add /sys/class/tty/console"
     )
