@@ -25,6 +25,10 @@ HEAVY = (
     "orjson",
     "cryptography",
     "tomlkit",
+    "starlette",  # the local API's, only with [api] enabled
+    "uvicorn",
+    "h11",
+    "anyio",
 )
 
 WRAPPER = """

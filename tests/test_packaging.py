@@ -42,3 +42,14 @@ def test_the_runtime_pulls_in_no_camera_stack():
 def test_the_camera_extra_brings_the_camera_stack():
     camera = {name(Requirement(r)) for r in PYPROJECT["project"]["optional-dependencies"]["camera"]}
     assert camera == CAMERA_STACK
+
+
+def test_the_api_extra_is_pure_python_and_the_runtime_does_without_it():
+    api = {name(Requirement(r)) for r in PYPROJECT["project"]["optional-dependencies"]["api"]}
+    assert api == {"starlette", "uvicorn"}
+    assert not closure(PYPROJECT["project"]["dependencies"]) & api, "a kiosk without the API would install it"
+    # One set of wheels for arm64 and armhf: nothing the extra pulls in is compiled.
+    for dist in closure(PYPROJECT["project"]["optional-dependencies"]["api"]):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            wheel = metadata.distribution(dist).read_text("WHEEL") or ""
+            assert "Root-Is-Purelib: true" in wheel, f"{dist} is not pure Python"
