@@ -12,12 +12,13 @@
     scan-agent documents list [--json]
     scan-agent documents show ID [--json]
     scan-agent documents export [--id ID] [--closed] [--format csv|jsonl]
+    scan-agent manifest import FILE [--codes CSV] [--json]
     scan-agent provision --device-id ID --site SITE --broker HOST[:PORT] --ca FILE [--dir D]
     scan-agent provision --install-cert FILE [--dir D]
     scan-agent doctor [--config F] [--json] [--interactive]
     scan-agent --version
 
-Every ``ledger`` and ``documents`` command takes ``--config F`` and ``--db PATH``. The
+Every ``ledger``, ``documents`` and ``manifest`` command takes ``--config F`` and ``--db PATH``. The
 documents commands that write go to the running agent (its control socket), or,
 when no agent runs on that ledger, write it directly; the others only read it.
 
@@ -140,7 +141,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     conn = _open_existing(args)
     result = ledger.verify(conn)
     if result.ok:
-        print(f"ledger intact: {result.rows} scans, hash chain and seq verified")
+        print(f"ledger intact: {result.rows} scans, hash chain and seq verified, manifests' codes verified")
         return 0
     print(f"ledger BROKEN at {result.problem}", file=sys.stderr)
     return 1
@@ -197,11 +198,7 @@ def cmd_documents_send(args: argparse.Namespace) -> int:
     from agent import control
     from agent.ledger.documents import DocumentError
 
-    cfg = config.load(args.config)
-    if args.db:
-        from dataclasses import replace
-
-        cfg = replace(cfg, ledger=replace(cfg.ledger, path=Path(args.db)))
+    cfg = _with_db(config.load(args.config), args.db)
     try:
         result = control.send(cfg.ledger.path, args.verb, args.body(args), config=cfg)
     except DocumentError as problem:
@@ -217,6 +214,44 @@ def cmd_documents_send(args: argparse.Namespace) -> int:
             line += f"; collected {_of(progress['collected'], progress['expected'])}"
         print(line)
     return 0
+
+
+def cmd_manifest_import(args: argparse.Namespace) -> int:
+    """Import a supplier's manifest: checked here first (naming the row of the first
+    fault), then recorded by the ledger's one writer, as a documents command is."""
+    import json
+
+    from agent import control
+    from agent.ledger.documents import DocumentError
+    from agent.ledger.manifests import ManifestError, read_manifest_file
+
+    cfg = _with_db(config.load(args.config), args.db)
+    try:
+        manifest = read_manifest_file(args.file, args.codes, leading_digits=cfg.codes.leading_digits)
+    except ManifestError as problem:
+        print(f"scan-agent manifest: {args.file}: {problem}; nothing imported", file=sys.stderr)
+        return 1
+    try:
+        result = control.send(cfg.ledger.path, "import_manifest", manifest.canonical(), config=cfg)
+    except DocumentError as problem:
+        print(f"scan-agent manifest: {problem}; nothing imported", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    elif result["imported"]:
+        row = result["rows"][0]
+        print(f"imported: {row['detail']} (event {row['event_id']}, seq {row['seq']})")
+    else:
+        print(f"manifest {result['bill_code']} was imported already, with the same contents; nothing to do")
+    return 0
+
+
+def _with_db(cfg: config.Config, db: str | None) -> config.Config:
+    if not db:
+        return cfg
+    from dataclasses import replace
+
+    return replace(cfg, ledger=replace(cfg.ledger, path=Path(db)))
 
 
 def _open_body(args: argparse.Namespace) -> dict:
@@ -316,9 +351,10 @@ def cmd_documents_show(args: argparse.Namespace) -> int:
         print("codes:")
     for code in doc["codes"]:
         gone = f"  REVERSED by {code['reversed_by']}" if code["reversed_by"] else ""
+        pack = f"  {code['level']} of {code['units']} units" if code["level"] != "unit" else ""
         print(
             f"  {code['drug_trac_codg']}  {code['product_id']}  trdn_flag={code['trdn_flag']}"
-            f"  event {code['event_id']}  {code['ts']}{gone}"
+            f"  event {code['event_id']}  {code['ts']}{pack}{gone}"
         )
     if doc["voids"]:
         print("voids:")
@@ -334,7 +370,30 @@ def cmd_documents_show(args: argparse.Namespace) -> int:
         )
     if doc["rejected"]:
         print(f"refused scans: {doc['rejected']}")
+    if doc.get("no_manifest"):
+        print("no manifest: received unit by unit, nothing to reconcile against")
+    if doc["reconciliation"]:
+        _print_reconciliation(doc["reconciliation"])
     return 0
+
+
+def _print_reconciliation(rec: dict) -> None:
+    """A delivery against its supplier's manifest, as the dock reads it."""
+    verdict = "matches the manifest" if not rec["discrepancies"] else f"{rec['discrepancies']} discrepancies"
+    print(f"reconciliation against manifest {rec['manifest']} ({rec['supplier']}): {verdict}")
+    for line in rec["lines"]:
+        mark = "" if line["received"] == line["expected"] else "  <--"
+        print(
+            f"  {line['product_id']} {line['name']} batch {line['batch'] or '-'} exp {line['expiry'] or '-'}:"
+            f" received {line['received']} of {line['expected']}{mark}"
+        )
+    for item in rec["missing"]:
+        print(f"  missing {item['level']} {item['code']} ({item['units']} units)")
+    for code in rec["unexpected"]:
+        print(f"  unexpected {code} (not on the manifest)")
+    for item in rec["mismatches"]:
+        what = "expired" if item["problem"] == "expired" else f"batch not on the bill (line batch {item['line_batch']})"
+        print(f"  mismatch {item['code']}: batch {item['batch']} exp {item['expiry']}: {what}")
 
 
 def cmd_documents_export(args: argparse.Namespace) -> int:
@@ -438,6 +497,16 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
 
     _documents_parser(commands)
+
+    manifest = commands.add_parser("manifest", help="supplier manifests for receiving (docs/manifest.md)")
+    manifest_commands = manifest.add_subparsers(dest="manifest_command", required=True, metavar="COMMAND")
+    imports = manifest_commands.add_parser("import", help="import a supplier's manifest (JSON; codes may be CSV)")
+    imports.add_argument("file", metavar="FILE", help="the manifest, JSON")
+    imports.add_argument("--codes", metavar="CSV", help="the manifest's code rows, CSV (docs/manifest.md)")
+    imports.add_argument("--json", action="store_true", help="the reply as JSON")
+    imports.add_argument("--db", help="ledger file (default: from the config)")
+    imports.add_argument("--config", help="config naming the ledger (and, with no agent running, its settings)")
+    imports.set_defaults(handler=cmd_manifest_import)
 
     prov = commands.add_parser("provision", help="create the device key, CSR and config; install its certificate")
     prov.add_argument("--device-id", help="this kiosk's id (the certificate's CN)")

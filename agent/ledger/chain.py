@@ -90,7 +90,8 @@ def row_hash(row: Mapping) -> str:
 
 
 def verify(conn: sqlite3.Connection) -> VerifyResult:
-    """Recompute the hash chain and check ``seq`` continuity.
+    """Recompute the hash chain and check ``seq`` continuity, and each imported manifest's
+    codes against the digest its chained row recorded.
 
     Returns at the first broken link, naming the row. A tail cut off is not a
     broken link (see the module's docstring): the back end's seq check finds it.
@@ -118,4 +119,10 @@ def verify(conn: sqlite3.Connection) -> VerifyResult:
         if row["seq"] is not None:
             last_seq[row["device_id"]] = row["seq"]
         prev_hash, prev_id = row["hash"], scan_id
+    # A manifest's codes live beside the chain; its chained row holds their digest.
+    from agent.ledger.receiving import check_manifests
+
+    problems = check_manifests(conn)
+    if problems:
+        return VerifyResult(rows=rows, ok=False, problem=problems[0], problems=problems)
     return VerifyResult(rows=rows, ok=True)

@@ -121,10 +121,14 @@ def document_lines(record: Mapping) -> list[dict]:
     return list(lines.values())
 
 
-def reconcile(conn: sqlite3.Connection, bill_code: str, received: Mapping[str, str], unexpected: Sequence[str]) -> dict:
+def reconcile(
+    conn: sqlite3.Connection, bill_code: str, received: Mapping[str, str], unexpected: Sequence[str], *, today: str
+) -> dict:
     """A delivery against its manifest at close: per line expected and received, the codes
     missing (a pack wholly missing is named once, not by its units), the codes received
-    though not on it, and units whose batch or expiry no line of their product has."""
+    though not on it, and mismatches: units whose batch or expiry no line of their product
+    has (``problem`` ``batch``), or received past their line's expiry date (``expired``;
+    ``today`` is the ISO date of the close)."""
     record = json.loads(manifest_row(conn, bill_code)["record"])
     children: dict[str, list[str]] = defaultdict(list)
     level_of: dict[str, str] = {}
@@ -177,10 +181,21 @@ def reconcile(conn: sqlite3.Connection, bill_code: str, received: Mapping[str, s
             (x for x in candidates if (not batch or x["batch"] == batch) and (not expiry or x["expiry"] == expiry)),
             None,
         )
+        problem = None
         if line is None and candidates:
-            line = candidates[0]
+            line, problem = candidates[0], "batch"
+        elif line is not None and line["expiry"] and line["expiry"] < today:
+            problem = "expired"
+        if problem is not None:
             mismatches.append(
-                {"code": unit, "product_id": unit[:7], "batch": batch, "expiry": expiry, "line_batch": line["batch"]}
+                {
+                    "code": unit,
+                    "product_id": unit[:7],
+                    "batch": batch or line["batch"],
+                    "expiry": expiry or line["expiry"],
+                    "line_batch": line["batch"],
+                    "problem": problem,
+                }
             )
         if line is not None:
             line["received"] += 1

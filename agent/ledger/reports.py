@@ -144,12 +144,18 @@ def show_document(conn: sqlite3.Connection, doc_id: str) -> dict:
                 "seq": scan.seq,
                 "ts": times[scan_id],
                 "reversed_by": reversed_by.get(scan_id),
+                "level": scan.level,
+                "units": max(len(scan.units), 1),
             }
             for scan_id, scan in doc.scans.items()
         ],
         "voids": voids,
         "exceptions": list(doc.exceptions),
         "rejected": rejected,
+        "manifest": doc.document.manifest or None,
+        "no_manifest": doc.document.kind == "delivery" and not doc.document.manifest,
+        # A delivery against a manifest: how it matched, worked out at the close.
+        "reconciliation": None if closed_record is None else closed_record.get("reconciliation"),
     }
 
 

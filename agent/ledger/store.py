@@ -471,7 +471,11 @@ class Ledger:
         record = doc.closing_record(closed_by)
         if doc.document.manifest:
             record["reconciliation"] = receiving.reconcile(
-                self.conn, doc.document.manifest, doc.received_units(), doc.unexpected
+                self.conn,
+                doc.document.manifest,
+                doc.received_units(),
+                doc.unexpected,
+                today=self.clock.now().date().isoformat(),
             )
         row = self._append(
             self._entry_fields(

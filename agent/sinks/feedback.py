@@ -63,6 +63,9 @@ DECISION_PATTERNS: dict[tuple[str, str | None], str] = {
     # Under lifecycle "warn" the scan is recorded: it must read as accepted, with a hint.
     ("accepted", "never_received"): "flagged",
     ("accepted", "never_dispensed"): "flagged",
+    ("accepted", "not_on_manifest"): "flagged",
+    # Not on the delivery's manifest: set it aside for the supplier, as a wrong drug is.
+    ("rejected", "not_on_manifest"): "wrong_drug",
     # dispensed_before (回流) keeps the duplicate pattern: ("duplicate", None).
     ("opened", None): "document_opened",
     ("closed", "complete"): "document_complete",
@@ -103,6 +106,9 @@ def pattern_for(decision: Decision) -> str:
         # Once complete, a document refuses every further scan: only the completing one is
         # accepted with progress complete.
         return "document_complete"
+    if verdict == "closed" and ((decision.record or {}).get("reconciliation") or {}).get("discrepancies"):
+        # The delivery does not match its manifest: the dock must look before signing.
+        return "delivery_discrepancy"
     return name
 
 
@@ -209,6 +215,7 @@ _STYLE = {
     "document_opened": ("36", "[OPEN]", 1),
     "document_complete": ("32;1", "[DONE]", 1),
     "document_incomplete": ("33", "[PART]", 2),
+    "delivery_discrepancy": ("33;1", "[DIFF]", 3),
     "locked": ("41;97", "[LOCK]", 3),
     "void": ("35", "[VOID]", 1),
     "exception": ("35", "[EXCP]", 1),

@@ -40,6 +40,7 @@ PATTERN_NAMES = (
     "document_opened",
     "document_complete",
     "document_incomplete",
+    "delivery_discrepancy",
     "locked",
     "void",
     "exception",
@@ -127,6 +128,13 @@ DEFAULT_PATTERNS: Mapping[str, Pattern] = {
     "document_incomplete": Pattern(
         amber=Step(0.5, 0.2, 2),
         buzzer=(Step(0.35, 0.05, 1, 2000.0), Step(0.1, 0.03, 1, 1600.0), Step(0.1, 0.0, 1, 1200.0)),
+    ),
+    # A delivery closed against its manifest with something missing, extra or mismatched:
+    # amber and red together, three low falling pairs (unlike any scan's pattern).
+    "delivery_discrepancy": Pattern(
+        red=Step(0.3, 0.2, 3),
+        amber=Step(0.3, 0.2, 3),
+        buzzer=(Step(0.2, 0.05, 1, 1400.0), Step(0.3, 0.15, 1, 700.0)) * 3,
     ),
     # A two-tone siren; the ``locked`` look then keeps red blinking until acknowledged.
     "locked": Pattern(red=Step(0.2, 0.05, 6), buzzer=(Step(0.2, 0.05, 1, 1800.0), Step(0.2, 0.05, 1, 900.0)) * 3),

@@ -11,7 +11,10 @@ correlation-data property.
 - ``resend``: send events ``from_seq``..``to_seq`` again, delivered or not;
 - the station's verbs (:class:`agent.station.Station`): ``open_document``,
   ``close_document``, ``void``, ``exception``, ``acknowledge``. A refused one gets
-  an error reply whose ``field`` names what was wrong, and records nothing.
+  an error reply whose ``field`` names what was wrong, and records nothing;
+- ``manifest``: a supplier's manifest (docs/manifest.md), whole (up to
+  :data:`MAX_DOCUMENT_BYTES`) or in parts (:mod:`~agent.sinks.uplink.chunks`); the
+  reply to each part says how many are in, the last one's the import's.
 
 >>> commands = Commands(
 ...     Topics("trace/v1", "site-01", "kiosk-7"), send=print, health=lambda: {"ok": 1}, resend=lambda first, last: {}
@@ -29,6 +32,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -40,6 +44,7 @@ from agent.domain import check_movement
 from agent.ledger.documents import DocumentError
 from agent.station import VERBS
 
+from .chunks import ChunkError, Chunks
 from .topics import Topics
 
 if TYPE_CHECKING:
@@ -48,15 +53,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The station's verbs, each run by :class:`agent.station.Station`'s method of that name.
-DOCUMENT_COMMANDS = VERBS  # the station's verbs, by the same names
-COMMANDS = ("set", "health", "reload", "resend", *DOCUMENT_COMMANDS)
+DOCUMENT_COMMANDS = tuple(verb for verb in VERBS if verb != "import_manifest")  # by the same names
+COMMANDS = ("set", "health", "reload", "resend", *DOCUMENT_COMMANDS, "manifest")
 #: Commands bigger than this are refused unread.
 MAX_COMMAND_BYTES = 4096
 #: ... but ``open_document``, which carries up to 3,500 lines: a line with a drug's
 #: name in \u escapes is about 250 bytes. mosquitto takes any packet size unless
 #: ``max_packet_size`` is set; a broker that sets it must leave room for this.
 MAX_DOCUMENT_BYTES = 1024 * 1024
-_MAX_BYTES = {"open_document": MAX_DOCUMENT_BYTES}
+_MAX_BYTES = {"open_document": MAX_DOCUMENT_BYTES, "manifest": MAX_DOCUMENT_BYTES}
 #: A station command's entry row names this as its source (``source_kind`` is ``mqtt``).
 SOURCE_ID = "mqtt"
 #: Operator and bill ids longer than this are refused.
@@ -127,7 +132,9 @@ class Commands:
             "reload": self._reload,
             "resend": self._resend,
             **{name: self._station_verb(name) for name in DOCUMENT_COMMANDS},
+            "manifest": self._manifest,
         }
+        self._chunks = Chunks()
 
     def received(self, message: mqtt.MQTTMessage) -> None:
         """A command arrived (uplink-net): queue it for the uplink thread."""
@@ -226,6 +233,21 @@ class Commands:
         if last < first or last - first + 1 > MAX_RESEND:
             raise CommandError(f"resend: to_seq must be from from_seq to from_seq + {MAX_RESEND - 1}")
         return {"from_seq": first, "to_seq": last, **self.resend(first, last)}
+
+    def _manifest(self, body: dict) -> dict:
+        """A manifest, whole or one part of it; imported once every part is in."""
+        if "part" in body:
+            try:
+                text, progress = self._chunks.add(body, now=time.monotonic())
+            except ChunkError as problem:
+                raise CommandError(str(problem), field=problem.field) from None
+            if text is None:
+                return progress
+            try:
+                body = json.loads(text)
+            except ValueError as problem:
+                raise CommandError(f"the manifest put together is not JSON: {problem}", field="part") from None
+        return self._station_verb("import_manifest")(body)
 
     def _station_verb(self, name: str) -> Callable[[dict], dict]:
         """The command that runs the station's verb ``name`` (on the pipeline thread)."""
