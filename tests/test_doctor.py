@@ -4,13 +4,18 @@ line, on the fault it exists for. Brokers are real mosquittos started here."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
 import sqlite3
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from agent import codes, wiring
+from agent.config import WedgeConfig
 from agent.ledger import Ledger
 from agent.ops import doctor
 from agent.ops.checks import device_present
@@ -19,6 +24,8 @@ from tests.support.agent import run_agent
 from tests.support.mosquitto import Mosquitto
 from tests.support.net import free_port
 from tests.support.pki import TestCA
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -226,6 +233,7 @@ def test_doctor_cli_table_and_json(tmp_path):
     assert by_name["ledger"]["status"] == "ok"
     assert by_name["scanner console"]["status"] == "warn", "stdin is no scanner for a systemd service"
     assert by_name["broker"]["status"] == "skip"
+    assert by_name["wedge"]["status"] == "skip"
     failed = [c for c in report["checks"] if c["status"] == "fail"]
     assert all(c["fix"] for c in failed), "every failure has a fix"
     assert report["ok"] is (not failed)
@@ -322,3 +330,125 @@ def test_doctor_never_prints_a_secret(tmp_path, broker):
         text = (done.stdout + done.stderr).decode()
         assert password not in text and body not in text and "PRIVATE KEY" not in text
     assert "readable" in outputs[0].stdout.decode()  # the permission warning names the file
+
+
+# -- keyboard wedge ----------------------------------------------------------
+
+needs_mknod = pytest.mark.skipif(os.geteuid() != 0, reason="making a character device node needs root")
+
+
+def wedge_host(tmp_path: Path, *, node_mode: int | None = 0o660, node_gid: int | None = None, **kwargs):
+    """A kiosk's wedge files under tmp_path: the unit and rules from systemd/, the modules-load entry,
+    and (``node_mode`` not None; root only) a character device standing where /dev/uinput is."""
+    etc = tmp_path / "etc"
+    (etc / "modules-load.d").mkdir(parents=True)
+    shutil.copy(ROOT / "systemd" / "modules-load.conf", etc / "modules-load.d" / "scan-agent.conf")
+    shutil.copy(ROOT / "systemd" / "scan-agent.service", etc / "scan-agent.service")
+    shutil.copy(ROOT / "systemd" / "99-scan-agent.rules", etc / "99-scan-agent.rules")
+    node = tmp_path / "uinput"
+    if node_mode is not None:
+        os.mknod(node, stat.S_IFCHR | node_mode, os.makedev(10, 223))
+        os.chown(node, 0, NOBODY.pw_gid if node_gid is None else node_gid)
+        node.chmod(node_mode)  # mknod's mode went through the umask
+    fields = {
+        "uinput": node,
+        "unit": etc / "scan-agent.service",
+        "rules": etc / "99-scan-agent.rules",
+        "modules_load": (etc / "modules-load.d",),
+        "builtin": tmp_path / "modules.builtin",
+        "user": "nobody",
+    }
+    return doctor.WedgeHost(**{**fields, **kwargs})
+
+
+NOBODY = pwd.getpwnam("nobody")
+WEDGE_ON = WedgeConfig(enabled=True, layout="fr", suffix="tab")
+
+
+def lines(checks) -> str:
+    return "\n".join(c.line() for c in checks)
+
+
+def test_wedge_off_is_skipped():
+    assert [c.status for c in doctor.check_wedge(WedgeConfig())] == ["skip"]
+
+
+@needs_mknod
+def test_wedge_ok_when_the_node_is_the_users_group_and_the_unit_allows_it(tmp_path):
+    checks = doctor.check_wedge(WEDGE_ON, wedge_host(tmp_path))
+    assert [c.status for c in checks] == ["ok"], lines(checks)
+    assert "writable by nobody; layout fr, suffix tab" in checks[0].detail
+
+
+def test_wedge_without_the_module_says_load_it(tmp_path):
+    host = wedge_host(tmp_path, node_mode=None, modules_load=(tmp_path / "none",))
+    checks = doctor.check_wedge(WEDGE_ON, host)
+    assert [c.status for c in checks] == ["warn", "fail"], lines(checks)
+    assert "not loaded at boot" in checks[0].detail and "modules-load.d/scan-agent.conf" in checks[0].fix
+    assert f"{tmp_path / 'uinput'} is not there" in checks[1].detail
+    assert "sudo modprobe uinput" in checks[1].fix
+
+
+def test_wedge_a_file_that_is_not_a_device_fails(tmp_path):
+    host = wedge_host(tmp_path, node_mode=None)
+    host.uinput.write_text("")
+    checks = doctor.check_wedge(WEDGE_ON, host)
+    assert [(c.status, c.detail.endswith("is not a character device")) for c in checks] == [("fail", True)]
+
+
+def test_wedge_a_kernel_with_uinput_built_in_needs_no_modules_load_entry(tmp_path):
+    host = wedge_host(tmp_path, node_mode=None, modules_load=())
+    (tmp_path / "modules.builtin").write_text("kernel/drivers/input/misc/uinput.ko\n")
+    assert [c.status for c in doctor.check_wedge(WEDGE_ON, host)] == ["fail"]  # the node only
+
+
+@needs_mknod
+def test_wedge_without_the_udev_rule_says_install_it(tmp_path):
+    host = wedge_host(tmp_path, node_mode=0o600, node_gid=0)
+    host.rules.write_text("# an older rules file: scanners only, nothing for uinput\n")
+    checks = doctor.check_wedge(WEDGE_ON, host)
+    assert [c.status for c in checks] == ["fail"], lines(checks)
+    assert "nobody cannot read and write" in checks[0].detail and "root:root 0600" in checks[0].detail
+    assert "udev rule for it is not installed" in checks[0].detail and "scripts/install.sh" in checks[0].fix
+
+
+@needs_mknod
+def test_wedge_rule_installed_but_not_applied_says_trigger(tmp_path):
+    checks = doctor.check_wedge(WEDGE_ON, wedge_host(tmp_path, node_mode=0o600, node_gid=0))
+    assert [c.status for c in checks] == ["fail"], lines(checks)
+    assert "not applied" in checks[0].detail and "udevadm trigger" in checks[0].fix
+
+
+@needs_mknod
+def test_wedge_user_not_in_the_nodes_group_says_add_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(doctor, "_group_name", lambda gid: "scan-agent")  # the node's group, as the rule sets it
+    checks = doctor.check_wedge(WEDGE_ON, wedge_host(tmp_path, node_gid=0))
+    assert [c.status for c in checks] == ["fail"], lines(checks)
+    assert "nobody is not in group scan-agent" in checks[0].detail
+    assert checks[0].fix == "sudo usermod -a -G scan-agent nobody"
+
+
+@needs_mknod
+def test_wedge_unit_without_device_allow_fails(tmp_path):
+    host = wedge_host(tmp_path)
+    unit = host.unit.read_text()
+    assert "DeviceAllow=/dev/uinput rw" in unit
+    host.unit.write_text(unit.replace("DeviceAllow=/dev/uinput rw", ""))
+    checks = doctor.check_wedge(WEDGE_ON, host)
+    assert [c.status for c in checks] == ["fail"], lines(checks)
+    assert "does not allow the service to open /dev/uinput" in checks[0].detail
+    assert "DeviceAllow=/dev/uinput rw" in checks[0].fix
+
+
+def test_wedge_world_writable_node_warns(tmp_path):
+    # /dev/null: a real character device every user may write, as a bare /dev/uinput should never be.
+    host = replace(wedge_host(tmp_path, node_mode=None), uinput=Path("/dev/null"))
+    checks = doctor.check_wedge(WEDGE_ON, host)
+    assert [c.status for c in checks] == ["warn", "ok"], lines(checks)
+    assert "any program can type into the POS" in checks[0].detail
+
+
+def test_wedge_prefix_the_layout_cannot_type_fails(tmp_path):
+    host = replace(wedge_host(tmp_path, node_mode=None), uinput=Path("/dev/null"))
+    checks = doctor.check_wedge(replace(WEDGE_ON, layout="us", prefix="é"), host)
+    assert checks[0].failed and "[wedge] prefix 'é'" in checks[0].detail and "no key for 'é'" in checks[0].detail

@@ -16,7 +16,10 @@ collects them. Scanner presence is each ``[[scanners]]`` kind's own check, in
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import pwd
 import queue
 import shutil
 import sqlite3
@@ -27,7 +30,7 @@ import time
 import tomllib
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +141,149 @@ def check_scanners(scanners: Iterable) -> list[Check]:
             checks.append(kind.check_present(scanner))
         except Exception as problem:  # a check that crashes is a failed check, not a crashed doctor
             checks.append(Check(f"scanner {scanner.name}", "fail", f"check failed: {problem}"))
+    return checks
+
+
+# -- keyboard wedge ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WedgeHost:
+    """Where :func:`check_wedge` looks on a kiosk; tests point it at their own files."""
+
+    uinput: Path = Path("/dev/uinput")
+    unit: Path = Path("/etc/systemd/system/scan-agent.service")
+    rules: Path = Path("/etc/udev/rules.d/99-scan-agent.rules")
+    modules_load: tuple[Path, ...] = (Path("/etc/modules-load.d"), Path("/usr/lib/modules-load.d"))
+    builtin: Path = Path(f"/lib/modules/{os.uname().release}/modules.builtin")
+    #: The user the service runs as; when it does not exist, the user running doctor.
+    user: str = "scan-agent"
+
+
+def can_read_write(mode: int, owner: int, group: int, uid: int, gids: Iterable[int]) -> bool:
+    """Whether user ``uid`` in groups ``gids`` may open a node read-write, by its mode and owners.
+
+    >>> can_read_write(0o660, 0, 996, 999, [999, 996])
+    True
+    >>> can_read_write(0o600, 0, 0, 999, [999, 101])
+    False
+    """
+    if uid == 0:
+        return True
+    if owner == uid:
+        return mode & 0o600 == 0o600
+    if group in set(gids):
+        return mode & 0o060 == 0o060
+    return mode & 0o006 == 0o006
+
+
+def _user_and_groups(name: str) -> tuple[str, int, set[int]]:
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        return pwd.getpwuid(os.getuid()).pw_name, os.getuid(), {os.getegid(), *os.getgroups()}
+    return name, pw.pw_uid, {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if name in g.gr_mem}
+
+
+def _unit_allows_uinput(unit: Path) -> bool:
+    """Whether the installed unit's device policy lets the service open /dev/uinput read-write."""
+    policy, allowed = "auto", []
+    for line in unit.read_text(encoding="utf-8").splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "DevicePolicy":
+            policy = value.strip()
+        elif key == "DeviceAllow":
+            allowed.append(value.split())
+    if policy not in ("closed", "strict") and not allowed:
+        return True  # no device list at all: every node is allowed
+    return any(a[0] in ("/dev/uinput", "char-misc") and "w" in (a[1:] or ["rwm"])[0] for a in allowed if a)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def check_wedge(wedge: Any, host: WedgeHost = WedgeHost()) -> list[Check]:
+    """The keyboard wedge (``[wedge]``): can its virtual keyboard be made, and type this layout?
+
+    One failed line per missing piece: the uinput module, the node's group (the
+    udev rule), the user's group, the unit's ``DeviceAllow``, a prefix the layout
+    cannot type. Loading at boot and a node every user may write are warnings.
+    """
+    if not wedge.enabled:
+        return [Check("wedge", "skip", "[wedge] enabled = false: nothing is typed into the POS")]
+    from agent.sinks.wedge import FIXES, Untypable, keys_for  # evdev only where the wedge is on
+
+    checks: list[Check] = []
+    try:
+        keys_for(wedge.prefix, wedge.layout)
+    except Untypable as problem:
+        checks.append(Check("wedge", "fail", f"[wedge] prefix {wedge.prefix!r}: {problem}", "change [wedge] prefix"))
+    node = host.uinput
+    at_boot = host.builtin.exists() and "/uinput.ko" in host.builtin.read_text(errors="replace")
+    for directory in host.modules_load:
+        for conf in sorted(directory.glob("*.conf")) if directory.is_dir() else ():
+            at_boot |= "uinput" in (
+                line.split("#")[0].strip() for line in conf.read_text(errors="replace").splitlines()
+            )
+    if not at_boot:
+        checks.append(
+            Check(
+                "wedge",
+                "warn",
+                "the uinput module is not loaded at boot (no modules-load.d entry names it)",
+                "sudo scripts/install.sh (writes /etc/modules-load.d/scan-agent.conf)",
+            )
+        )
+    try:
+        st = node.stat()
+    except FileNotFoundError:
+        return [
+            *checks,
+            Check("wedge", "fail", f"{node} is not there: the uinput module is not loaded", FIXES["module"]),
+        ]
+    if not stat.S_ISCHR(st.st_mode):
+        return [*checks, Check("wedge", "fail", f"{node} is not a character device", FIXES["module"])]
+    user, uid, gids = _user_and_groups(host.user)
+    mode, group = stat.S_IMODE(st.st_mode), _group_name(st.st_gid)
+    owners = f"{_user_name(st.st_uid)}:{group} {mode:04o}"
+    if not can_read_write(mode, st.st_uid, st.st_gid, uid, gids):
+        rule = host.rules.exists() and 'KERNEL=="uinput"' in host.rules.read_text(errors="replace")
+        if not rule:
+            why, fix = "the udev rule for it is not installed", FIXES["access"]
+        elif group != "scan-agent":
+            why = "the udev rule is installed but not applied yet"
+            fix = "sudo udevadm trigger --subsystem-match=misc --sysname-match=uinput (or reboot)"
+        else:
+            why, fix = f"{user} is not in group {group}", f"sudo usermod -a -G {group} {user}"
+        checks.append(Check("wedge", "fail", f"{user} cannot read and write {node} ({owners}): {why}", fix))
+    elif mode & 0o006:
+        checks.append(
+            Check(
+                "wedge",
+                "warn",
+                f"every user may open {node} ({owners}): any program can type into the POS",
+                "sudo scripts/install.sh (its udev rule makes it root:scan-agent 0660)",
+            )
+        )
+    if host.unit.exists() and not _unit_allows_uinput(host.unit):
+        checks.append(
+            Check("wedge", "fail", f"{host.unit} does not allow the service to open /dev/uinput", FIXES["unit"])
+        )
+    if not any(c.failed for c in checks):
+        checks.append(
+            Check("wedge", "ok", f"{node} ({owners}) writable by {user}; layout {wedge.layout}, suffix {wedge.suffix}")
+        )
     return checks
 
 
@@ -338,6 +484,7 @@ def run_checks(
     checks.append(check_disk(effective.ledger.path))
     checks.append(check_clock())
     checks += check_scanners(effective.scanners)
+    checks += check_wedge(effective.wedge)
     if cfg is None:
         checks.append(Check("broker", "skip", "not checked: the config is not valid (see above)"))
     else:

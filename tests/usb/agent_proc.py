@@ -36,11 +36,12 @@ from agent import cli
 from tests.support.agent import start_agent
 
 
-def config_toml(ledger: Path, scanners: str) -> str:
-    """A whole agent config: a ledger in the test's directory, no feedback, these ``[[scanners]]``."""
+def config_toml(ledger: Path, scanners: str, extra: str = "") -> str:
+    """A whole agent config: a ledger in the test's directory, no feedback, these ``[[scanners]]``;
+    ``extra`` tables (e.g. ``[wedge]``) go before them."""
     return (
         f'[station]\ndevice_id = "bench-vm"\nmovement = "dispense"\n\n'
-        f'[ledger]\npath = "{ledger}"\n\n[feedback]\nbackend = "none"\n\n{scanners}'
+        f'[ledger]\npath = "{ledger}"\n\n[feedback]\nbackend = "none"\n\n{extra}\n{scanners}'
     )
 
 
@@ -57,9 +58,9 @@ class RunningAgent:
             t.start()
 
     @classmethod
-    def start(cls, workdir: Path, scanners: str) -> RunningAgent:
+    def start(cls, workdir: Path, scanners: str, extra: str = "") -> RunningAgent:
         path = Path(workdir) / "agent.toml"
-        path.write_text(config_toml(Path(workdir) / "ledger.db", scanners))
+        path.write_text(config_toml(Path(workdir) / "ledger.db", scanners, extra))
         args = ("run", "--config", str(path), "--json")
         if os.environ.get("SCAN_AGENT_USB_AGENT", "fork") == "exec":
             return cls(start_agent(*args))

@@ -61,13 +61,13 @@ def make_gadget(gadget_bench):
 
 @pytest.fixture
 def agent_factory(tmp_path):
-    """``agent_factory(scanners_toml)``: a running ``scan-agent run --json``, stopped after the test."""
+    """``agent_factory(scanners_toml, extra_toml="")``: a running ``scan-agent run --json``, stopped after the test."""
     from tests.usb.agent_proc import RunningAgent
 
     started = []
 
-    def start(scanners: str) -> RunningAgent:
-        a = RunningAgent.start(tmp_path, scanners)
+    def start(scanners: str, extra: str = "") -> RunningAgent:
+        a = RunningAgent.start(tmp_path, scanners, extra)
         started.append(a)
         return a
 
