@@ -270,7 +270,17 @@ class Endpoints:
 
     async def import_manifest(self, request: Request) -> Response:
         body = await read_body(request, MAX_MANIFEST_BODY)
-        return JSONResponse(await self._command(self.parts.station.import_manifest, body, request), 201)
+        from agent.ledger.manifests import ManifestError, read_manifest
+
+        # Checked here too (as the station will), so that a bad manifest is a 400, not a refusal.
+        leading = getattr(self.parts.station.pipeline, "leading_digits", ("8",))
+        try:
+            await asyncio.to_thread(read_manifest, body, leading_digits=leading)
+        except ManifestError as problem:
+            field = ".".join(part for part in (problem.row, problem.field) if part) or "manifest"
+            raise ApiError(400, problem.message, field) from None
+        reply = await self._command(self.parts.station.import_manifest, body, request)
+        return JSONResponse(reply, 201 if reply.get("imported", True) else 200)
 
     async def metrics(self, request: Request) -> Response:
         p = self.parts

@@ -205,8 +205,14 @@ def openapi(*, manifests: bool = False) -> dict:
     }
     if manifests:
         paths["/v1/manifests"] = _command(
-            "Import a supplier's delivery manifest (see docs/manifest.md).", {"type": "object"}, 201
+            "Import a supplier's delivery manifest (docs/manifest.md); the same one again records nothing (200).",
+            {"type": "object"},
+            201,
         )
+        paths["/v1/manifests"]["post"]["responses"]["200"] = {
+            "description": "Imported before: nothing recorded.",
+            "content": _json({"$ref": "#/components/schemas/Reply"}),
+        }
     event = {
         "type": "object",
         "description": "A scan-event/1 or document-event/1, as published over MQTT (docs/events.md).",
@@ -319,4 +325,7 @@ def openapi(*, manifests: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(json.dumps(openapi(), indent=2, ensure_ascii=False) + "\n")
+    from agent.station import Station
+
+    served = openapi(manifests=hasattr(Station, "import_manifest"))
+    sys.stdout.write(json.dumps(served, indent=2, ensure_ascii=False) + "\n")
