@@ -317,3 +317,24 @@ def test_a_ledger_of_the_previous_release_takes_a_manifest_and_verifies(tmp_path
         assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 5
     finally:
         ledger.close()
+
+
+def test_a_case_voided_in_its_delivery_takes_back_every_unit_and_can_be_received_again():
+    manifest = make_manifest(BILL, cases=2, units_per_case=12)
+    dock = Dock(manifest)
+    dock.open()
+    case = dock.codes("case")[0]
+    scanned = dock.scan(case)
+    assert dock.ledger.document.progress()["collected"] == 12
+    void = dock.ledger.void(scanned.event_id, reason="wrong pallet", read=CLI)[-1]
+    assert void.verdict == "void" and void.progress["collected"] == 0
+    assert not received(dock, case) and not any(received(dock, unit) for unit in dock.units_under(case))
+    again = dock.scan(case, source="again")
+    assert again.verdict == "accepted" and again.progress["collected"] == 12
+    # Once a unit of it is sold, the case cannot be voided (void the sale first).
+    sold = dock.units_under(case)[0]
+    dock.close()
+    assert dock.scan(sold, "dispense").verdict == "accepted"
+    with pytest.raises(DocumentError, match=f"code {sold} moved"):
+        dock.ledger.void(again.event_id, reason="late", read=CLI)
+    assert verify(dock.ledger.conn).ok

@@ -497,15 +497,16 @@ class Ledger:
         """Void an accepted scan of a document: a new row that names it, and the code's state reverts.
 
         A scan of the open document gets a ``void``; one of a closed document a
-        ``reversal``. Raises :class:`DocumentError` for a scan that does not exist,
-        was not accepted, is in no document, was voided already, or whose code
-        moved since (void the later scan first).
+        ``reversal``. A pack's scan reverts every unit it received. Raises
+        :class:`DocumentError` for a scan that does not exist, was not accepted, is in
+        no document, was voided already, or whose code moved since (void the later scan first).
         """
         self._fresh()
         target = self.conn.execute("SELECT * FROM scans WHERE event_id = ?", (event_id,)).fetchone()
         if target is None:
             raise DocumentError("event_id", f"no scan has event id {event_id}")
-        if target["verdict"] != "accepted" or target["record"] is not None:
+        pack = None if target["record"] is None else json.loads(target["record"]).get("pack")
+        if target["verdict"] != "accepted" or (target["record"] is not None and pack is None):
             raise DocumentError("event_id", f"scan {event_id} was {target['verdict']}; only an accepted scan is voided")
         if target["document"] is None:
             raise DocumentError("event_id", f"scan {event_id} is in no document; only a document's scans are voided")
@@ -513,8 +514,11 @@ class Ledger:
             raise DocumentError("event_id", f"scan {event_id} is voided already")
         movement, code = target["movement"], target["code"]
         state = self._state(code)
-        if not _left_by(movement, state, target["id"]):
-            raise DocumentError("event_id", f"code {code} moved after scan {event_id}; void the later scan first")
+        # A pack's units and middle packs revert with it: each must still be where it left them.
+        inner = {} if pack is None else {c: self._state(c) for c in (*pack["middles"], *pack["units"])}
+        for moved, moved_state in ((code, state), *inner.items()):
+            if not _left_by(movement, moved_state, target["id"]):
+                raise DocumentError("event_id", f"code {moved} moved after scan {event_id}; void the later scan first")
         doc = self.document if self.document is not None and self.document.id == target["document"] else None
         verdict = "void" if doc is not None else "reversal"
         record = {
@@ -538,6 +542,8 @@ class Ledger:
             )
             row = self._append(fields)
             self._store_state(code, state, undo(movement, state))
+            for moved, moved_state in inner.items():
+                self._store_state(moved, moved_state, undo(movement, moved_state))
             if doc is not None:
                 doc.remove(target["id"], entry_of(row))
             parsed = TraceCode(kind=target["kind"], code=code, product_id=target["product_id"] or "")
