@@ -1,7 +1,7 @@
 """Scan in to accept feedback out: from a scan entering the agent to the first pin change
 of the accept pattern, the SQLite commit (WAL, synchronous=FULL, a real file) included.
 
-    .venv/bin/python bench/feedback_latency.py [--scans 1000] [--gap 0.1] [--buzzer active|tonal]
+    .venv/bin/python bench/feedback_latency.py [--scans 1000] [--gap 0.1] [--buzzer active|tonal] [--api-clients 5]
 
 Pins are gpiozero's MockFactory pins that stamp each change with time.monotonic(), so the
 figure is the agent's own work: queue hand-off, parse, decide, commit (fsync), the sinks,
@@ -12,6 +12,8 @@ bytes reach the tty layer, and times from that write; ``socat`` does the same th
 test suite's socat pty pair (one process hop more, which a real scanner does not have);
 ``read`` submits a Read to the pipeline directly.
 The ready blip on green is turned off so that only the accept pattern changes pins.
+``--api-clients N`` adds the local API as a sink after the feedback, as the runner does,
+with N stream clients reading every event (bench/api_stream.py has the client).
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ def main() -> None:
     ap.add_argument("--buzzer", choices=("active", "tonal"), default="active")
     ap.add_argument("--entry", choices=tuple(ENTRIES), default="pty")
     ap.add_argument("--dir", default="/var/tmp", help="where the temporary ledger file goes (a real disk)")
+    ap.add_argument("--api-clients", type=int, default=None, help="the local API on, with this many stream clients")
     args = ap.parse_args()
 
     factory = MockFactory(pin_class=StampedPin)
@@ -182,6 +185,12 @@ def main() -> None:
         ledger = Ledger.open(Path(tmp) / "ledger.db", device_id="bench", site_id="bench", double_read_window_s=0)
         committed = Committed()
         pipeline = Pipeline(ledger, sinks=[committed, feedback])
+        api, clients = None, []
+        if args.api_clients is not None:
+            from bench.api_stream import StreamClient, start_api
+
+            api = start_api(pipeline, Path(tmp) / "ledger.db", feedback)
+            clients = [StreamClient(api.address[1]) for _ in range(args.api_clients)]
         pipeline.start()
         enter = ENTRIES[args.entry](Path(tmp))
         total, commit, after, read = [], [], [], []
@@ -200,6 +209,11 @@ def main() -> None:
         if hasattr(enter, "close"):
             enter.close()
         pipeline.stop()
+        if api is not None:
+            received = [len(c.received) for c in clients]
+            api.stop()
+            for client in clients:
+                client.close()
         ledger.close()
     feedback.close()
     fsync_after = fsync_probe(args.dir)
@@ -208,6 +222,8 @@ def main() -> None:
     print(f"machine: {describe()}")
     print(f"ledger: real file in {args.dir} (WAL, synchronous=FULL); buzzer {args.buzzer}; entry {args.entry}")
     print(f"{args.scans} scans, {args.gap} s apart, all accepted")
+    if api is not None:
+        print(f"local API on, {len(clients)} stream clients; events each received: {received}")
     print(f"{'ms':>28} {'p50':>7} {'p99':>7} {'max':>7}")
     for name, values in (
         ("entry -> terminator read", read),
