@@ -3,6 +3,7 @@
     python bench/receiving.py case    [--cases 200] [--rounds 5]     # 600-unit case scans
     python bench/receiving.py import  [--runs 5]                     # a 50,000-code manifest
     python bench/receiving.py unit    [--scans 1000] [--rounds 6]    # after 1,000,000 codes
+    python bench/receiving.py agent   [--cases 200]                  # the same case scan, end to end
     python bench/receiving.py all
 
 Every ledger is a file under ``bench/out/`` opened as the agent opens it (``Ledger.open``:
@@ -21,6 +22,9 @@ WAL, synchronous=FULL, its checkpointer thread running), never ``:memory:``.
   full ledger one a manifest lists, inside a case not received), then a dispense of each
   unit just received. The two ledgers take turns in ``--rounds`` blocks; each p99 is over
   its blocks together, and the ratio is also printed round by round.
+- ``agent``: the case scan as the dock sees it: a real ``scan-agent run --json`` (receive
+  movement, stdin scanner), each case code written and its decision line read back; the
+  first after the start (imports and caches warming) is shown apart.
 """
 
 from __future__ import annotations
@@ -278,9 +282,42 @@ def bench_unit(scans: int, rounds: int) -> None:
         )
 
 
+# -- agent ----------------------------------------------------------------------------
+
+
+def bench_agent(cases: int) -> None:
+    """Case codes through a real agent: write to decision printed, one at a time."""
+    from tests.support.agent import start_agent
+
+    body = make_manifest("DN00000001", products=4, cases=cases, seed=42)
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        db, cfg = Path(tmp) / "agent.db", Path(tmp) / "agent.toml"
+        ledger = Ledger.open(db, device_id="bench", site_id="site")
+        import_body(ledger, body)
+        ledger.close()
+        cfg.write_text(f'[station]\nmovement = "receive"\n[ledger]\npath = "{db}"\n[feedback]\nbackend = "console"\n')
+        proc = start_agent("run", "--config", str(cfg), "--json")
+        times = []
+        try:
+            for case in case_codes(body):
+                t0 = time.perf_counter()
+                proc.stdin.write(case.encode() + b"\n")
+                proc.stdin.flush()
+                decision = json.loads(proc.stdout.readline())
+                times.append((time.perf_counter() - t0) * 1000)
+                assert decision["verdict"] == "accepted", decision
+        finally:
+            proc.stdin.close()
+            proc.wait(60)
+    print("\n600-unit case scan through scan-agent run --json (stdin), write to decision printed (ms)")
+    print(f"{'':<52}{'p50':>9}{'p99':>9}{'max':>9}{'n':>8}")
+    print(f"{'the first after the start':<52}{times[0]:9.2f}")
+    print(row("the rest", times[1:]))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("case", "import", "unit", "all"))
+    parser.add_argument("what", choices=("case", "import", "unit", "agent", "all"))
     parser.add_argument("--cases", type=int, default=200, help="case scans timed (case)")
     parser.add_argument("--runs", type=int, default=5, help="imports timed (import)")
     parser.add_argument("--scans", type=int, default=1000, help="unit scans per block (unit)")
@@ -292,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         "case": lambda: bench_case(args.cases, args.rounds),
         "import": lambda: bench_import(args.runs),
         "unit": lambda: bench_unit(args.scans, args.rounds),
+        "agent": lambda: bench_agent(args.cases),
     }
     for name, step in steps.items():
         if args.what in (name, "all"):
