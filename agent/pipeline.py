@@ -33,7 +33,7 @@ from agent.domain import Decision, check_movement
 from agent.ledger import Ledger, LedgerError
 from agent.ledger.documents import Document, DocumentError
 from agent.read import Read
-from agent.station import StationCodes
+from agent.station import StationBusy, StationCodes
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Pipeline:
         """
         future: Future = Future()
         if self._stopping:
-            future.set_exception(DocumentError("station", "the agent is stopping; nothing was recorded"))
+            future.set_exception(StationBusy("the agent is stopping; nothing was recorded"))
             return future
         self.queue.put(_Call(verb, future))
         return future
@@ -166,7 +166,7 @@ class Pipeline:
             except queue.Empty:
                 return
             if isinstance(item, _Call) and item.future.set_running_or_notify_cancel():
-                item.future.set_exception(DocumentError("station", "the agent is stopping; nothing was recorded"))
+                item.future.set_exception(StationBusy("the agent is stopping; nothing was recorded"))
 
     def run_call(self, call: _Call) -> None:
         """Run one command (on the pipeline thread) and tell the sinks what it recorded."""

@@ -25,12 +25,21 @@ from agent.ledger.documents import DocumentError, only_fields, read_document, re
 from agent.read import Read
 
 if TYPE_CHECKING:
+    from agent.ledger.manifests import Manifest
     from agent.pipeline import Pipeline
 
 #: The verbs of :class:`Station`, as MQTT commands and the control socket name them.
 VERBS = ("open_document", "close_document", "void", "exception", "acknowledge", "import_manifest")
 #: How long a command waits for the pipeline to run it (the pipeline is busy only with scans).
 CALL_TIMEOUT_S = 10.0
+
+
+class StationBusy(DocumentError):
+    """The station could not take a command now (its pipeline is stopping, or did not get
+    to it in time): nothing was recorded, and the same command may be sent again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("station", message)
 
 
 class StationCodes:
@@ -119,17 +128,25 @@ class Station:
         ledger = self.pipeline.ledger
         return self._run(lambda read: ledger.acknowledge(by, via=via, read=read), via, source_id)
 
-    def import_manifest(self, body: Mapping, *, via: str = "command", source_id: str = "") -> dict:
-        """Check a supplier's manifest whole (here, on the caller's thread: a big one takes a
-        moment), then record it on the pipeline thread. The same manifest again records
-        nothing (``rows`` empty, ``imported`` false)."""
+    def check_manifest(self, body: Mapping) -> Manifest:
+        """A supplier's manifest checked whole, or :class:`DocumentError` naming its row and
+        field (``codes[17].parent``). Runs on the caller's thread: a big one takes a moment."""
         from agent.ledger.manifests import ManifestError, read_manifest
 
         try:
-            manifest = read_manifest(body, leading_digits=getattr(self.pipeline, "leading_digits", ("8",)))
+            return read_manifest(body, leading_digits=getattr(self.pipeline, "leading_digits", ("8",)))
         except ManifestError as problem:
             field = ".".join(part for part in (problem.row, problem.field) if part) or "manifest"
             raise DocumentError(field, problem.message) from None
+
+    def import_manifest(
+        self, body: Mapping, *, via: str = "command", source_id: str = "", manifest: Manifest | None = None
+    ) -> dict:
+        """Check a supplier's manifest (:meth:`check_manifest`, unless ``manifest`` is that
+        already), then record it on the pipeline thread. The same manifest again records
+        nothing (``rows`` empty, ``imported`` false)."""
+        if manifest is None:
+            manifest = self.check_manifest(body)
         ledger = self.pipeline.ledger
         result = self._run(
             lambda read: ledger.import_manifest(manifest, read=read, operator=self._operator()), via, source_id
@@ -147,8 +164,8 @@ class Station:
             decisions = future.result(self.timeout_s)
         except FutureTimeout:
             if future.cancel():  # never started, and now never will: "nothing recorded" holds
-                raise DocumentError(
-                    "station", f"the pipeline did not take the command within {self.timeout_s:g} s; nothing recorded"
+                raise StationBusy(
+                    f"the pipeline did not take the command within {self.timeout_s:g} s; nothing recorded"
                 ) from None
             decisions = future.result()  # started: its rows are being committed, so wait for them
         return {"rows": [reply_row(d) for d in decisions]}

@@ -18,6 +18,7 @@ in the loop's worker threads (``asyncio.to_thread``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 from collections.abc import Callable, Mapping
@@ -39,6 +40,7 @@ from agent.sinks.api.metrics import Gauge, Metrics
 from agent.sinks.api.openapi import openapi
 from agent.sinks.api.reads import LedgerReads
 from agent.sinks.feedback import SETTABLE_STATES
+from agent.station import StationBusy
 
 log = logging.getLogger(__name__)
 
@@ -270,16 +272,14 @@ class Endpoints:
 
     async def import_manifest(self, request: Request) -> Response:
         body = await read_body(request, MAX_MANIFEST_BODY)
-        from agent.ledger.manifests import ManifestError, read_manifest
-
-        # Checked here too (as the station will), so that a bad manifest is a 400, not a refusal.
-        leading = getattr(self.parts.station.pipeline, "leading_digits", ("8",))
+        station = self.parts.station
+        # Checked first and apart, so that a bad manifest is a 400, and a refusal by the ledger a 409.
         try:
-            await asyncio.to_thread(read_manifest, body, leading_digits=leading)
-        except ManifestError as problem:
-            field = ".".join(part for part in (problem.row, problem.field) if part) or "manifest"
-            raise ApiError(400, problem.message, field) from None
-        reply = await self._command(self.parts.station.import_manifest, body, request)
+            manifest = await asyncio.to_thread(station.check_manifest, body)
+        except DocumentError as problem:
+            raise ApiError(400, problem.message, problem.field) from None
+        record = functools.partial(station.import_manifest, manifest=manifest)
+        reply = await self._command(record, body, request)
         return JSONResponse(reply, 201 if reply.get("imported", True) else 200)
 
     async def metrics(self, request: Request) -> Response:
@@ -335,11 +335,9 @@ class Endpoints:
         source_id = f"api:{client.host}" if client is not None else "api"
         try:
             return await asyncio.to_thread(verb, body, via="api", source_id=source_id)
+        except StationBusy as problem:
+            raise ApiError(503, problem.message, problem.field) from None
         except DocumentError as problem:
-            if problem.field == "station" and problem.message.startswith(
-                ("the pipeline did not", "the agent is stopping")
-            ):
-                raise ApiError(503, problem.message, problem.field) from None
             raise ApiError(409, problem.message, problem.field) from None
         except LedgerError as problem:
             raise ApiError(503, f"the ledger cannot be written: {problem}") from None
