@@ -2,12 +2,12 @@
 
 A case code (箱码) stands for its 600 units: one receive records one row and moves every
 unit (and every middle pack, 中包码) under it to received, in one transaction. Each cycle
-imports a supplier's manifest into the ledger (a real SQLite file, no agent running),
-starts ``scan-agent run --json`` with the receive movement, scans the delivery note's bill
-code first in some cycles (a delivery document opens against the manifest), feeds the
-case codes, and SIGKILLs the agent at a random moment, often while a case is being
-expanded: right after writing a case code, after a random delay drawn from how long this
-machine takes to decide a case. Then, on the ledger as the kill left it:
+imports a supplier's manifest into the ledger (a real SQLite file; see below), starts
+``scan-agent run --json`` with the receive movement, scans the delivery note's bill code
+first in some cycles (a delivery document opens against the manifest), feeds the case
+codes, and SIGKILLs the agent at a random moment, aimed at a case's expansion: right after
+writing a case code, after a random delay drawn from how long this machine takes to decide
+a case. Then, on the ledger as the kill left it:
 
 - every pack is whole or absent: either its row exists and every unit and middle pack under
   it is received with ``in_id`` = that row, or there is no row and none of them moved
@@ -18,6 +18,13 @@ machine takes to decide a case. Then, on the ledger as the kill left it:
 The agent restarted on the same ledger goes on: every pack not recorded is scanned again
 and accepted (in the same delivery, still open), a recorded one again is a duplicate, the
 delivery closes with nothing missing, and the agent stops cleanly at the scanner's EOF.
+
+Each manifest comes in by the real ``scan-agent manifest import``: on the ledger directly
+(no agent running), through the running agent, or through it with the agent SIGKILLed
+during the import. Then the manifest must be in the ledger whole (its row and every code)
+or not at all, and in it if the command said it was imported; the restarted agent imports
+it (again: a no-op if it was). The same manifest imported again at the end of each cycle
+records nothing.
 """
 
 from __future__ import annotations
@@ -34,9 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import ledger
-from agent.ledger import Ledger
-from agent.ledger.manifests import read_manifest
-from agent.read import Read
 from tests.faults.conftest import cycles
 from tests.support.agent import run_agent, start_agent
 from tests.support.manifests import make_manifest
@@ -107,16 +111,6 @@ def packs_to_scan(body: dict, split_first: bool) -> list[Pack]:
     return packs
 
 
-def import_manifest(db: Path, body: dict) -> None:
-    """Record ``body`` in the ledger as the agent would, while no agent holds it."""
-    book = Ledger.open(db, device_id=DEVICE, site_id=SITE)
-    try:
-        decisions = book.import_manifest(read_manifest(body), read=Read(b"", "cli", "fault-test"))
-    finally:
-        book.close()
-    assert [d.verdict for d in decisions] == ["manifest"], decisions
-
-
 class Agent:
     """One ``scan-agent run --json`` fed on stdin; SIGKILLed if it stops answering."""
 
@@ -157,6 +151,42 @@ class Agent:
             return self.proc.wait(STUCK_S)
         finally:
             self.guard.cancel()
+
+
+def manifest_import(cfg_path: Path, source: Path, agent: Agent | None = None) -> dict:
+    """``scan-agent manifest import``: through ``agent``'s control socket when it runs (its
+    ``manifest`` decision is printed too, and must be the same row), else on the ledger
+    directly. Returns the command's JSON answer."""
+    done = run_agent("manifest", "import", str(source), "--config", str(cfg_path), "--json")
+    assert done.returncode == 0, done.stderr.decode()
+    answer = json.loads(done.stdout)
+    if agent is not None and answer["imported"]:
+        printed = agent.answer()
+        assert (printed["verdict"], printed["event_id"]) == ("manifest", answer["rows"][0]["event_id"]), printed
+    return answer
+
+
+def import_killed(cfg_path: Path, source: Path, agent: Agent, delay_s: float) -> bool:
+    """Start ``scan-agent manifest import`` through ``agent`` and SIGKILL the agent ``delay_s``
+    later, maybe inside the import's transaction. The command may still finish on the
+    ledger directly (the lock is free once the agent is dead). Returns whether it said
+    it imported."""
+    command = start_agent("manifest", "import", str(source), "--config", str(cfg_path), "--json")
+    time.sleep(delay_s)
+    agent.kill()
+    out, _ = command.communicate(timeout=STUCK_S)
+    return command.returncode == 0 and json.loads(out)["imported"]
+
+
+def manifest_held(db: Path, bill: str) -> tuple[int, int]:
+    """``(manifest rows, code rows)`` the ledger holds for ``bill``."""
+    conn = ledger.connect(db)
+    try:
+        rows = conn.execute("SELECT COUNT(*) FROM scans WHERE verdict = 'manifest' AND document = ?", (bill,))
+        codes = conn.execute("SELECT COUNT(*) FROM manifest_codes WHERE bill_code = ?", (bill,))
+        return rows.fetchone()[0], codes.fetchone()[0]
+    finally:
+        conn.close()
 
 
 @dataclass
@@ -264,6 +294,51 @@ def restart_and_finish(cfg_path: Path, packs: list[Pack], states: dict[str, str]
     return agent.printed
 
 
+class Imports:
+    """How each cycle's manifest comes in, by ``scan-agent manifest import`` (the real CLI):
+    on the ledger directly with no agent running, through the running agent, or through it
+    with the agent SIGKILLed during the import (then imported again by the restarted one)."""
+
+    WAYS = ("running", "running", "direct", "direct", "killed", "killed")
+
+    def __init__(self, cfg_path: Path, db: Path, rng: random.Random) -> None:
+        self.cfg_path, self.db, self.rng = cfg_path, db, rng
+        #: Seconds one import through the running agent took, command start to answer.
+        self.took: list[float] = []
+        self.killed = self.answered_before_kill = 0
+        self.printed: list[dict] = []
+
+    def way(self, cycle: int) -> str:
+        return self.WAYS[cycle % len(self.WAYS)]  # the first is "running": no ledger yet
+
+    def bring(self, cycle: int, source: Path, bill: str, codes: int) -> Agent:
+        """Import ``source`` the cycle's way; returns the agent that will scan (started)."""
+        way = self.way(cycle)
+        if way == "direct":
+            assert manifest_import(self.cfg_path, source)["imported"]
+            return Agent(self.cfg_path)
+        agent = Agent(self.cfg_path)
+        if way == "killed":
+            # The agent's transaction ends just before the command's answer: aim at the
+            # last half of the command's usual run.
+            guess = statistics.median(self.took) if self.took else 0.3
+            said = import_killed(self.cfg_path, source, agent, self.rng.uniform(0.5 * guess, 1.05 * guess))
+            self.printed += agent.printed
+            check_ledger(self.db, [], agent.printed)
+            held = manifest_held(self.db, bill)
+            assert held in ((0, 0), (1, codes)), f"{bill} half imported: {held}"
+            assert held[0] or not said, f"the command said {bill} was imported, the ledger has no row"
+            self.killed += 1
+            self.answered_before_kill += any(d["verdict"] == "manifest" for d in agent.printed)
+            agent = Agent(self.cfg_path)
+            assert manifest_import(self.cfg_path, source, agent)["imported"] == (held[0] == 0)
+            return agent
+        started = time.monotonic()
+        assert manifest_import(self.cfg_path, source, agent)["imported"]
+        self.took.append(time.monotonic() - started)
+        return agent
+
+
 def test_sigkill_inside_a_case_expansion(tmp_path, figures):
     db = tmp_path / "ledger.db"
     cfg_path = tmp_path / "agent.toml"
@@ -273,6 +348,7 @@ def test_sigkill_inside_a_case_expansion(tmp_path, figures):
     printed: list[dict] = []
     totals = {"packs": 0, "units": 0, "torn": 0, "in_flight": 0, "committed_unprinted": 0, "rolled_back": 0}
     seen_codes: set[str] = set()
+    imports = Imports(cfg_path, db, rng)
     runs = cycles(6)
     for cycle in range(runs):
         # Deterministic per cycle, so the default 6 cycles cover each pairing of
@@ -291,9 +367,10 @@ def test_sigkill_inside_a_case_expansion(tmp_path, figures):
         assert not codes & seen_codes, "the generator repeated a code across bills"
         seen_codes |= codes
         packs = packs_to_scan(body, split_first=with_middles and rng.random() < 0.5)
-        import_manifest(db, body)
+        source = tmp_path / f"{bill}.json"
+        source.write_text(json.dumps(body))
 
-        agent = Agent(cfg_path)
+        agent = imports.bring(cycle, source, bill, len(body["codes"]))
         if with_document:
             opened = agent.ask(bill)
             assert (opened["verdict"], opened["document"]["id"]) == ("opened", bill), opened
@@ -316,6 +393,7 @@ def test_sigkill_inside_a_case_expansion(tmp_path, figures):
         printed += after
         final = check_ledger(db, packs, after)
         assert set(final.values()) == {"whole"}, {c: s for c, s in final.items() if s != "whole"}
+        assert not manifest_import(cfg_path, source)["imported"], "the same manifest again must be a no-op"
         totals["packs"] += len(packs)
         totals["units"] += sum(len(p.units) for p in packs)
 
@@ -325,11 +403,14 @@ def test_sigkill_inside_a_case_expansion(tmp_path, figures):
     assert totals["in_flight"] > 0, totals
 
     figures.fault = "agent SIGKILL inside a case expansion (600-unit cases, middle packs, delivery open or not)"
-    figures.cycles, figures.sent = runs, len(printed)
+    figures.cycles, figures.sent = runs, len(printed) + len(imports.printed)
     figures.note = (
         f"{totals['packs']} case/middle-pack scans ({totals['units']:,} units) all received after restart;"
         f" torn (partly received): {totals['torn']}; {totals['in_flight']} packs written but unanswered at the kill:"
         f" {totals['committed_unprinted']} committed, {totals['rolled_back']} left no trace and were accepted"
-        f" on restart; kill delay drawn from 0-1.3x the median write-to-decision of a case,"
+        f" on restart; {imports.killed} more kills during a manifest import through the agent:"
+        f" {imports.answered_before_kill} after the agent had answered, the rest before; each manifest whole"
+        f" or absent after the kill;"
+        f" kill delay drawn from 0-1.3x the median write-to-decision of a case,"
         f" {statistics.median(timing.samples or [0]) * 1000:.0f} ms"
     )
