@@ -286,3 +286,17 @@ def test_the_real_device_is_on_the_virtual_bus_with_the_wedge_phys():
         device.close()
     finally:
         keyboard.close()
+
+
+@pytest.mark.skipif(os.path.exists("/dev/uinput"), reason="this machine has /dev/uinput: the agent would start")
+def test_the_agent_refuses_to_start_without_uinput_and_says_how_to_fix_it(tmp_path):
+    from tests.support.agent import run_agent
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[ledger]\npath = "{tmp_path / "ledger.db"}"\n\n[wedge]\nenabled = true\nlayout = "de"\n')
+    done = run_agent("run", "--config", str(cfg), input=b"81234567890123456789\n")
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "bad config: [wedge] enabled = true, but /dev/uinput is not there" in err
+    assert "sudo modprobe uinput" in err and "scan-agent doctor" in err
+    assert done.stdout == b"", "nothing was decided: no scan is accepted that the POS would never get"
