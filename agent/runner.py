@@ -109,7 +109,15 @@ class Runner:
                 lock.release()
 
     def _run(self, cfg: Config, moved: MovedAside | None) -> int:
-        self.feedback = feedback = make_feedback(cfg.feedback)
+        # First of the devices: one that cannot be had (no /dev/uinput) leaves nothing else open.
+        wedge = make_wedge(cfg)
+        try:
+            self.feedback = make_feedback(cfg.feedback)
+        except BaseException:
+            if wedge is not None:
+                wedge.close()
+            raise
+        feedback = self.feedback
         host_ack = host_ack_for(cfg.scanners, in_fault=lambda: feedback.is_on("fault"))
         ledger = Ledger.open(
             cfg.ledger.path,
@@ -128,7 +136,6 @@ class Runner:
         sinks: list[Sink] = [feedback]
         if host_ack:
             sinks.append(host_ack)
-        wedge = make_wedge(cfg)
         if wedge is not None:
             sinks.append(wedge)  # before the printers: the POS is waiting for its keys
         if self.out is not None:
