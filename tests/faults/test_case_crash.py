@@ -122,6 +122,14 @@ class Agent:
         self.guard.start()
         self.printed: list[dict] = []
 
+    def wait_up(self) -> None:
+        """Until the agent holds the ledger's lock (it logs "up" after taking it): a command
+        sent before then finds the lock free and writes the ledger itself."""
+        deadline = time.monotonic() + STUCK_S
+        while b"scan-agent up" not in b"".join(self.err):
+            assert self.proc.poll() is None and time.monotonic() < deadline, b"".join(self.err)[-2000:]
+            time.sleep(0.01)
+
     def write(self, line: str) -> None:
         self.proc.stdin.write(line.encode() + b"\n")
         self.proc.stdin.flush()
@@ -318,6 +326,7 @@ class Imports:
             assert manifest_import(self.cfg_path, source)["imported"]
             return Agent(self.cfg_path)
         agent = Agent(self.cfg_path)
+        agent.wait_up()
         if way == "killed":
             # The agent's transaction ends just before the command's answer: aim at the
             # last half of the command's usual run.
@@ -331,6 +340,7 @@ class Imports:
             self.killed += 1
             self.answered_before_kill += any(d["verdict"] == "manifest" for d in agent.printed)
             agent = Agent(self.cfg_path)
+            agent.wait_up()
             assert manifest_import(self.cfg_path, source, agent)["imported"] == (held[0] == 0)
             return agent
         started = time.monotonic()
