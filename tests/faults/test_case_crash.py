@@ -324,7 +324,9 @@ class Imports:
         way = self.way(cycle)
         if way == "direct":
             assert manifest_import(self.cfg_path, source)["imported"]
-            return Agent(self.cfg_path)
+            agent = Agent(self.cfg_path)
+            agent.wait_up()  # a kill aimed at a case must not land in the agent's own start
+            return agent
         agent = Agent(self.cfg_path)
         agent.wait_up()
         if way == "killed":
