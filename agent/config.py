@@ -210,6 +210,10 @@ class MqttConfig:
     max_inflight: int = 100
     health_interval_s: float = 30.0
     backoff_max_s: float = 60.0
+    #: The back end confirms what it stored on ``{p}/receipt``; events delivered but not
+    #: covered by a receipt are sent again after ``receipt_timeout_s``.
+    receipts: bool = False
+    receipt_timeout_s: float = 60.0
 
     def password(self) -> str | None:
         """The password from ``password_file`` (a trailing newline is not part of it), or None.
@@ -628,6 +632,8 @@ def _mqtt(t: Table) -> MqttConfig:
         max_inflight=t.integer("max_inflight", d.max_inflight, 1, 65535),
         health_interval_s=t.number("health_interval_s", d.health_interval_s, low=1.0, high=86400.0),
         backoff_max_s=t.number("backoff_max_s", d.backoff_max_s, low=1.0, high=3600.0),
+        receipts=t.get("receipts", d.receipts, bool),
+        receipt_timeout_s=t.number("receipt_timeout_s", d.receipt_timeout_s, low=1.0, high=86400.0),
     )
     prefix = mqtt.topic_prefix
     if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:

@@ -78,6 +78,9 @@ backoff_max_s = 120
         ('host = ""', "[mqtt] host: must not be empty"),
         ("tls = 1", "[mqtt] tls: 1 is not allowed; allowed: true or false"),
         ("qos = 1", "[mqtt] qos: unknown key"),
+        ('receipts = "yes"', "[mqtt] receipts: 'yes' is not allowed; allowed: true or false"),
+        ("receipt_timeout_s = 0.5", "[mqtt] receipt_timeout_s: 0.5 is not allowed"),
+        ("receipt_timeout_s = 100000", "[mqtt] receipt_timeout_s: 100000.0 is not allowed"),
     ],
 )
 def test_bad_values_name_the_key(text, message):
@@ -90,3 +93,9 @@ def test_device_id_must_be_one_topic_level_when_mqtt_is_on():
     with pytest.raises(ConfigError, match=r"\[station\] device_id: 'a/b' is not allowed with \[mqtt\] on"):
         parse_toml('[station]\ndevice_id = "a/b"\n[mqtt]\nenabled = true\n')
     assert parse_toml('[station]\ndevice_id = "a/b"\n').station.device_id == "a/b"
+
+
+def test_receipts_are_off_by_default_and_read_with_their_timeout():
+    assert (MqttConfig().receipts, MqttConfig().receipt_timeout_s) == (False, 60.0)
+    mqtt = parse_toml("[mqtt]\nreceipts = true\nreceipt_timeout_s = 5\n").mqtt
+    assert (mqtt.receipts, mqtt.receipt_timeout_s) == (True, 5.0)
