@@ -211,9 +211,13 @@ def test_tables_are_append_only(db, scanner, table):
     Outbox(db.conn).mark_delivered([d.scan_id])
     alarm = db.record_alarm("ledger_damaged", "moved aside at start")
     db.conn.execute("INSERT INTO manifest_codes (code, bill_code, level) VALUES (?, 'DN1', 'unit')", (A,))
-    key, row = {"scans": ("id", d.scan_id), "alarms": ("id", alarm), "manifest_codes": ("code", A)}.get(
-        table, ("scan_id", d.scan_id)
-    )
+    Outbox(db.conn).record_receipt(1, "mqtt")
+    key, row = {
+        "scans": ("id", d.scan_id),
+        "alarms": ("id", alarm),
+        "manifest_codes": ("code", A),
+        "receipts": ("stored_through_seq", 1),
+    }.get(table, ("scan_id", d.scan_id))
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         db.conn.execute(f"UPDATE {table} SET {key} = 99 WHERE {key} = ?", (row,))
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):

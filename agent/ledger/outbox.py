@@ -1,8 +1,8 @@
-"""The uplink's view of the ledger: undelivered events out, delivery records in.
+"""The uplink's view of the ledger: undelivered events out, delivery and receipt records in.
 
 It works on its own connection (:func:`agent.ledger.connect`), never on the
-pipeline's, and it only ever reads ``scans`` and inserts into ``deliveries``:
-it decides nothing about a scan. Every row with a ``seq`` is an event (the
+pipeline's, and it only ever reads ``scans`` and inserts into ``deliveries`` and
+``receipts``: it decides nothing about a scan. Every row with a ``seq`` is an event (the
 ``outbox`` view says the same), a scan's or a document's (:mod:`agent.events`);
 it is undelivered until ``deliveries`` has its id.
 Lookups walk ``scans`` by rowid, which ``seq`` follows: no index on the scan path
@@ -48,6 +48,14 @@ WHERE {where} AND scans.seq IS NOT NULL
 ORDER BY scans.id
 """
 _UNDELIVERED = " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_id = scans.id)"
+# Delivered (and, with :since, delivered at or before it) but above the receipt :above.
+# A device's seq never runs ahead of the row id, so seq > :above starts at id > :above.
+_UNCONFIRMED = (
+    "scans.id > :above AND scans.seq > :above AND scans.device_id = :device"
+    " AND EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_id = scans.id AND deliveries.ts <= :since)"
+)
+#: Later than any ISO timestamp in the ledger: "delivered, whenever".
+_ANY_TIME = "9999"
 
 
 class Outbox:
@@ -108,6 +116,47 @@ class Outbox:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    # -- receipts (schema 6) -------------------------------------------------------
+
+    def stored_through(self) -> int:
+        """The highest ``stored_through_seq`` the back end confirmed (0 if none yet)."""
+        row = self.conn.execute("SELECT stored_through_seq FROM receipts ORDER BY id DESC LIMIT 1").fetchone()
+        return 0 if row is None else row[0]
+
+    def record_receipt(self, stored_through_seq: int, source: str) -> None:
+        """Record a receipt that moved forward (one row, one commit)."""
+        self.conn.execute(
+            "INSERT INTO receipts (ts, stored_through_seq, source) VALUES (?, ?, ?)",
+            (iso(datetime.now(UTC)), stored_through_seq, source),
+        )
+
+    def last_seq(self, device_id: str) -> int:
+        """The highest seq this device has produced (0 if none): walks back from the newest row."""
+        row = self.conn.execute(
+            "SELECT seq FROM scans WHERE seq IS NOT NULL AND device_id = ? ORDER BY id DESC LIMIT 1", (device_id,)
+        ).fetchone()
+        return 0 if row is None else row[0]
+
+    def unconfirmed(
+        self, device_id: str, above_seq: int, *, delivered_by: str | None = None, limit: int = 100
+    ) -> list[sqlite3.Row]:
+        """Events delivered but not covered by the receipt ``above_seq``, oldest first;
+        with ``delivered_by`` (ISO UTC) only those delivered at or before it."""
+        query = _EVENTS.format(where=_UNCONFIRMED) + " LIMIT :limit"
+        params = {"above": above_seq, "device": device_id, "since": delivered_by or _ANY_TIME, "limit": limit}
+        return self.conn.execute(query, params).fetchall()
+
+    def unconfirmed_count(self, device_id: str, above_seq: int) -> int:
+        """How many events are delivered but not covered by the receipt ``above_seq``."""
+        params = {"above": above_seq, "device": device_id, "since": _ANY_TIME}
+        return self.conn.execute(f"SELECT COUNT(*) FROM scans WHERE {_UNCONFIRMED}", params).fetchone()[0]
+
+    def oldest_unconfirmed_ts(self, device_id: str, above_seq: int) -> str | None:
+        """When the oldest event delivered but not covered by ``above_seq`` was recorded (ISO UTC), or None."""
+        params = {"above": above_seq, "device": device_id, "since": _ANY_TIME}
+        row = self.conn.execute(f"SELECT ts FROM scans WHERE {_UNCONFIRMED} ORDER BY id LIMIT 1", params).fetchone()
+        return None if row is None else row[0]
 
     def depth(self) -> int:
         """How many events are not delivered yet.

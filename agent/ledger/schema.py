@@ -29,11 +29,12 @@ log = logging.getLogger(__name__)
 #: 2: the alarms table; 3: the write budget (outbox view, code_state without rowid,
 #: deliveries keyed to scans, no seq or ts index); 4: documents (``document`` and
 #: ``record`` columns on scans, and two partial indexes that only entry rows write);
-#: 5: receiving (``manifest_codes``: the supplier's codes with level and parent).
-SCHEMA_VERSION = 5
+#: 5: receiving (``manifest_codes``: the supplier's codes with level and parent);
+#: 6: ``receipts``, what the back end confirmed it stored (the uplink writes it).
+SCHEMA_VERSION = 6
 
 #: Tables whose rows are never updated or deleted (triggers refuse it).
-APPEND_ONLY = ("scans", "deliveries", "alarms", "manifest_codes")
+APPEND_ONLY = ("scans", "deliveries", "alarms", "manifest_codes", "receipts")
 
 _SCANS = """
 CREATE TABLE IF NOT EXISTS "scans" (
@@ -112,6 +113,18 @@ CREATE TABLE IF NOT EXISTS "manifest_codes" (
 ) WITHOUT ROWID
 """
 
+# The back end's receipts (``{p}/receipt``): it has stored every event of this device up
+# to ``stored_through_seq``. Only a receipt that moves forward is recorded, so the last
+# row is the highest; written by the uplink on its own connection, never on the scan path.
+_RECEIPTS = """
+CREATE TABLE IF NOT EXISTS "receipts" (
+   "id" INTEGER PRIMARY KEY,
+   "ts" TEXT NOT NULL,
+   "stored_through_seq" INTEGER NOT NULL,
+   "source" TEXT NOT NULL
+)
+"""
+
 _INDEXES = (
     # Event ids are unique (and increase with id): the index is their guard and their lookup.
     'CREATE UNIQUE INDEX IF NOT EXISTS "idx_scans_event_id" ON "scans" ("event_id")',
@@ -148,6 +161,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(_DELIVERIES.format(name="deliveries"))
         conn.execute(_ALARMS)
         conn.execute(_MANIFEST_CODES)
+        conn.execute(_RECEIPTS)
         for index in _INDEXES:
             conn.execute(index)
         conn.execute(_OUTBOX_VIEW)
