@@ -12,8 +12,9 @@ Three threads, none of them the pipeline's, each with its own module:
 - ``uplink-net`` (:mod:`.connection`) owns the paho connection: connect,
   reconnect with exponential backoff and jitter, send what the window holds;
 - ``uplink`` (this module) owns the uplink's own ledger connection: it makes
-  events ready (:mod:`.window`), answers commands (:mod:`.commands`) and sends
-  health (:mod:`.health`);
+  events ready (:mod:`.window`), answers commands (:mod:`.commands`), sends
+  health (:mod:`.health`) and, with ``[mqtt] receipts = true``, records the back
+  end's receipts and sends unconfirmed events again (:mod:`.receipts`);
 - ``uplink-record`` (:mod:`.recorder`) records deliveries on a connection of its own.
 
 As a pipeline sink, :meth:`Uplink.decided` only notes the new event and wakes
@@ -23,6 +24,7 @@ the ``uplink`` thread, so a dead broker never slows a scan. Topics are in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -41,6 +43,7 @@ from agent.ledger.outbox import Outbox
 from .commands import CommandError, Commands
 from .connection import Connection
 from .health import Counters, Health
+from .receipts import Receipts
 from .recorder import Recorder
 from .topics import Topics
 from .window import Window
@@ -63,7 +66,8 @@ class Uplink:
     re-reads the config and returns what it applied and what needs a restart
     (raising :class:`ValueError` for a bad config); ``scanners`` returns
     ``{name: connected}`` for the health report; ``on_state(name, on)`` is
-    told ``broker_offline`` and ``backlog`` (older than ``backlog_alert_s``).
+    told ``broker_offline`` and ``backlog`` (an event undelivered, or delivered
+    and unconfirmed, older than ``backlog_alert_s``).
 
         uplink = Uplink(cfg.mqtt, db_path=..., device_id="kiosk-7", site_id="site-01")
         pipeline.sinks.append(uplink)
@@ -107,6 +111,9 @@ class Uplink:
             wake_worker=self._wake.set,
             counters=self.counters,
         )
+        self.receipts = (
+            Receipts(config.receipt_timeout_s, device_id=device_id, wake=self._wake.set) if config.receipts else None
+        )
         self.commands = Commands(
             self.topics,
             send=self._send,
@@ -124,8 +131,9 @@ class Uplink:
             topics=self.topics,
             window=self.window,
             counters=self.counters,
-            on_ready=self._wake.set,
+            on_ready=self._on_ready,
             on_command=self.commands.received,
+            on_receipt=None if self.receipts is None else self.receipts.received,
         )
         self.reporter = Health(
             self.counters,
@@ -135,6 +143,7 @@ class Uplink:
             scanners=scanners,
             on_state=on_state,
             backlog_alert_s=backlog_alert_s,
+            receipts=self.receipts,
         )
         self._outbox: Outbox | None = None  # the uplink thread's connection
         self._threads: dict[str, threading.Thread] = {}
@@ -175,6 +184,8 @@ class Uplink:
     def start(self) -> None:
         """Start connecting and draining in the background; returns at once."""
         self._outbox = Outbox.open(self.db_path)
+        if self.receipts is not None:
+            self.receipts.load(self._outbox)
         recorder = Outbox.open(self.db_path)
         for name, target, args in (
             ("uplink-net", self.connection.run, ()),
@@ -203,6 +214,9 @@ class Uplink:
         if self._threads:
             self._threads["uplink-net"].join(5)
         if self._outbox is not None:
+            if self.receipts is not None:
+                with contextlib.suppress(sqlite3.Error):  # the next start reads the retained receipt again
+                    self.receipts.flush(self._outbox)
             self._outbox.close()
 
     # -- the uplink thread -----------------------------------------------------
@@ -217,6 +231,8 @@ class Uplink:
             due = [next_states] if self.reporter.on_state is not None else []
             if self.connected:
                 due += [next_health, self.window.next_due()]
+                if self.receipts is not None:
+                    due.append(self.receipts.next_due())
             self._wake.wait(max(0.0, min(due) - time.monotonic()) if due else None)
             self._wake.clear()
             try:
@@ -227,9 +243,13 @@ class Uplink:
                     next_states = time.monotonic() + STATES_EVERY_S
                     self.reporter.report_states(outbox)
                 self.commands.answer_waiting()
+                if self.receipts is not None:
+                    self.receipts.settle(outbox)
                 if self.connected:
                     if self.window.prepare(outbox):
                         self.connection.wake()
+                    if self.receipts is not None and time.monotonic() >= self.receipts.next_due():
+                        self._resend_unconfirmed(outbox)
                     if time.monotonic() >= next_health:
                         next_health = time.monotonic() + self.config.health_interval_s
                         self._send(self.topics.health, self.health())
@@ -241,6 +261,18 @@ class Uplink:
                 log.exception("uplink error; carrying on")
                 self._closing.wait(1.0)
                 self._wake.set()
+
+    def _on_ready(self) -> None:
+        """Connected and subscribed (uplink-net)."""
+        if self.receipts is not None:
+            self.receipts.connected()
+        self._wake.set()
+
+    def _resend_unconfirmed(self, outbox: Outbox) -> None:
+        """Send a round of unconfirmed events again, if one is due (uplink thread)."""
+        rows = self.receipts.due(outbox)
+        if rows and self.window.queue_again(rows):
+            self.connection.wake()
 
     def _send(self, topic: str, body: dict, properties: Properties | None = None) -> None:
         self.connection.send(topic, body, properties)

@@ -82,8 +82,9 @@ class Connection:
     """The paho client, and the body of uplink-net that drives it.
 
     Threads: :meth:`run` is uplink-net, and paho calls its callbacks there,
-    which call ``on_ready()`` (connected and subscribed), ``on_command(message)``
-    and the window's uplink-net methods. :meth:`wake`, :meth:`send`,
+    which call ``on_ready()`` (connected and subscribed), ``on_command(message)``,
+    ``on_receipt(message)`` (a message on ``{p}/receipt``, subscribed only when
+    ``on_receipt`` is given) and the window's uplink-net methods. :meth:`wake`, :meth:`send`,
     :meth:`say_offline`, :meth:`stop` and :attr:`connected` may be used from
     any thread: paho queues what they publish, and uplink-net writes it.
 
@@ -103,6 +104,7 @@ class Connection:
         counters: Counters | None = None,
         on_ready: Callable[[], None] = lambda: None,
         on_command: Callable[[mqtt.MQTTMessage], None] = lambda message: None,
+        on_receipt: Callable[[mqtt.MQTTMessage], None] | None = None,
     ) -> None:
         self.config = config
         self.client_id = client_id
@@ -111,6 +113,7 @@ class Connection:
         self.counters = counters or Counters()
         self.on_ready = on_ready
         self.on_command = on_command
+        self.on_receipt = on_receipt
         self.v5 = config.protocol == "5"
         self._connected = threading.Event()  # connected and subscribed
         self._stopping = threading.Event()
@@ -290,7 +293,10 @@ class Connection:
         self._connected_at = time.monotonic()
         # Subscribe first: the broker handles one client's packets in order, so
         # whoever sees "online" can already send commands.
-        client.subscribe(self.topics.commands, qos=1)
+        topics = [(self.topics.commands, 1)]
+        if self.on_receipt is not None:
+            topics.append((self.topics.receipt, 1))
+        client.subscribe(topics)
         client.publish(self.topics.status, "online", qos=1, retain=True)
         self.window.restart()
 
@@ -298,9 +304,10 @@ class Connection:
         # Drain only once the broker has answered status and subscription: a
         # broker that drops us on a refused publish then still sends its
         # refusal (mosquitto 2.0 discards replies it had queued when it does).
-        for reason in reason_codes:
+        names = (self.topics.commands, self.topics.receipt)
+        for name, reason in zip(names, reason_codes, strict=False):
             if reason.is_failure:
-                log.error("broker refused the command subscription %s: %s", self.topics.commands, reason)
+                log.error("broker refused the subscription %s: %s", name, reason)
         self._connected.set()
         self.on_ready()
 
@@ -317,7 +324,11 @@ class Connection:
             log.warning("broker refused a status/health/reply publish: %s (0x%02x)", reason_code, reason_code.value)
 
     def _on_message(self, client, userdata, message) -> None:
-        self.on_command(message)
+        if message.topic == self.topics.receipt:
+            if self.on_receipt is not None:
+                self.on_receipt(message)
+        else:
+            self.on_command(message)
 
     def _paho_error(self, message: str) -> None:
         # With TLS 1.3 a broker refuses a certificate (expired, unknown CA) after

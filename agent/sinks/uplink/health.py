@@ -2,7 +2,9 @@
 
 The health report goes out on ``{p}/health`` every ``health_interval_s`` and in
 reply to ``cmd/health``; the states (``broker_offline``, ``backlog``) go to the
-feedback, so a kiosk shows a lost broker or an old backlog on its LEDs.
+feedback, so a kiosk shows a lost broker or an old backlog on its LEDs. With
+receipts on, an event delivered but not confirmed by a receipt counts in the
+backlog too: the broker may have lost it.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from agent.clock import iso
 from agent.domain import VERDICTS
 from agent.ledger.outbox import Outbox
+
+if TYPE_CHECKING:
+    from .receipts import Receipts
 
 
 @dataclass
@@ -61,8 +67,10 @@ class Health:
         scanners: Callable[[], dict[str, bool]] | None = None,
         on_state: Callable[[str, bool], None] | None = None,
         backlog_alert_s: float | None = None,
+        receipts: Receipts | None = None,
     ) -> None:
         self.counters = counters
+        self.receipts = receipts
         self.device_id = device_id
         self.site_id = site_id
         self.connected = connected
@@ -76,7 +84,7 @@ class Health:
         age = oldest_age_s(outbox)
         age = None if age is None else round(age, 3)
         scanners = dict(self.scanners())
-        return {
+        report = {
             "ts": iso(datetime.now(UTC)),
             "device_id": self.device_id,
             "site_id": self.site_id,
@@ -96,6 +104,16 @@ class Health:
             # Alarms are append-only: the back end keeps them by id and acts on new ones.
             "alarms": outbox.alarms(),
         }
+        if self.receipts is not None:
+            unconfirmed, oldest = self.receipts.unconfirmed(outbox)
+            report |= {
+                "stored_through_seq": self.receipts.stored_through,
+                "unconfirmed": unconfirmed,
+                "oldest_unconfirmed_age_s": _round(_age_s(oldest)),
+                "resent_unconfirmed": self.receipts.resent,
+                "receipts_ignored": self.receipts.ignored,
+            }
+        return report
 
     def report_states(self, outbox: Outbox) -> None:
         """Tell the feedback whether the broker is reachable and the backlog is too old."""
@@ -103,14 +121,24 @@ class Health:
             return
         self.on_state("broker_offline", not self.connected())
         if self.backlog_alert_s is not None:
-            age = oldest_age_s(outbox)
-            self.on_state("backlog", age is not None and age > self.backlog_alert_s)
+            ages = [oldest_age_s(outbox)]
+            if self.receipts is not None:
+                ages.append(_age_s(self.receipts.oldest_unconfirmed_ts(outbox)))
+            self.on_state("backlog", any(age is not None and age > self.backlog_alert_s for age in ages))
 
 
 def oldest_age_s(outbox: Outbox) -> float | None:
     """Seconds since the oldest undelivered event was recorded, or None if all are delivered."""
-    oldest = outbox.oldest_pending_ts()
-    if oldest is None:
+    return _age_s(outbox.oldest_pending_ts())
+
+
+def _age_s(ts: str | None) -> float | None:
+    """Seconds since ``ts`` (ISO UTC, as the ledger stores it), or None."""
+    if ts is None:
         return None
-    recorded = datetime.fromisoformat(oldest.replace("Z", "+00:00"))
+    recorded = datetime.fromisoformat(ts.replace("Z", "+00:00"))
     return (datetime.now(UTC) - recorded).total_seconds()
+
+
+def _round(age: float | None) -> float | None:
+    return None if age is None else round(age, 3)

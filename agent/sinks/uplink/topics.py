@@ -2,7 +2,8 @@
 
 ``{p}/events`` (scan events), ``{p}/documents`` (documents opened and closed),
 ``{p}/status`` (retained ``online``/``offline``, ``offline`` as the Will),
-``{p}/health``, ``{p}/cmd/#`` (in) and ``{p}/reply`` (out).
+``{p}/health``, ``{p}/cmd/#`` (in), ``{p}/reply`` (out) and ``{p}/receipt`` (in, with
+``[mqtt] receipts = true``: what the back end has stored).
 
 >>> Topics("trace/v1", "site-01", "kiosk-7").events
 'trace/v1/site-01/kiosk-7/events'
@@ -50,6 +51,10 @@ class Topics:
     @property
     def reply(self) -> str:
         return f"{self.base}/reply"
+
+    @property
+    def receipt(self) -> str:
+        return f"{self.base}/receipt"
 
     def command_name(self, topic: str) -> str:
         """The command a message on ``topic`` asks for.
