@@ -31,12 +31,14 @@ import tomllib
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from agent import config as config_mod
 from agent import ledger as ledger_mod
 from agent.clock import Clock
+from agent.ledger.outbox import Outbox
 from agent.ops.checks import Check
 from agent.wiring import SCANNER_KINDS, make_feedback
 
@@ -105,6 +107,54 @@ def check_ledger(path: Path) -> Check:
     if not chain.ok:
         return Check("ledger", "fail", f"hash chain broken at {chain.problem}", keep)
     return Check("ledger", "ok", f"{chain.rows} scans, integrity ok, hash chain intact")
+
+
+def check_delivery(cfg: config_mod.Config) -> Check:
+    """Events waiting: undelivered, and (with ``[mqtt] receipts``) delivered but unconfirmed.
+
+    Warns when the oldest of either is older than ``[feedback] backlog_alert_s``, as the
+    ``backlog`` state does. Reads the ledger read-only.
+    """
+    path = cfg.ledger.path
+    if str(path) == ":memory:" or not path.exists():
+        return Check("delivery", "skip", "no ledger yet")
+    if not cfg.mqtt.enabled:
+        return Check("delivery", "skip", "[mqtt] is off: events stay in the ledger")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn.row_factory = sqlite3.Row
+        try:
+            outbox = Outbox(conn)
+            ages = [_age_s(outbox.oldest_pending_ts())]
+            detail = f"{outbox.depth()} undelivered{_oldest(ages[0])}"
+            if cfg.mqtt.receipts:
+                device = cfg.station.device_id
+                try:
+                    through = outbox.stored_through()
+                except sqlite3.OperationalError:  # schema 5: the agent has not started since the upgrade
+                    through = 0
+                ages.append(_age_s(outbox.oldest_unconfirmed_ts(device, through)))
+                unconfirmed = outbox.unconfirmed_count(device, through)
+                detail += f"; {unconfirmed} unconfirmed{_oldest(ages[1])}; stored through seq {through}"
+        finally:
+            conn.close()
+    except sqlite3.Error as problem:
+        return Check("delivery", "fail", f"{path}: {problem}", "check the file's owner (scan-agent) and the disk")
+    alert = cfg.feedback.backlog_alert_s
+    if any(age is not None and age > alert for age in ages):
+        fix = "check the broker (and, for unconfirmed events, that the collector runs and publishes receipts)"
+        return Check("delivery", "warn", f"{detail}: older than {alert:.0f} s", fix)
+    return Check("delivery", "ok", detail)
+
+
+def _age_s(ts: str | None) -> float | None:
+    if ts is None:
+        return None
+    return (datetime.now(UTC) - datetime.fromisoformat(ts.replace("Z", "+00:00"))).total_seconds()
+
+
+def _oldest(age: float | None) -> str:
+    return "" if age is None else f" (oldest {age:.0f} s)"
 
 
 def check_disk(path: Path, min_free: int = MIN_FREE_BYTES) -> Check:
@@ -481,6 +531,7 @@ def run_checks(
     # With a bad config, check the rest against what the agent would default to.
     effective = cfg or config_mod.Config()
     checks.append(check_ledger(effective.ledger.path))
+    checks.append(check_delivery(effective))
     checks.append(check_disk(effective.ledger.path))
     checks.append(check_clock())
     checks += check_scanners(effective.scanners)
