@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import sqlite3
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -24,7 +25,8 @@ from agent.sinks.uplink import Uplink
 from agent.sinks.uplink.health import Counters, Health
 from agent.sinks.uplink.receipts import Receipts
 from tests.support.agent import start_agent
-from tests.support.backlog import fill_ledger
+from tests.support.backlog import code, fill_ledger
+from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import Commander, Subscriber
 from tests.support.net import wait_until
 
@@ -320,3 +322,121 @@ def test_backlog_state_and_doctor_cover_unconfirmed_events(tmp_path):
         assert "0 unconfirmed; stored through seq 4" in doctor.check_delivery(cfg).detail
     finally:
         outbox.close()
+
+
+# -- the headline scenario, small: a broker without persistence, SIGKILLed and restarted empty
+
+
+class Collector:
+    """Plays the collector: stores events by event_id and, after each, publishes the
+    highest contiguous seq stored as the retained receipt."""
+
+    def __init__(self, port: int) -> None:
+        self.stored: dict[str, int] = {}  # event_id -> seq
+        self.arrivals = 0
+        self._seqs: set[int] = set()
+        self.through = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="collector", clean_session=False)
+        self.client.reconnect_delay_set(0.1, 1)
+        self.client.on_connect = lambda client, *a: client.subscribe(f"{BASE}/events", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        event = json.loads(message.payload)
+        self.arrivals += 1
+        self.stored[event["event_id"]] = event["seq"]
+        self._seqs.add(event["seq"])
+        while self.through + 1 in self._seqs:
+            self.through += 1
+        if self.through:
+            client.publish(f"{BASE}/receipt", json.dumps({"stored_through_seq": self.through}), qos=1, retain=True)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def broker_without_persistence(tmp_path) -> Mosquitto:
+    broker = Mosquitto(tmp_path)
+    broker.conf.write_text(broker.conf.read_text().replace("persistence true", "persistence false"))
+    return broker
+
+
+def scans_through_broker_kills(tmp_path, *, receipts: bool, cycles: int = 5, per_cycle: int = 40) -> dict:
+    """Scans arrive while the broker is SIGKILLed and restarted empty ``cycles`` times.
+    Returns what the collector got of the ledger's events."""
+    broker = broker_without_persistence(tmp_path)
+    broker.start()
+    ledger = tmp_path / "ledger.db"
+    config = write_config(tmp_path / "agent.toml", ledger, broker.port, receipts=receipts, timeout_s=2)
+    collector = Collector(broker.port)
+    agent = start_agent("run", "--config", str(config), "--json")
+    printed: list[bytes] = []
+    reader = threading.Thread(target=lambda: printed.extend(agent.stdout), daemon=True)
+    reader.start()
+    threading.Thread(target=lambda: agent.stderr.read(), daemon=True).start()
+    n = 0
+    try:
+        for _ in range(cycles):
+            for _ in range(per_cycle):
+                agent.stdin.write(code(n) + b"\n")
+                agent.stdin.flush()
+                n += 1
+                time.sleep(0.01)
+            broker.kill()
+            time.sleep(0.3)
+            broker.start()
+        for _ in range(per_cycle):
+            agent.stdin.write(code(n) + b"\n")
+            agent.stdin.flush()
+            n += 1
+        wait_until(lambda: events_in(ledger) == n and depth(ledger) == 0, timeout=60, what="all recorded and delivered")
+        expected = set(event_ids_in(ledger))
+        if receipts:
+            wait_until(lambda: expected <= set(collector.stored), timeout=90, what="every event at the collector")
+        else:
+            time.sleep(3)
+        agent.stdin.close()
+        assert agent.wait(20) == 0
+    finally:
+        agent.kill()
+        collector.stop()
+        broker.stop()
+    reader.join(5)
+    accepted = [json.loads(line)["verdict"] for line in printed].count("accepted")
+    seqs = sorted(collector.stored.values())
+    result = {
+        "scans": n,
+        "accepted": accepted,
+        "events": len(expected),
+        "lost": len(expected - set(collector.stored)),
+        "duplicates": collector.arrivals - len(collector.stored),
+        "contiguous": seqs == list(range(1, len(seqs) + 1)),
+    }
+    print(f"receipts={'on' if receipts else 'off'}, {cycles} broker kills: {result}")
+    return result
+
+
+def events_in(path) -> int:
+    return len(event_ids_in(path))
+
+
+def event_ids_in(path) -> list[str]:
+    conn = connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT event_id FROM scans WHERE seq IS NOT NULL")]
+    finally:
+        conn.close()
+
+
+def test_every_accepted_scan_reaches_the_collector_through_broker_kills_with_receipts(tmp_path):
+    result = scans_through_broker_kills(tmp_path, receipts=True)
+    assert result["accepted"] == result["scans"] == result["events"]
+    assert result["lost"] == 0 and result["contiguous"]
+
+
+def test_without_receipts_the_same_run_may_lose_events(tmp_path):
+    result = scans_through_broker_kills(tmp_path, receipts=False)
+    assert result["accepted"] == result["scans"] == result["events"]  # lost or not, only printed
