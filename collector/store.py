@@ -1,0 +1,274 @@
+"""PostgreSQL: one transaction per batch of checked messages.
+
+In that transaction the batch's events go into ``events`` (COPY into a temporary
+staging table, then ``INSERT ... ON CONFLICT DO NOTHING``: idempotent by event id,
+so a copy received twice is stored once), its rejections into ``quarantine``, and
+each device's row moves forward: ``max_seq``, counts, and ``stored_through_seq``,
+the highest seq with every seq below it stored. The links that newly became
+contiguous are checked (:mod:`collector.chain`), and a code now dispensed on two
+devices is kept in ``conflicts``.
+
+Two collectors may store the same device's events at once. Each locks the device's
+row (``INSERT ... ON CONFLICT DO UPDATE``, in device order, so never a deadlock)
+before it looks for the next seq, so one of the two always sees the other's
+committed rows and moves the device forward.
+
+>>> Stored().advanced
+{}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import psycopg
+
+from . import chain
+from .check import COLUMNS, Event, Rejected, Report
+from .schema import ensure_month
+
+log = logging.getLogger(__name__)
+
+_COLS = ", ".join(COLUMNS)
+_STAGING = f"CREATE TEMPORARY TABLE IF NOT EXISTS staging AS SELECT {_COLS} FROM events WITH NO DATA"
+
+
+@dataclass
+class Device:
+    """A device's state after a batch: what a receipt says."""
+
+    site: str
+    through: int
+    advanced: bool = False
+    resent: bool = False  # the batch held only copies already stored: its receipt went missing
+
+
+@dataclass
+class Stored:
+    """What one batch did."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    breaks: int = 0
+    conflicts: int = 0
+    devices: dict[str, Device] = field(default_factory=dict)
+
+    @property
+    def advanced(self) -> dict[str, Device]:
+        return {d: s for d, s in self.devices.items() if s.advanced}
+
+
+class Store:
+    """The collector's writing connection.
+
+    Threads: one thread at a time (the collector's writer). A lost connection
+    raises :class:`psycopg.OperationalError` out of :meth:`store`, having committed
+    nothing; call :meth:`reconnect` and store the same batch again.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conn: psycopg.Connection | None = None
+        self._months: set[str] = set()
+        self.reconnect()
+
+    def reconnect(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = psycopg.connect(self.dsn, autocommit=True)
+        # synchronous_commit stays on: a receipt follows the commit, so the commit must be durable.
+        self.conn.execute(_STAGING)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def store(self, events: list[Event], rejected: Iterable[Rejected] = (), reports: Iterable[Report] = ()) -> Stored:
+        """Store a batch in one transaction; events PostgreSQL refuses are quarantined one by one."""
+        rejected, reports = list(rejected), list(reports)
+        for month in sorted({e.event["ts"][:7] for e in events} - self._months):
+            try:
+                ensure_month(self.conn, month)
+                self._months.add(month)
+            except psycopg.DataError:
+                pass  # a month PostgreSQL cannot hold: its events are refused below, one by one
+        try:
+            with self.conn.transaction():
+                return self._write(events, rejected, reports)
+        except psycopg.DataError as problem:
+            if len(events) <= 1:
+                if not events:
+                    raise
+                log.warning("PostgreSQL refused event %s: %s", events[0].event["event_id"], problem)
+                bad = Rejected(events[0].topic, "rejected_by_database", str(problem), events[0].text.encode())
+                with self.conn.transaction():
+                    return self._write([], [*rejected, bad], reports)
+        # One event PostgreSQL will not take: find it without holding up the others.
+        total = self.store([], rejected, reports)
+        for event in events:
+            _add(total, self.store([event]))
+        return total
+
+    def _write(self, events: list[Event], rejected: list[Rejected], reports: list[Report]) -> Stored:
+        cur = self.conn.cursor()
+        stored = Stored(quarantined=len(rejected))
+        if rejected:
+            with cur.copy("COPY quarantine (topic, reason, detail, size, payload) FROM STDIN") as copy:
+                for r in rejected:
+                    copy.write_row((r.topic, r.reason, r.detail, len(r.payload), r.payload))
+        for report in reports:
+            _report(cur, report)
+        if not events:
+            return stored
+        with cur.copy(f"COPY staging ({_COLS}) FROM STDIN") as copy:
+            for event in events:
+                copy.write_row(event.row())
+        cur.execute(
+            f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging ON CONFLICT DO NOTHING"
+            " RETURNING device_id, event_id"
+        )
+        new_ids = []
+        new_per_device: dict[str, int] = {}
+        for device, event_id in cur.fetchall():
+            new_ids.append(event_id)
+            new_per_device[device] = new_per_device.get(device, 0) + 1
+        stored.inserted = len(new_ids)
+        stored.duplicates = len(events) - len(new_ids)
+        seen: dict[str, list] = {}  # device: [site, max seq, received]
+        for event in events:
+            entry = seen.setdefault(event.device, [event.site, 0, 0])
+            entry[0], entry[1], entry[2] = event.site, max(entry[1], event.seq), entry[2] + 1
+        devices = sorted(seen)
+        cur.execute(
+            "INSERT INTO devices AS d (device_id, site_id, max_seq, stored, duplicates)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) ORDER BY 1"
+            " ON CONFLICT (device_id) DO UPDATE SET site_id = excluded.site_id,"
+            " max_seq = GREATEST(d.max_seq, excluded.max_seq), stored = d.stored + excluded.stored,"
+            " duplicates = d.duplicates + excluded.duplicates, last_seen = clock_timestamp()"
+            " RETURNING device_id, stored_through_seq",
+            (
+                devices,
+                [seen[d][0] for d in devices],
+                [seen[d][1] for d in devices],
+                [new_per_device.get(d, 0) for d in devices],
+                [seen[d][2] - new_per_device.get(d, 0) for d in devices],
+            ),
+        )
+        for device, through in sorted(cur.fetchall()):
+            state = Device(seen[device][0], through)
+            state.resent = device not in new_per_device
+            new_through = _advance(cur, device, through)
+            if new_through > through:
+                stored.breaks += _check_chain(cur, device, through, new_through)
+                cur.execute(
+                    "UPDATE devices SET stored_through_seq = %s, progress_at = clock_timestamp() WHERE device_id = %s",
+                    (new_through, device),
+                )
+                state.through, state.advanced = new_through, True
+            elif state.resent:
+                cur.execute("UPDATE devices SET progress_at = clock_timestamp() WHERE device_id = %s", (device,))
+            stored.devices[device] = state
+        if new_ids:
+            stored.breaks += _reused_seqs(cur, new_ids)
+            stored.conflicts += _conflicts(cur, new_ids)
+        cur.execute("TRUNCATE staging")
+        return stored
+
+
+def _add(total: Stored, part: Stored) -> None:
+    total.inserted += part.inserted
+    total.duplicates += part.duplicates
+    total.quarantined += part.quarantined
+    total.breaks += part.breaks
+    total.conflicts += part.conflicts
+    for device, state in part.devices.items():
+        if device in total.devices:
+            before = total.devices[device]
+            state.advanced = state.advanced or before.advanced
+            state.resent = state.resent and before.resent
+        total.devices[device] = state
+
+
+def _report(cur: psycopg.Cursor, report: Report) -> None:
+    """A status or health message: the device's row says it was seen, and what it said."""
+    column = "status" if report.kind == "status" else "health"
+    value = report.body if report.kind == "status" else psycopg.types.json.Jsonb(report.body)
+    cur.execute(
+        f"INSERT INTO devices AS d (device_id, site_id, {column}, {column}_at) VALUES (%s, %s, %s, clock_timestamp())"
+        f" ON CONFLICT (device_id) DO UPDATE SET {column} = excluded.{column}, {column}_at = excluded.{column}_at,"
+        " last_seen = clock_timestamp()",
+        (report.device, report.site, value),
+    )
+
+
+def _advance(cur: psycopg.Cursor, device: str, through: int) -> int:
+    """The device's new stored_through_seq: the end of the run of stored seqs after ``through``."""
+    cur.execute("SELECT 1 FROM events WHERE device_id = %s AND seq = %s LIMIT 1", (device, through + 1))
+    if cur.fetchone() is None:
+        return through
+    # The first stored seq after ``through`` whose successor is not stored ends the run.
+    cur.execute(
+        "SELECT e.seq FROM events e WHERE e.device_id = %s AND e.seq > %s AND NOT EXISTS"
+        " (SELECT 1 FROM events f WHERE f.device_id = e.device_id AND f.seq = e.seq + 1)"
+        " ORDER BY e.seq LIMIT 1",
+        (device, through),
+    )
+    return cur.fetchone()[0]
+
+
+def _check_chain(cur: psycopg.Cursor, device: str, through: int, new_through: int) -> int:
+    """Check the links of rows ``through``+1..``new_through`` (and to the row at ``through``)."""
+    cur.execute(
+        "SELECT seq, ledger_id, hash, prev_hash, event_id::text FROM events"
+        " WHERE device_id = %s AND seq BETWEEN %s AND %s ORDER BY seq, received_at",
+        (device, max(through, 1), new_through),
+    )
+    links, last = [], None
+    for row in cur.fetchall():
+        if row[0] != last:  # a reused seq is the store's own finding (_reused_seqs)
+            links.append(chain.Link(*row))
+            last = row[0]
+    before = None
+    if through >= 1 and links and links[0].seq == through:
+        before, links = links[0], links[1:]
+    found = chain.breaks(links, before)
+    for b in found:
+        cur.execute(
+            "INSERT INTO chain_breaks (device_id, seq, event_id, ledger_id, prev_hash, expected, problem)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (device, b.seq, b.event_id, b.ledger_id, b.prev_hash, b.expected, b.problem),
+        )
+    return len(found)
+
+
+def _reused_seqs(cur: psycopg.Cursor, new_ids: list) -> int:
+    """New events whose seq another event of the device already holds (a ledger started over?)."""
+    cur.execute(
+        "INSERT INTO chain_breaks (device_id, seq, event_id, ledger_id, prev_hash, expected, problem)"
+        " SELECT n.device_id, n.seq, n.event_id, n.ledger_id, n.prev_hash, e.hash,"
+        " 'seq ' || n.seq || ' already holds event ' || e.event_id"
+        " FROM staging n JOIN events e ON e.device_id = n.device_id AND e.seq = n.seq AND e.event_id <> n.event_id"
+        " WHERE n.event_id = ANY(%s) ON CONFLICT DO NOTHING",
+        (new_ids,),
+    )
+    return cur.rowcount
+
+
+def _conflicts(cur: psycopg.Cursor, new_ids: list) -> int:
+    """New accepted dispenses of a code another device has dispensed too (each pair once)."""
+    cur.execute(
+        "INSERT INTO conflicts (code, event_id, device_id, other_event_id, other_device_id)"
+        " SELECT n.code, LEAST(n.event_id, e.event_id),"
+        " CASE WHEN n.event_id < e.event_id THEN n.device_id ELSE e.device_id END,"
+        " GREATEST(n.event_id, e.event_id),"
+        " CASE WHEN n.event_id < e.event_id THEN e.device_id ELSE n.device_id END"
+        " FROM staging n JOIN events e ON e.code = n.code AND e.device_id <> n.device_id"
+        " AND e.movement = 'dispense' AND e.verdict = 'accepted'"
+        " WHERE n.movement = 'dispense' AND n.verdict = 'accepted' AND n.code IS NOT NULL"
+        " AND n.event_id = ANY(%s) ON CONFLICT DO NOTHING",
+        (new_ids,),
+    )
+    return cur.rowcount
