@@ -8,16 +8,24 @@ reach this machine's disk) and one virtio serial port per role whose host end
 is a file that qemu writes as the guest prints. ``real`` runs ``scan-agent``
 as shipped; ``control`` runs it with the test-only switch that opens the
 ledger with ``synchronous=OFF``. Both run in the same boots, so one cut hits
-both; odd cycles feed loose scans, even ones scans inside prescriptions
-(:func:`scenario`). 3-15 s (random) after every agent has printed its first decision, qemu
-is SIGKILLed: a power cut. A decision in the port file was printed before the
+both. Each cycle has a scenario (:func:`tests.powercut.feed.scenario`): every
+third cycle a receiving dock scans 600-unit cases of a manifest imported just
+before the agent starts (inside a delivery every other time); of the others,
+odd cycles feed loose scans and even ones scans inside prescriptions. 3-15 s
+(random) after every agent has printed its first decision, qemu is SIGKILLed:
+a power cut. A decision in the port file was printed before the
 cut, since qemu wrote it there. Then, per role, on a copy of the image:
 ``e2fsck -fy``, ``debugfs dump`` of the ledger and its WAL, and the checks:
 
 - every decision received (accepted, duplicate, rejected, double read) is in
   the ledger with the same verdict and seq (otherwise it is **lost**);
 - ``scan-agent ledger verify`` passes, ``PRAGMA integrity_check`` is ok and
-  seq has no gaps (otherwise the ledger is **broken**).
+  seq has no gaps (otherwise the ledger is **broken**);
+- each closed document's record lists exactly the scans the ledger counts for it;
+- every case or middle pack is whole or absent (:func:`check_packs`): a pack row
+  lists what the manifest puts in it and has every code under it received with
+  ``in_id`` = that row; every received code's ``in_id`` is a row that covers it
+  (otherwise the pack is **torn**, and the ledger broken).
 
 Rows committed but never received are counted (allowed: the cut came between
 commit and print). The image is used again at the next boot, so the agent
@@ -43,7 +51,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+
+from tests.powercut.feed import FEEDS, SCENARIOS, cases_manifest, delivery, pack_contents, scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_MIB = 256
@@ -52,15 +63,16 @@ FAULT = {
     ("real", "documents"): "power cut, a document open (prescriptions of 5-40 scans)",
     ("control", "plain"): "power cut, control: ledger with synchronous=OFF",
     ("control", "documents"): "power cut, control, documents",
+    ("real", "cases"): "power cut, receiving 600-unit cases (a delivery open every other cycle)",
+    ("control", "cases"): "power cut, control, cases",
 }
 #: Verdicts the agent records (documents add entry rows); ``fault`` (ledger unwritable)
 #: says it was not recorded.
-RECORDED = {"accepted", "duplicate", "rejected", "double_read", "opened", "closed", "locked", "acknowledged"}
-
-
-def scenario(cycle: int) -> str:
-    """Odd cycles dispense loose scans, even ones inside documents (tests/powercut/feed.py)."""
-    return "documents" if cycle % 2 == 0 else "plain"
+RECORDED = {
+    "accepted", "duplicate", "rejected", "double_read", "opened", "closed", "locked", "acknowledged", "manifest",
+}  # fmt: skip
+#: What a pack (case or middle pack) code holds: code -> (its units, its middle packs), sorted.
+Contents = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
 
 
 @dataclass
@@ -168,8 +180,14 @@ def dump_ledger(image: Path, into: Path) -> tuple[int, str, Path | None]:
     return fsck.returncode, (fsck.stdout + fsck.stderr).strip(), db if db.exists() else None
 
 
-def check_ledger(db: Path | None, received: dict[str, tuple[str, int | None]], counted: set[str] | None = None) -> dict:
-    """The invariant on a ledger read out after a cut; ``received`` = event_id -> (verdict, seq) as printed.
+def check_ledger(
+    db: Path | None,
+    received: dict[str, tuple[str, int | None]],
+    counted: set[str] | None = None,
+    contents: Contents | None = None,
+) -> dict:
+    """The invariant on a ledger read out after a cut; ``received`` = event_id -> (verdict, seq) as printed;
+    ``contents``: what every pack of the manifests imported so far holds (:func:`check_packs`).
 
     ``unprinted`` counts the decisions committed and never printed that are not in
     ``counted`` yet (rows of earlier cuts on the same image were counted then), and
@@ -202,6 +220,7 @@ def check_ledger(db: Path | None, received: dict[str, tuple[str, int | None]], c
             result["integrity"] = f"{type(problem).__name__}: {problem}"
     if stored:
         result.update(check_documents(db))
+        result.update(check_packs(db, contents or {}))
     seqs = sorted(s for _, s in stored.values() if s is not None)
     result["seq_ok"] = seqs == list(range(1, len(seqs) + 1))
     result["stored"] = len(stored)
@@ -213,7 +232,11 @@ def check_ledger(db: Path | None, received: dict[str, tuple[str, int | None]], c
     result["unprinted"] = len(unprinted - counted)
     counted |= unprinted
     result["broken"] = not (
-        result["verify_ok"] and result["integrity"] == "ok" and result["seq_ok"] and not result.get("documents_bad")
+        result["verify_ok"]
+        and result["integrity"] == "ok"
+        and result["seq_ok"]
+        and not result.get("documents_bad")
+        and not result.get("torn")
     )
     return result
 
@@ -229,7 +252,7 @@ def check_documents(db: Path) -> dict:
         bad, closed = [], 0
         query = "SELECT id, document, verdict, event_id, earlier_id, record FROM scans WHERE document IS NOT NULL"
         for row_id, doc, verdict, event_id, earlier_id, record in conn.execute(query + " ORDER BY id"):
-            if verdict == "accepted" and record is None:
+            if verdict == "accepted" and (record is None or "pack" in json.loads(record)):  # a case counts too
                 event_of[row_id] = event_id
                 counted.setdefault(doc, set()).add(event_id)
             elif verdict in ("void", "reversal"):
@@ -242,7 +265,7 @@ def check_documents(db: Path) -> dict:
         last = conn.execute(
             "SELECT verdict FROM scans WHERE record IS NOT NULL AND verdict IN ('opened', 'closed') ORDER BY id DESC"
         ).fetchone()
-    except sqlite3.DatabaseError as problem:
+    except (sqlite3.DatabaseError, ValueError) as problem:  # ValueError: a record that is not JSON
         return {"documents_bad": 1, "documents_problem": str(problem)}
     finally:
         conn.close()
@@ -253,11 +276,68 @@ def check_documents(db: Path) -> dict:
     }
 
 
+def check_packs(db: Path, contents: Contents) -> dict:
+    """Every case or middle pack all units or none, on the ledger as the cut left it.
+
+    - a pack row (``accepted``, ``record`` = ``{"pack": ...}``) lists the units and middle
+      packs the manifest puts in its code, and the pack's code and every one of them is
+      received (``code_state``: ``in_held`` 1) with ``in_id`` = that row;
+    - every received code's ``in_id`` is a row that covers it: its own (a unit received
+      alone) or a pack row that lists it. A unit received by a row that is not there is
+      what a torn case leaves.
+
+    **torn** counts the pack rows that fail the first and the missing rows units point at.
+    """
+    problems: list[str] = []
+    conn = sqlite3.connect(str(db))
+    try:
+        packs: dict[int, tuple[str, str, dict]] = {}
+        query = "SELECT id, event_id, code, record FROM scans WHERE verdict = 'accepted' AND record LIKE '%\"pack\"%'"
+        for row_id, event_id, code, record in conn.execute(query):
+            pack = json.loads(record).get("pack")
+            if pack is not None:
+                packs[row_id] = (event_id, code, pack)
+        state = {
+            code: (held, in_id) for code, held, in_id in conn.execute("SELECT code, in_held, in_id FROM code_state")
+        }
+        own = dict(conn.execute("SELECT id, code FROM scans WHERE verdict = 'accepted' AND code IS NOT NULL"))
+    except (sqlite3.DatabaseError, ValueError) as problem:  # ValueError: a record that is not JSON
+        return {"torn": 1, "packs_problem": f"{type(problem).__name__}: {problem}"}
+    finally:
+        conn.close()
+    covers: dict[int, set[str]] = {}
+    torn = 0
+    for row_id, (_, code, pack) in packs.items():
+        listed = (tuple(sorted(pack["units"])), tuple(sorted(pack["middles"])))
+        covers[row_id] = {code, *pack["units"], *pack["middles"]}
+        wrong = [c for c in sorted(covers[row_id]) if state.get(c) != (1, row_id)]
+        if contents.get(code) != listed:
+            want = contents.get(code, ((), ()))
+            problems.append(f"row {row_id} ({code}) lists {len(listed[0])} units, the manifest {len(want[0])}")
+        elif wrong:
+            problems.append(f"row {row_id} ({code}): {len(wrong)} codes not received by it, e.g. {wrong[0]}")
+        torn += contents.get(code) != listed or bool(wrong)
+    orphans: dict[int | None, list[str]] = {}
+    for code, (held, in_id) in state.items():
+        if held and code not in covers.get(in_id, ()) and own.get(in_id) != code:
+            orphans.setdefault(in_id, []).append(code)
+    for in_id, codes in sorted(orphans.items(), key=lambda item: item[0] or 0):
+        problems.append(f"{len(codes)} codes received by row {in_id}, which is not there or does not list them")
+    torn += len(orphans)
+    return {
+        "packs_stored": len(packs),
+        "units_stored": sum(len(p["units"]) for _, _, p in packs.values()),
+        "pack_events": {event_id for event_id, _, _ in packs.values()},
+        "torn": torn,
+        "torn_examples": problems[:3],
+    }
+
+
 def summary_rows(roles: list[Role]) -> list[dict]:
     """One row per role and scenario, in the shape of ``tests/faults`` figures plus the power-cut columns."""
     rows = []
     for r in roles:
-        for name in ("plain", "documents"):
+        for name in SCENARIOS:
             results = [c for c in r.results if c["scenario"] == name]
             if not results:
                 continue
@@ -275,6 +355,11 @@ def summary_rows(roles: list[Role]) -> list[dict]:
                     "broken": sum(c["broken"] for c in results),
                     "cycles_with_loss": sum(c["lost"] > 0 for c in results),
                     "open_at_cut": sum(bool(c.get("document_open")) for c in results),
+                    "packs": sum(c.get("packs", 0) for c in results),
+                    "units": sum(c.get("units", 0) for c in results),
+                    "torn": sum(c.get("torn", 0) for c in results),
+                    "pack_next": sum(bool(c.get("pack_next")) for c in results),
+                    "pack_next_committed": sum(c.get("pack_next") == "committed" for c in results),
                     "max_recovery_s": round(max(recovery), 1) if recovery else None,
                     "note": "",
                 }
@@ -294,6 +379,12 @@ def table(rows: list[dict]) -> str:
         fault = row["fault"]
         if row.get("scenario") == "documents":
             fault += f"; {row['open_at_cut']} of {row['cycles']} cuts with one open"
+        if row.get("scenario") == "cases":
+            fault += (
+                f"; {row['packs']:,} packs accepted ({row['units']:,} units), torn {row['torn']}; "
+                f"{row['pack_next']} of {row['cycles']} cuts with a pack next in line "
+                f"({row['pack_next_committed']} of those committed, never printed)"
+            )
         lines.append(
             f"| {fault} | {row['cycles']} | {row['sent']:,} | {lost} | {row['unprinted']:,} "
             f"| {row['broken']} | {recovery} |"
@@ -306,7 +397,7 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random) -> tuple[str, 
     for r in roles:
         r.port.write_bytes(b"")
         r.offset, r.partial, r.first_at, r.this_boot = 0, b"", None, []
-    inner = f"tests/powercut/in-vm {cycle} {' '.join(r.name for r in roles)}"
+    inner = f"tests/powercut/in-vm {cycle} {scenario(cycle)} {' '.join(r.name for r in roles)}"
     cmd = [
         "vng", "--run", args.kernel, *([] if args.kvm else ["--disable-kvm"]), "--user", "root",
         "--cpus", "2", "--memory", "1G", f"--qemu-opts={qemu_opts(roles)}", "--exec", inner,
@@ -325,7 +416,7 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random) -> tuple[str, 
             now = time.monotonic()
             for r in roles:
                 read_port(r)
-                if r.first_at is None and r.this_boot:
+                if r.first_at is None and any(d.get("verdict") != "manifest" for d in r.this_boot):
                     r.first_at = now - launched
             if cut_at is None and all(r.first_at is not None for r in roles):
                 cut_at = now + rng.uniform(3, 15)
@@ -365,12 +456,47 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random) -> tuple[str, 
     return outcome, after
 
 
-def check_role(args, cycle: int, r: Role, cut_after: float) -> dict:
+def next_in_line(cycle: int, decisions: list[dict], contents: Contents) -> str | None:
+    """The pack the feed gave the agent right after the line of the last decision printed
+    this boot, if that line is a pack's first scan (each line fed gets one decision; the
+    manifest's comes from the import): the cut came during that pack's expansion, or
+    before the agent read it (the feeder is ahead of the agent). None otherwise."""
+    fed = sum(d.get("verdict") != "manifest" for d in decisions)
+    lines = [line.strip().decode() for line in islice(FEEDS["cases"](cycle, seed=cycle), fed + 1)]
+    return lines[-1] if lines[-1] in contents and lines[-1] not in lines[:-1] else None
+
+
+def rows_of(db: Path | None, code: str) -> int:
+    """How many ledger rows ``code`` has (0 when the ledger cannot be read)."""
+    if db is None:
+        return 0
+    try:
+        conn = sqlite3.connect(str(db))
+        try:
+            return conn.execute("SELECT COUNT(*) FROM scans WHERE code = ?", (code,)).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return 0
+
+
+def check_role(args, cycle: int, r: Role, cut_after: float, contents: Contents) -> dict:
     printed = [d for d in r.this_boot if d.get("verdict") in RECORDED]
     for d in printed:
         r.received[d["event_id"]] = (d["verdict"], d["seq"])
     fsck_rc, fsck_out, db = dump_ledger(r.image, args.out / "check" / r.name)
-    result = check_ledger(db, r.received, r.unprinted)
+    result = check_ledger(db, r.received, r.unprinted, contents)
+    pack_events = result.pop("pack_events", set())
+    accepted_packs = [d for d in r.this_boot if d.get("verdict") == "accepted" and "pack" in (d.get("record") or {})]
+    result["packs"] = len(accepted_packs)
+    result["units"] = sum(len(d["record"]["pack"]["units"]) for d in accepted_packs)
+    # Printed as accepted, yet no whole pack row: lost already, counted again here by name.
+    result["packs_missing"] = sum(d["event_id"] not in pack_events for d in accepted_packs)
+    if scenario(cycle) == "cases":
+        result["delivery"] = delivery(cycle)
+        pack = next_in_line(cycle, r.this_boot, contents)
+        if pack is not None:  # its first scan, unanswered: a row of it was committed, never printed
+            result["pack_next"] = "committed" if rows_of(db, pack) else "absent"
     counts: dict[str, int] = {}
     for d in r.this_boot:
         counts[d["verdict"]] = counts.get(d["verdict"], 0) + 1
@@ -395,6 +521,14 @@ def check_role(args, cycle: int, r: Role, cut_after: float) -> dict:
             f", {result.get('documents_closed', 0)} documents closed ({result.get('documents_bad', 0)} not matching "
             f"the ledger), one open at the cut: {bool(result.get('document_open'))}"
         )
+    if result["scenario"] == "cases":
+        state += (
+            f", {'in a delivery' if result['delivery'] else 'no delivery'}: {result['packs']} packs accepted "
+            f"({result['units']} units, {result['packs_missing']} of them not whole in the ledger); the ledger "
+            f"{result.get('packs_stored', 0)} pack rows ({result.get('units_stored', 0)} units), torn "
+            f"{result.get('torn', 0)}; next in line at the cut: "
+            + (f"a pack, {result['pack_next']}" if result.get("pack_next") else "no new pack")
+        )
     print(
         f"  {r.name:7} cycle {len(r.results)}: {result['decisions']} decisions ({verdicts}); "
         f"lost {result['lost']}; committed-but-unprinted {result['unprinted']}; ledger {result['stored']} rows, "
@@ -405,6 +539,8 @@ def check_role(args, cycle: int, r: Role, cut_after: float) -> dict:
     )
     if result["lost"]:
         print(f"  {r.name:7} lost, e.g. {result['lost_examples']}", flush=True)
+    if result.get("torn"):
+        print(f"  {r.name:7} TORN packs, e.g. {result['torn_examples']}", flush=True)
     with open(args.out / "cycles.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(result) + "\n")
     if result["lost"] or result["broken"]:
@@ -437,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         make_image(r.image)
     boots = max(args.cycles, args.control_cycles)
     print(
-        f"scripts/powercut-tests: {args.cycles} cycles (odd: plain dispensing, even: inside documents), "
+        f"scripts/powercut-tests: {args.cycles} cycles (every third: receiving 600-unit cases; of the others, "
+        "odd: plain dispensing, even: inside documents), "
         f"{args.control_cycles} of the control "
         f"(synchronous=OFF), in {boots} boots of {args.kernel} ({'KVM' if args.kvm else 'no KVM'}); seed {seed}; "
         f"results in {args.out}",
@@ -445,8 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     failed_boots = 0
+    contents: Contents = {}  # every pack of the manifests imported so far (codes differ between cycles)
     for cycle in range(1, boots + 1):
         this = [r for r in roles if cycle <= r.cycles]
+        if scenario(cycle) == "cases":
+            contents.update(pack_contents(cases_manifest(cycle)))
         outcome, after = boot(args, cycle, this, rng)
         if outcome == "no-vm" and cycle == 1:
             print("scripts/powercut-tests: SKIPPED the power-cut suite: the VM did not come up "
@@ -456,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             failed_boots += 1
         for r in this:
             if outcome == "cut" or r.this_boot:
-                check_role(args, cycle, r, after)
+                check_role(args, cycle, r, after, contents)
     took = time.monotonic() - started
 
     rows = summary_rows(roles)
@@ -486,6 +626,10 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"only {len(real.results)} of {args.cycles} real cycles were checked")
     if any(c["lost"] for c in real.results):
         problems.append(f"the real agent LOST {sum(c['lost'] for c in real.results)} printed decisions")
+    if any(c.get("torn") for c in real.results):
+        problems.append(f"the real agent's ledger had {sum(c.get('torn', 0) for c in real.results)} TORN packs")
+    if any(c["packs_missing"] for c in real.results):
+        problems.append(f"{sum(c['packs_missing'] for c in real.results)} packs printed accepted are not whole")
     if any(c["broken"] for c in real.results):
         problems.append(f"the real agent's ledger was BROKEN in {sum(c['broken'] for c in real.results)} cycles")
     if any(c["decisions"] == 0 for c in real.results):
@@ -503,8 +647,11 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("scripts/powercut-tests: FAILED: " + "; ".join(problems), file=sys.stderr)
         return 1
+    packs = sum(c["packs"] for c in real.results)
+    units = sum(c["units"] for c in real.results)
     print(f"scripts/powercut-tests: PASSED: {len(real.results)} power cuts, 0 printed decisions lost, "
-          f"every ledger verified ({took / 60:.1f} min)", flush=True)  # fmt: skip
+          f"every ledger verified, {packs} packs ({units} units) accepted, none torn ({took / 60:.1f} min)",
+          flush=True)  # fmt: skip
     return 0
 
 

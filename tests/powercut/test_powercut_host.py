@@ -1,17 +1,34 @@
 """The power-cut suite's parts that run on the host, checked without a VM (the VM run is
-``scripts/powercut-tests``): the control's switch, the ledger check, the scans fed."""
+``scripts/powercut-tests``): the control's switch, the ledger check (with documents and
+packs), the scans fed, the manifest's import."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.powercut import agent_main
-from tests.powercut.feed import ACK, CLOSE, code, document_lines, lines
-from tests.powercut.run import check_ledger
+from tests.powercut.feed import (
+    ACK,
+    CASES_FLAT,
+    CASES_WITH_MIDDLES,
+    CLOSE,
+    SCENARIOS,
+    case_lines,
+    cases_manifest,
+    code,
+    delivery,
+    document_lines,
+    lines,
+    pack_contents,
+    scenario,
+)
+from tests.powercut.run import check_ledger, next_in_line
 from tests.support.agent import ROOT, agent_env
 
 
@@ -136,3 +153,148 @@ def test_check_documents_compares_each_closed_record_with_the_ledger(tmp_path):
     conn.close()
     bad = check_ledger(db, received)
     assert bad["documents_bad"] == 1 and bad["broken"]
+
+
+# The cases scenario: a receiving dock scanning 600-unit cases of a manifest imported first.
+
+RECEIVE_CONFIG = """\
+[station]
+device_id = "powercut-real"
+movement = "receive"
+[ledger]
+path = "{db}"
+[feedback]
+backend = "none"
+[documents]
+patterns = {{ prescription = "^RX[0-9]{{8}}$", delivery = "^DN[0-9]{{8}}$" }}
+close_code = "DOC-CLOSE"
+ack_code = "SUPERVISOR-ACK"
+lock_on = []
+"""
+
+
+def test_the_scenarios_take_turns_and_three_cycles_cover_them_all():
+    assert [scenario(c) for c in range(1, 7)] == ["plain", "documents", "cases", "documents", "plain", "cases"]
+    twelve = [scenario(c) for c in range(1, 13)]
+    assert all(twelve.count(name) == 4 for name in SCENARIOS)
+    assert [delivery(c) for c in (3, 6, 9, 12)] == [True, False, True, False]
+
+
+def test_the_cycle_manifest_is_the_same_everywhere_and_its_packs_are_known():
+    body = cases_manifest(3)
+    assert body == cases_manifest(3) and body["bill_code"] == "DN00000003"
+    assert len({line["product_id"] for line in body["lines"]}) == len(body["lines"]) == 4
+    contents = pack_contents(body)
+    cases = [c for c in body["codes"] if c["level"] == "case"]
+    assert len(cases) == CASES_WITH_MIDDLES + CASES_FLAT
+    assert all(len(contents[c["code"]][0]) == 600 for c in cases)
+    assert sum(len(contents[c["code"]][1]) == 4 for c in cases) == CASES_WITH_MIDDLES
+    assert not set(contents) & set(pack_contents(cases_manifest(6))), "codes differ between cycles"
+
+
+def test_the_case_feed_scans_every_pack_among_units_and_repeats():
+    body = cases_manifest(6)
+    contents = pack_contents(body)
+    fed = [line.strip().decode() for line in itertools.islice(case_lines(cycle=6, seed=6), 600)]
+    assert fed[0] == CLOSE.decode() and next(case_lines(cycle=3, seed=3)).strip() == b"DN00000003"
+    cases = {c["code"] for c in body["codes"] if c["level"] == "case"}
+    first = [line for i, line in enumerate(fed) if line in contents and line not in fed[:i]]
+    opened = [c for c in cases if c not in first]  # the case whose middle packs are scanned instead
+    assert len(opened) == 1 and set(contents[opened[0]][1]) <= set(first)
+    assert len(first) == len(cases) - 1 + 4
+    units = {u for units, _ in contents.values() for u in units}
+    assert sum(line in units for line in fed) > 50
+    assert sum(line.startswith("69") for line in fed) > 20
+    assert all(a != b for a, b in itertools.pairwise(fed))
+
+
+def received_cases(tmp_path: Path, cycle: int, count: int) -> tuple[Path, list[dict]]:
+    """A ledger made as the VM makes it for a cases cycle: ``scan-agent run`` on nothing,
+    the cycle's manifest imported by ``scan-agent manifest import``, then the first
+    ``count`` lines of the feed. Returns the ledger and every decision printed."""
+    db = tmp_path / "ledger.db"
+    config = tmp_path / "agent.toml"
+    config.write_text(RECEIVE_CONFIG.format(db=db))
+    assert python("-m", "agent", "run", "--config", str(config)).returncode == 0
+    source = tmp_path / "manifest.json"
+    source.write_text(json.dumps(cases_manifest(cycle)))
+    done = python("-m", "agent", "manifest", "import", str(source), "--config", str(config), "--json")
+    assert done.returncode == 0, done.stderr
+    printed = [json.loads(done.stdout)["rows"][0]]
+    lines = b"".join(itertools.islice(case_lines(cycle, seed=cycle), count))
+    result = python("-m", "agent", "run", "--config", str(config), "--json", stdin=lines)
+    assert result.returncode == 0, result.stderr
+    printed += [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(printed) == 1 + count, "one decision per line fed"
+    return db, printed
+
+
+def test_check_packs_on_a_dock_that_received_cases_in_a_delivery(tmp_path):
+    db, printed = received_cases(tmp_path, cycle=3, count=80)
+    contents = pack_contents(cases_manifest(3))
+    received = {d["event_id"]: (d["verdict"], d["seq"]) for d in printed}
+    assert {"manifest", "opened", "accepted", "duplicate", "rejected"} <= {d["verdict"] for d in printed}
+    ok = check_ledger(db, received, contents=contents)
+    packs = [d for d in printed if "pack" in (d.get("record") or {})]
+    assert len(packs) > 5 and ok["packs_stored"] == len(packs) and ok["pack_events"] == {d["event_id"] for d in packs}
+    assert ok["units_stored"] == sum(len(d["record"]["pack"]["units"]) for d in packs)
+    assert (ok["lost"], ok["torn"], ok["broken"], ok["document_open"]) == (0, 0, False, True)
+    nxt = next_in_line(3, printed[:-1], contents)  # as if the last line's decision never came
+    assert nxt is None or nxt == printed[-1]["code"]
+
+
+def tamper(db: Path, sql: str, *args) -> None:
+    """Change the ledger under its triggers (the check must see it; verify may not)."""
+    conn = sqlite3.connect(db)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f'DROP TRIGGER "{name}"')
+    conn.execute(sql, args)
+    conn.commit()
+    conn.close()
+
+
+def test_check_packs_finds_a_torn_case(tmp_path):
+    db, printed = received_cases(tmp_path, cycle=6, count=60)
+    contents = pack_contents(cases_manifest(6))
+    received = {d["event_id"]: (d["verdict"], d["seq"]) for d in printed}
+    case = next(d for d in printed if d.get("record") and d["record"]["pack"]["level"] == "case")
+    unit = case["record"]["pack"]["units"][7]
+    assert check_ledger(db, received, contents=contents)["torn"] == 0
+
+    half = tmp_path / "half.db"  # the row is there, one of its units is not received
+    half.write_bytes(db.read_bytes())
+    tamper(half, "UPDATE code_state SET in_held = 0, in_id = NULL WHERE code = ?", unit)
+    result = check_ledger(half, received, contents=contents)
+    assert result["torn"] == 1 and result["broken"] and "1 codes not received" in result["torn_examples"][0]
+
+    rowless = tmp_path / "rowless.db"  # units received by a row that is not there
+    rowless.write_bytes(db.read_bytes())
+    tamper(rowless, "DELETE FROM scans WHERE seq = ?", case["seq"])
+    result = check_ledger(rowless, received, contents=contents)
+    moved = 1 + len(case["record"]["pack"]["units"]) + len(case["record"]["pack"]["middles"])
+    assert result["torn"] == 1 and result["lost"] == 1 and result["broken"]
+    assert f"{moved} codes received by row" in result["torn_examples"][0], result["torn_examples"]
+
+    short = tmp_path / "short.db"  # a row that lists fewer units than the manifest puts in its case
+    short.write_bytes(db.read_bytes())
+    assert check_ledger(short, received, contents={**contents, case["code"]: ((), ())})["torn"] == 1
+
+
+def test_the_vm_imports_the_manifest_with_the_cli_and_prints_its_decision(tmp_path, monkeypatch):
+    from tests.powercut import vm_agents
+
+    monkeypatch.setattr(vm_agents, "WORK", tmp_path)
+    db = tmp_path / "real" / "ledger" / "ledger.db"
+    db.parent.mkdir(parents=True)
+    (tmp_path / "real.toml").write_text(RECEIVE_CONFIG.format(db=db))
+    port = tmp_path / "port"
+    fd = os.open(port, os.O_WRONLY | os.O_CREAT)
+    try:
+        vm_agents.import_manifest("real", 9, fd)  # a new disk: the ledger is made first
+        vm_agents.import_manifest("real", 9, fd)  # the same bill again: nothing printed
+    finally:
+        os.close(fd)
+    (decision,) = [json.loads(line) for line in port.read_text().splitlines()]
+    assert (decision["verdict"], decision["seq"], decision["document"]["id"]) == ("manifest", 1, "DN00000009")
+    ok = check_ledger(db, {decision["event_id"]: ("manifest", 1)}, contents=pack_contents(cases_manifest(9)))
+    assert (ok["lost"], ok["unprinted"], ok["broken"], ok["packs_stored"]) == (0, 0, False, 0)

@@ -1,4 +1,4 @@
-"""The agents of one power-cut VM boot: ``python -m tests.powercut.vm_agents CYCLE ROLE...``.
+"""The agents of one power-cut VM boot: ``python -m tests.powercut.vm_agents CYCLE SCENARIO ROLE...``.
 
 Started by ``in-vm`` as soon as the VM is up, while it mounts the disks: it
 imports the agent once (about 40 s over the VM's 9p root without KVM), waits
@@ -10,11 +10,21 @@ port ``/dev/vport*`` named ``pc.ROLE``. The ``control`` role's agent gets the
 test-only switch ``SCAN_AGENT_POWERCUT_CONTROL=sync-off``. Forking after the
 imports is what ``tests/usb/agent_proc.py`` does too: a separate process
 running the real command line, only the imports shared.
+
+In a ``cases`` cycle the role's child first imports the cycle's manifest
+(:func:`tests.powercut.feed.cases_manifest`) with the real ``scan-agent
+manifest import`` on the ledger (no agent is running yet; on a new disk image
+``scan-agent run`` with nothing on stdin makes the ledger first, since the
+import needs one), and prints the import's ``manifest`` decision to the port
+like the agent's own, so the host checks it too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import json
 import os
 import sys
 import threading
@@ -32,30 +42,94 @@ def port(name: str) -> str:
     raise FileNotFoundError(f"no virtio serial port named {name}")
 
 
-def feed(cycle: int, out_fd: int) -> None:
-    """The feeder: a steady stream of scans into ``out_fd`` until the agent's end closes;
-    in even cycles inside documents (:func:`tests.powercut.feed.document_lines`)."""
-    from tests.powercut.feed import document_lines, lines
+def feed(cycle: int, scenario: str, out_fd: int) -> None:
+    """The feeder: a steady stream of scans into ``out_fd`` until the agent's end closes,
+    the scenario's (:data:`tests.powercut.feed.FEEDS`)."""
+    from tests.powercut.feed import FEEDS
 
     with os.fdopen(out_fd, "wb", buffering=0) as out:
         try:
-            for line in (document_lines if cycle % 2 == 0 else lines)(cycle, seed=cycle):
+            for line in FEEDS[scenario](cycle, seed=cycle):
                 out.write(line)
                 time.sleep(0.02)
         except OSError:
             pass
 
 
-def run_agent(role: str, cycle: int, err_fd: int) -> int:
-    """In the forked child: the agent for ``role``, fed by a grandchild."""
+def cli(argv: list[str], stdin: int | None = None) -> tuple[int, str]:
+    """``scan-agent ARGV`` (:mod:`tests.powercut.agent_main`) in a forked child: its exit
+    status and what it printed on stdout. Its log goes to this process's stderr."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        status = 70
+        try:
+            if stdin is not None:
+                os.dup2(stdin, 0)
+                sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the child's whole life
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                from tests.powercut import agent_main
+
+                status = agent_main.main(argv)
+            os.write(w, printed.getvalue().encode())
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
+    os.close(w)
+    with os.fdopen(r, "rb") as out:
+        printed = out.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), printed
+
+
+def import_manifest(role: str, cycle: int, out_fd: int) -> None:
+    """The cycle's manifest into the role's ledger, by ``scan-agent manifest import``; its
+    decision goes to ``out_fd`` (the port). A new ledger is made first by ``scan-agent run``
+    with nothing on stdin: the import refuses to make one."""
+    from tests.powercut.feed import cases_manifest
+
+    config = str(WORK / f"{role}.toml")
+    source = WORK / f"{role}-manifest.json"
+    started = time.monotonic()
+    source.write_text(json.dumps(cases_manifest(cycle)), encoding="utf-8")
+    if not (WORK / role / "ledger" / "ledger.db").exists():
+        null = os.open(os.devnull, os.O_RDONLY)
+        status, _ = cli(["run", "--config", config], stdin=null)
+        os.close(null)
+        print(f"powercut-vm: {role}: a new ledger made (scan-agent run exited {status})", file=sys.stderr, flush=True)
+    status, printed = cli(["manifest", "import", str(source), "--config", config, "--json"])
+    answer = json.loads(printed) if status == 0 else {}
+    if answer.get("imported"):
+        os.write(out_fd, (json.dumps(answer["rows"][0]) + "\n").encode())
+    print(
+        f"powercut-vm: {role}: manifest {answer.get('bill_code')} ({answer.get('codes')} codes) imported: "
+        f"{answer.get('imported')} (exit {status}) in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def run_agent(role: str, cycle: int, scenario: str, err_fd: int) -> int:
+    """In the forked child: the agent for ``role``, fed by a grandchild (after the
+    manifest's import, in a ``cases`` cycle)."""
+    if role == "control":
+        os.environ["SCAN_AGENT_POWERCUT_CONTROL"] = "sync-off"
+    out = os.open(port(f"pc.{role}"), os.O_WRONLY)
+    if scenario == "cases":
+        os.dup2(err_fd, 2)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115 - the child's whole life
+        import_manifest(role, cycle, out)
     r, w = os.pipe()
     if os.fork() == 0:
         os.close(r)
         os.close(err_fd)
-        feed(cycle, w)
+        os.close(out)
+        feed(cycle, scenario, w)
         os._exit(0)
     os.close(w)
-    out = os.open(port(f"pc.{role}"), os.O_WRONLY)
     os.dup2(r, 0)
     os.dup2(out, 1)
     os.dup2(err_fd, 2)
@@ -64,8 +138,6 @@ def run_agent(role: str, cycle: int, err_fd: int) -> int:
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - a line is written when printed
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    if role == "control":
-        os.environ["SCAN_AGENT_POWERCUT_CONTROL"] = "sync-off"
     from tests.powercut import agent_main
 
     return agent_main.main(["run", "--config", str(WORK / f"{role}.toml"), "--json"])
@@ -80,10 +152,13 @@ def relay(role: str, fd: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    cycle, roles = int(argv[0]), argv[1:]
+    cycle, scenario, roles = int(argv[0]), argv[1], argv[2:]
     started = time.monotonic()
     # Everything `scan-agent run --json` on stdin imports, once, before the fork.
-    for module in ("agent.cli", "agent.ledger", "agent.runner", "agent.sources.stdin", "tests.powercut.agent_main"):
+    modules = ["agent.cli", "agent.ledger", "agent.runner", "agent.sources.stdin", "tests.powercut.agent_main"]
+    if scenario == "cases":  # and what the manifest's making and import need
+        modules += ["agent.control", "agent.ledger.manifests", "tests.powercut.feed", "tests.support.manifests"]
+    for module in modules:
         importlib.import_module(module)
 
     print(f"powercut-vm: agent imported in {time.monotonic() - started:.1f} s", flush=True)
@@ -98,7 +173,7 @@ def main(argv: list[str]) -> int:
             os.close(err_r)
             status = 70
             try:
-                status = run_agent(role, cycle, err_w)
+                status = run_agent(role, cycle, scenario, err_w)
             except BaseException:
                 traceback.print_exc()
             finally:
