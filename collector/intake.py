@@ -168,6 +168,8 @@ class Intake:
         refused = [rc for rc in reason_codes if rc.is_failure]
         if refused:
             log.error("subscriptions refused: %s", refused)
+        else:
+            log.info("subscribed")
         self.subscribed.set()
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:

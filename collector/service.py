@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -107,6 +108,7 @@ class Collector:
         finally:
             self.intake.stop()
             store.close()
+            log.info("collector %s stopped: %s", self.settings.client_id, json.dumps(dict(self.counts)))
             if leader.is_alive():
                 leader.join(5)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.support.agent import ROOT, agent_env, start_agent
 from tests.support.backlog import code
+from tests.support.net import wait_until
 
 
 class CollectorProc:
@@ -33,10 +34,19 @@ class CollectorProc:
         ]
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> CollectorProc:
+    def start(self, wait: bool = True) -> CollectorProc:
+        """Start it; with ``wait``, return once it is subscribed (a message before that is for nobody)."""
+        seen = self.text().count("collector.intake: subscribed") if self.log.exists() else 0
         out = open(self.log, "ab")  # noqa: SIM115 -- the child keeps it
         self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=out, env=agent_env(), cwd=ROOT)
         out.close()
+        if wait:
+            wait_until(
+                lambda: self.text().count("collector.intake: subscribed") > seen or self.proc.poll() is not None,
+                timeout=30,
+                what="the collector subscribed",
+            )
+            assert self.proc.poll() is None, self.text()
         return self
 
     def kill(self) -> None:
@@ -125,6 +135,11 @@ class Kiosk:
     def event_ids(self) -> set[str]:
         """Every event the ledger made (its rows with a seq)."""
         return {r[0] for r in self._query("SELECT event_id FROM scans WHERE seq IS NOT NULL")}
+
+    def delivered(self) -> int:
+        """Events the broker acknowledged (PUBACK), as the agent recorded them."""
+        rows = self._query("SELECT count(*) FROM deliveries")
+        return rows[0][0] if rows else 0
 
     def last_seq(self) -> int:
         rows = self._query("SELECT COALESCE(MAX(seq), 0) FROM scans")
