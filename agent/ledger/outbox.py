@@ -52,10 +52,9 @@ _UNDELIVERED = " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_
 # A device's seq never runs ahead of the row id, so seq > :above starts at id > :above.
 _UNCONFIRMED = (
     "scans.id > :above AND scans.seq > :above AND scans.device_id = :device"
-    " AND EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_id = scans.id AND deliveries.ts <= :since)"
+    " AND EXISTS (SELECT 1 FROM deliveries WHERE deliveries.scan_id = scans.id"
+    " AND (:since IS NULL OR deliveries.ts <= :since))"
 )
-#: Later than any ISO timestamp in the ledger: "delivered, whenever".
-_ANY_TIME = "9999"
 
 
 class Outbox:
@@ -144,17 +143,17 @@ class Outbox:
         """Events delivered but not covered by the receipt ``above_seq``, oldest first;
         with ``delivered_by`` (ISO UTC) only those delivered at or before it."""
         query = _EVENTS.format(where=_UNCONFIRMED) + " LIMIT :limit"
-        params = {"above": above_seq, "device": device_id, "since": delivered_by or _ANY_TIME, "limit": limit}
+        params = {"above": above_seq, "device": device_id, "since": delivered_by, "limit": limit}
         return self.conn.execute(query, params).fetchall()
 
     def unconfirmed_count(self, device_id: str, above_seq: int) -> int:
         """How many events are delivered but not covered by the receipt ``above_seq``."""
-        params = {"above": above_seq, "device": device_id, "since": _ANY_TIME}
+        params = {"above": above_seq, "device": device_id, "since": None}
         return self.conn.execute(f"SELECT COUNT(*) FROM scans WHERE {_UNCONFIRMED}", params).fetchone()[0]
 
     def oldest_unconfirmed_ts(self, device_id: str, above_seq: int) -> str | None:
         """When the oldest event delivered but not covered by ``above_seq`` was recorded (ISO UTC), or None."""
-        params = {"above": above_seq, "device": device_id, "since": _ANY_TIME}
+        params = {"above": above_seq, "device": device_id, "since": None}
         row = self.conn.execute(f"SELECT ts FROM scans WHERE {_UNCONFIRMED} ORDER BY id LIMIT 1", params).fetchone()
         return None if row is None else row[0]
 

@@ -51,7 +51,8 @@ class Health:
 
     :meth:`report` runs on the uplink thread (or any thread that may use that
     outbox's connection, which is opened with ``check_same_thread=False``);
-    :meth:`report_states` only on the uplink thread.
+    :meth:`report_states` only on the uplink thread. With ``receipts``
+    (:class:`~.receipts.Receipts`), both count events delivered but unconfirmed.
 
         health = Health(counters, device_id="kiosk-7", site_id="site-01", connected=lambda: True)
         health.report(outbox)["outbox_depth"]
