@@ -29,6 +29,7 @@ HEAVY = (
     "uvicorn",
     "h11",
     "anyio",
+    "psycopg",  # the collector's (collector/), never the agent's
 )
 
 WRAPPER = """

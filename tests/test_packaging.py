@@ -53,3 +53,11 @@ def test_the_api_extra_is_pure_python_and_the_runtime_does_without_it():
         with contextlib.suppress(metadata.PackageNotFoundError):
             wheel = metadata.distribution(dist).read_text("WHEEL") or ""
             assert "Root-Is-Purelib: true" in wheel, f"{dist} is not pure Python"
+
+
+def test_the_collector_extra_brings_psycopg_and_a_kiosk_never_installs_it():
+    collector = {name(Requirement(r)) for r in PYPROJECT["project"]["optional-dependencies"]["collector"]}
+    assert collector == {"psycopg"}
+    runtime = closure(PYPROJECT["project"]["dependencies"])
+    assert not {n for n in runtime if n.startswith("psycopg")}, "a kiosk would install the collector's database driver"
+    assert "collector" in PYPROJECT["project"]["scripts"]["scan-collector"]
