@@ -15,7 +15,7 @@ import pytest
 
 from agent import codes
 from agent.clock import Clock
-from agent.ledger import Ledger, verify
+from agent.ledger import SCHEMA_VERSION, Ledger, verify
 from agent.ledger.documents import Document, DocumentError
 from agent.ledger.manifests import read_manifest
 from agent.read import Read
@@ -314,7 +314,7 @@ def test_a_ledger_of_the_previous_release_takes_a_manifest_and_verifies(tmp_path
         read = Read(case.encode(), "stdin", "stdin")
         assert ledger.decide_and_record(read, "receive", codes.parse(read.raw)).verdict == "accepted"
         assert verify(ledger.conn).ok
-        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         ledger.close()
 
