@@ -128,13 +128,15 @@ class Store:
                 copy.write_row(event.row())
         cur.execute(
             f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging ON CONFLICT DO NOTHING"
-            " RETURNING device_id, event_id"
+            " RETURNING device_id, seq, event_id"
         )
         new_ids = []
         new_per_device: dict[str, int] = {}
-        for device, event_id in cur.fetchall():
+        new_seqs: dict[str, list[tuple[int, str]]] = {}
+        for device, seq, event_id in cur.fetchall():
             new_ids.append(event_id)
             new_per_device[device] = new_per_device.get(device, 0) + 1
+            new_seqs.setdefault(device, []).append((seq, event_id))
         stored.inserted = len(new_ids)
         stored.duplicates = len(events) - len(new_ids)
         seen: dict[str, list] = {}  # device: [site, max seq, received]
@@ -160,6 +162,10 @@ class Store:
         for device, through in sorted(cur.fetchall()):
             state = Device(seen[device][0], through)
             state.resent = device not in new_per_device
+            # A new event at or below the stored run is a seq some other event already holds.
+            reused = [(seq, event_id) for seq, event_id in new_seqs.get(device, ()) if seq <= through]
+            if reused:
+                stored.breaks += _reused_seqs(cur, device, reused)
             new_through = _advance(cur, device, through)
             if new_through > through:
                 stored.breaks += _check_chain(cur, device, through, new_through)
@@ -172,8 +178,7 @@ class Store:
                 cur.execute("UPDATE devices SET progress_at = clock_timestamp() WHERE device_id = %s", (device,))
             stored.devices[device] = state
         if new_ids:
-            stored.breaks += _reused_seqs(cur, new_ids)
-            stored.conflicts += _conflicts(cur, new_ids)
+            stored.conflicts += _conflicts(cur)
         cur.execute("TRUNCATE staging")
         return stored
 
@@ -226,11 +231,13 @@ def _check_chain(cur: psycopg.Cursor, device: str, through: int, new_through: in
         " WHERE device_id = %s AND seq BETWEEN %s AND %s ORDER BY seq, received_at",
         (device, max(through, 1), new_through),
     )
-    links, last = [], None
+    links, reused, last = [], [], None
     for row in cur.fetchall():
-        if row[0] != last:  # a reused seq is the store's own finding (_reused_seqs)
+        if row[0] != last:
             links.append(chain.Link(*row))
             last = row[0]
+        else:
+            reused.append((row[0], row[4]))
     before = None
     if through >= 1 and links and links[0].seq == through:
         before, links = links[0], links[1:]
@@ -241,24 +248,25 @@ def _check_chain(cur: psycopg.Cursor, device: str, through: int, new_through: in
             " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (device, b.seq, b.event_id, b.ledger_id, b.prev_hash, b.expected, b.problem),
         )
-    return len(found)
+    return len(found) + (_reused_seqs(cur, device, reused) if reused else 0)
 
 
-def _reused_seqs(cur: psycopg.Cursor, new_ids: list) -> int:
-    """New events whose seq another event of the device already holds (a ledger started over?)."""
+def _reused_seqs(cur: psycopg.Cursor, device: str, reused: list[tuple[int, str]]) -> int:
+    """Events whose seq another event of the device already holds (a ledger started over?)."""
     cur.execute(
         "INSERT INTO chain_breaks (device_id, seq, event_id, ledger_id, prev_hash, expected, problem)"
         " SELECT n.device_id, n.seq, n.event_id, n.ledger_id, n.prev_hash, e.hash,"
         " 'seq ' || n.seq || ' already holds event ' || e.event_id"
-        " FROM staging n JOIN events e ON e.device_id = n.device_id AND e.seq = n.seq AND e.event_id <> n.event_id"
-        " WHERE n.event_id = ANY(%s) ON CONFLICT DO NOTHING",
-        (new_ids,),
+        " FROM events n JOIN events e ON e.device_id = n.device_id AND e.seq = n.seq AND e.event_id < n.event_id"
+        " WHERE n.device_id = %s AND n.seq = ANY(%s) ON CONFLICT DO NOTHING",
+        (device, [seq for seq, _ in reused]),
     )
     return cur.rowcount
 
 
-def _conflicts(cur: psycopg.Cursor, new_ids: list) -> int:
-    """New accepted dispenses of a code another device has dispensed too (each pair once)."""
+def _conflicts(cur: psycopg.Cursor) -> int:
+    """The batch's accepted dispenses of a code another device has dispensed too (each pair once;
+    a copy received again finds the pair already kept)."""
     cur.execute(
         "INSERT INTO conflicts (code, event_id, device_id, other_event_id, other_device_id)"
         " SELECT n.code, LEAST(n.event_id, e.event_id),"
@@ -268,7 +276,6 @@ def _conflicts(cur: psycopg.Cursor, new_ids: list) -> int:
         " FROM staging n JOIN events e ON e.code = n.code AND e.device_id <> n.device_id"
         " AND e.movement = 'dispense' AND e.verdict = 'accepted'"
         " WHERE n.movement = 'dispense' AND n.verdict = 'accepted' AND n.code IS NOT NULL"
-        " AND n.event_id = ANY(%s) ON CONFLICT DO NOTHING",
-        (new_ids,),
+        " ON CONFLICT DO NOTHING"
     )
     return cur.rowcount
