@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import codes, ledger
-from agent.ledger import APPEND_ONLY, HASHED, Ledger, LedgerError, checkpoint, row_hash, store, verify
+from agent.ledger import APPEND_ONLY, HASHED, Ledger, LedgerError, checkpoint, peers, row_hash, store, verify
 from agent.ledger.chain import canonical
 from agent.ledger.outbox import Outbox
 from agent.read import Read
@@ -212,11 +212,14 @@ def test_tables_are_append_only(db, scanner, table):
     alarm = db.record_alarm("ledger_damaged", "moved aside at start")
     db.conn.execute("INSERT INTO manifest_codes (code, bill_code, level) VALUES (?, 'DN1', 'unit')", (A,))
     Outbox(db.conn).record_receipt(1, "mqtt")
+    peer = dict.fromkeys(peers.COLUMNS, "x") | {"code": B, "movement": "dispense", "verdict": "accepted", "seq": 1}
+    peers.store(db.conn, [peer], device_id="kiosk-1", received_ts="2026-01-01T00:00:00.000Z")
     key, row = {
         "scans": ("id", d.scan_id),
         "alarms": ("id", alarm),
         "manifest_codes": ("code", A),
         "receipts": ("stored_through_seq", 1),
+        "peer_events": ("seq", 1),
     }.get(table, ("scan_id", d.scan_id))
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         db.conn.execute(f"UPDATE {table} SET {key} = 99 WHERE {key} = ?", (row,))

@@ -90,8 +90,10 @@ def row_hash(row: Mapping) -> str:
 
 
 def verify(conn: sqlite3.Connection) -> VerifyResult:
-    """Recompute the hash chain and check ``seq`` continuity, and each imported manifest's
-    codes against the digest its chained row recorded.
+    """Recompute the hash chain and check ``seq`` continuity, each imported manifest's
+    codes against the digest its chained row recorded, and that ``peer_events`` (the
+    site's other stations, outside this chain) is append-only and unaltered
+    (:func:`agent.ledger.peers.check`).
 
     Returns at the first broken link, naming the row. A tail cut off is not a
     broken link (see the module's docstring): the back end's seq check finds it.
@@ -123,6 +125,10 @@ def verify(conn: sqlite3.Connection) -> VerifyResult:
     from agent.ledger.receiving import check_manifests
 
     problems = check_manifests(conn)
+    # The site's peers' events live beside it too: append-only, chained row to row.
+    from agent.ledger.peers import check as check_peers
+
+    problems += check_peers(conn)
     if problems:
         return VerifyResult(rows=rows, ok=False, problem=problems[0], problems=problems)
     return VerifyResult(rows=rows, ok=True)

@@ -30,11 +30,13 @@ log = logging.getLogger(__name__)
 #: deliveries keyed to scans, no seq or ts index); 4: documents (``document`` and
 #: ``record`` columns on scans, and two partial indexes that only entry rows write);
 #: 5: receiving (``manifest_codes``: the supplier's codes with level and parent);
-#: 6: ``receipts``, what the back end confirmed it stored (the uplink writes it).
-SCHEMA_VERSION = 6
+#: 6: ``receipts``, what the back end confirmed it stored (the uplink writes it);
+#: 7: ``peer_events``, the site's other stations' movements (the uplink writes it), and
+#: ``alarms.record`` (what a ``conflict`` alarm names, as JSON).
+SCHEMA_VERSION = 7
 
 #: Tables whose rows are never updated or deleted (triggers refuse it).
-APPEND_ONLY = ("scans", "deliveries", "alarms", "manifest_codes", "receipts")
+APPEND_ONLY = ("scans", "deliveries", "alarms", "manifest_codes", "receipts", "peer_events")
 
 _SCANS = """
 CREATE TABLE IF NOT EXISTS "scans" (
@@ -93,7 +95,32 @@ CREATE TABLE IF NOT EXISTS "alarms" (
    "id" INTEGER PRIMARY KEY,
    "ts" TEXT NOT NULL,
    "kind" TEXT NOT NULL,
-   "detail" TEXT NOT NULL
+   "detail" TEXT NOT NULL,
+   "record" TEXT
+)
+"""
+
+# The movements other stations of the site accepted (and their voids), as their events
+# said (``agent.ledger.peers``): outside this device's chain, one row per event id, written
+# by the uplink's peer intake on its own connection. The pipeline reads it by code inside
+# its decision; only rows that change a code's state are kept (``peers.kept``). ``hash`` is
+# the peer's own row hash (checked on arrival); ``chain`` links each row to the one before
+# (``peers.chain_hash``), so ``verify`` finds a row altered or deleted.
+_PEER_EVENTS = """
+CREATE TABLE IF NOT EXISTS "peer_events" (
+   "id" INTEGER PRIMARY KEY,
+   "event_id" TEXT NOT NULL UNIQUE,
+   "device_id" TEXT NOT NULL,
+   "site_id" TEXT NOT NULL,
+   "seq" INTEGER,
+   "ts" TEXT NOT NULL,
+   "movement" TEXT NOT NULL,
+   "verdict" TEXT NOT NULL,
+   "code" TEXT NOT NULL,
+   "product_id" TEXT,
+   "hash" TEXT NOT NULL,
+   "received_ts" TEXT NOT NULL,
+   "chain" TEXT NOT NULL
 )
 """
 
@@ -137,6 +164,9 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS scans_locks ON scans (verdict) WHERE verdict IN ('locked', 'acknowledged')",
     # A case's children, and a bill's codes in order (verify, reconciliation).
     'CREATE INDEX IF NOT EXISTS "manifest_children" ON "manifest_codes" ("bill_code", "parent")',
+    # A decision looks a code up among the peers' movements: one index probe, a miss for
+    # a code no other station moved.
+    'CREATE INDEX IF NOT EXISTS "peer_events_code" ON "peer_events" ("code")',
 )
 
 #: The events to publish: every scan with a seq (all but double reads).
@@ -156,12 +186,15 @@ def create_schema(conn: sqlite3.Connection) -> None:
             _migrate_to_3(conn)
         if version and version < 4:
             _migrate_to_4(conn)
+        if version and version < 7:
+            _migrate_to_7(conn)
         conn.execute(_SCANS)
         conn.execute(_CODE_STATE.format(name="code_state"))
         conn.execute(_DELIVERIES.format(name="deliveries"))
         conn.execute(_ALARMS)
         conn.execute(_MANIFEST_CODES)
         conn.execute(_RECEIPTS)
+        conn.execute(_PEER_EVENTS)
         for index in _INDEXES:
             conn.execute(index)
         conn.execute(_OUTBOX_VIEW)
@@ -202,6 +235,17 @@ def _migrate_to_4(conn: sqlite3.Connection) -> None:
     """
     conn.execute('ALTER TABLE "scans" ADD COLUMN "document" TEXT')
     conn.execute('ALTER TABLE "scans" ADD COLUMN "record" TEXT')
+
+
+def _migrate_to_7(conn: sqlite3.Connection) -> None:
+    """From schema 2 to 6: ``alarms.record``, NULL in every alarm raised before.
+
+    ``alarms`` is append-only: adding a column rewrites no row and fires no trigger.
+    (A schema-1 ledger has no alarms table yet; it is created whole below.)
+    """
+    columns = [row[1] for row in conn.execute('PRAGMA table_info("alarms")')]
+    if columns and "record" not in columns:
+        conn.execute('ALTER TABLE "alarms" ADD COLUMN "record" TEXT')
 
 
 def _reshape(conn: sqlite3.Connection, table: str, create: str, columns: str) -> None:

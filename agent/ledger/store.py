@@ -32,7 +32,7 @@ from agent.clock import Clock, iso
 from agent.codes import Rejection, TraceCode, escape
 from agent.domain import BILL_LIMIT, LIFECYCLES, Decision, Earlier, check_movement
 from agent.ids import EventIds
-from agent.ledger import receiving
+from agent.ledger import peers, receiving
 from agent.ledger.chain import GENESIS, HASHED, HASHED_WHEN_SET, row_hash
 from agent.ledger.checkpoint import Checkpointer
 from agent.ledger.documents import (
@@ -203,11 +203,13 @@ class Ledger:
             hit = self._manifest_hit(parsed.code, doc) if movement == "receive" else None
             if hit is not None and hit.is_pack:
                 return self._receive_pack(read, parsed, hit, doc, operator, bill)
-            state = self._state(parsed.code)
+            local, tally = self._state(parsed.code), self._peer_tally(parsed.code)
+            state = peers.combine(local, tally)
             allowed = self.split_packs.get(parsed.product_id, 1)
             if doc is not None:
                 allowed = doc.allowed(parsed.product_id)
             verdict, reason, detail, earlier_id = judge(movement, state, allowed=allowed, lifecycle=self.lifecycle)
+            detail = self._where(earlier_id, detail)
             if reason == "already_received":
                 reason, detail = self._received_how(parsed.code, doc, earlier_id, reason, detail)
             if doc is not None and doc.has_all_of(parsed.code, parsed.product_id):
@@ -227,13 +229,15 @@ class Ledger:
                 "verdict": verdict,
                 "reason": reason,
                 "detail": detail,
-                "earlier_id": earlier_id,
+                "earlier_id": _local_id(earlier_id),
                 "document": None if doc is None or double_read else doc.id,
             },
             with_seq=verdict != "double_read",
         )
         if verdict == "accepted" and state is not None:
-            self._store_state(parsed.code, state, RULES[movement].then(state, row["id"]))
+            self._store_state(
+                parsed.code, local, peers.local_part(RULES[movement].then(state, row["id"]), local, tally)
+            )
             if doc is not None:
                 doc.add(row["id"], parsed.code, parsed.product_id, row["event_id"], row["seq"], row["hash"])
                 if reason == "not_on_manifest":
@@ -342,11 +346,13 @@ class Ledger:
     ) -> Decision:
         """A case or middle pack received: every unit under it, or none, in this one row."""
         units, middles = receiving.units_under(self.conn, hit.bill_code, hit.code)
-        state = self._state(parsed.code)
+        local, tally = self._state(parsed.code), self._peer_tally(parsed.code)
+        state = peers.combine(local, tally)
         verdict, reason, detail, earlier_id = judge("receive", state, allowed=1, lifecycle=self.lifecycle)
+        detail = self._where(earlier_id, detail)
         if reason == "already_received":
             reason, detail = self._received_how(parsed.code, doc, earlier_id, reason, detail)
-        inner_states: dict[str, State] = {}
+        inner_states: dict[str, tuple[State, peers.Tally]] = {}
         if verdict == "accepted" and doc is not None:
             conflict = doc.pack_conflict(parsed.code, units, middles)
             if conflict is not None:
@@ -355,13 +361,13 @@ class Ledger:
             verdict, reason, detail = "rejected", "not_on_manifest", f"{hit.level} lists no units in {hit.bill_code}"
         if verdict == "accepted":
             for inner in (*middles, *units):
-                inner_state = self._state(inner)
-                found = judge("receive", inner_state, allowed=1, lifecycle=self.lifecycle)
+                inner_local, inner_tally = self._state(inner), self._peer_tally(inner)
+                found = judge("receive", peers.combine(inner_local, inner_tally), allowed=1, lifecycle=self.lifecycle)
                 if found.verdict != "accepted":
                     verdict, reason, earlier_id = found.verdict, found.reason, found.earlier_id
-                    detail = f"{inner} inside this {hit.level}: {found.detail}"
+                    detail = f"{inner} inside this {hit.level}: {self._where(earlier_id, found.detail)}"
                     break
-                inner_states[inner] = inner_state
+                inner_states[inner] = (inner_local, inner_tally)
         if verdict == "accepted" and doc is not None:
             refusal = doc.refuses_pack(units)
             if refusal is not None:
@@ -376,7 +382,7 @@ class Ledger:
                 "verdict": verdict,
                 "reason": reason,
                 "detail": detail,
-                "earlier_id": earlier_id,
+                "earlier_id": _local_id(earlier_id),
                 "document": None if doc is None else doc.id,
                 # What was received is in the chain: the ledger alone says which units arrived.
                 "record": {"pack": pack} if accepted else None,
@@ -384,9 +390,10 @@ class Ledger:
         )
         if accepted:
             receive = RULES["receive"].then
-            self._store_state(parsed.code, state, receive(state, row["id"]))
-            for inner, inner_state in inner_states.items():
-                self._store_state(inner, inner_state, receive(inner_state, row["id"]))
+            self._store_state(parsed.code, local, peers.local_part(receive(state, row["id"]), local, tally))
+            for inner, (inner_local, inner_tally) in inner_states.items():
+                after = receive(peers.combine(inner_local, inner_tally), row["id"])
+                self._store_state(inner, inner_local, peers.local_part(after, inner_local, inner_tally))
             if doc is not None:
                 scan = Collected(parsed.code, parsed.product_id, row["event_id"], row["seq"], row["hash"])
                 scan.level, scan.units, scan.middles = hit.level, tuple(units), tuple(middles)
@@ -400,7 +407,7 @@ class Ledger:
         received before, or on its own."""
         if doc is not None and code in doc.covered:
             return "parent_child_same_document", f"inside {doc.covered[code]}, scanned in {doc.document.kind} {doc.id}"
-        if earlier_id is not None:
+        if earlier_id is not None and earlier_id > 0:
             earlier = self.conn.execute("SELECT code FROM scans WHERE id = ?", (earlier_id,)).fetchone()
             if earlier is not None and earlier["code"] != code:
                 return "received_in_case", f"received inside {earlier['code']} and not returned to the supplier since"
@@ -807,9 +814,31 @@ class Ledger:
             "SELECT COUNT(*) FROM scans WHERE bill = ? AND verdict = 'accepted'", (bill,)
         ).fetchone()[0]
 
+    def _peer_tally(self, code: str) -> peers.Tally:
+        """The site's other stations' movements of ``code``: one probe of an index, a miss
+        for a code no other station moved."""
+        return peers.tally(self.conn, code)
+
+    def _where(self, earlier_id: int | None, detail: str) -> str:
+        """``detail``, naming the station, time and event when the earlier scan is a peer's."""
+        if earlier_id is None or earlier_id > 0:
+            return detail
+        peer = peers.row(self.conn, -earlier_id)
+        return f"{detail} (at {peer['device_id']}, {peer['ts']}, event {peer['event_id']})"
+
     def _earlier(self, scan_id: int | None) -> Earlier | None:
         if scan_id is None:
             return None
+        if scan_id < 0:  # another station's scan (agent.ledger.peers)
+            peer = peers.row(self.conn, -scan_id)
+            return Earlier(
+                seq=peer["seq"],
+                event_id=peer["event_id"],
+                ts=peer["ts"],
+                device_id=peer["device_id"],
+                site_id=peer["site_id"],
+                movement=peer["movement"],
+            )
         row = self.conn.execute(
             "SELECT seq, event_id, ts, device_id, site_id, movement FROM scans WHERE id = ?", (scan_id,)
         ).fetchone()
@@ -823,6 +852,12 @@ class Ledger:
             )
         log.error("ALARM %s: %s", kind, detail)
         return cursor.lastrowid
+
+
+def _local_id(earlier_id: int | None) -> int | None:
+    """The ``earlier_id`` column: a scan of this ledger; a peer's scan (a negative id) is
+    named in the detail instead."""
+    return earlier_id if earlier_id is None or earlier_id > 0 else None
 
 
 def record_text(record: dict) -> str:
