@@ -94,6 +94,10 @@ class Connection:
         connection.stop()
     """
 
+    #: ``on_peer_event(message)``: the site's stations' events (``{prefix}/{site}/+/events``,
+    #: subscribed only when this is set before :meth:`run`: ``[site] peers``); uplink-net.
+    on_peer_event: Callable[[mqtt.MQTTMessage], None] | None = None
+
     def __init__(
         self,
         config: MqttConfig,
@@ -296,6 +300,8 @@ class Connection:
         topics = [(self.topics.commands, 1)]
         if self.on_receipt is not None:
             topics.append((self.topics.receipt, 1))
+        if self.on_peer_event is not None:
+            topics.append((self.topics.site_events, 1))
         client.subscribe(topics)
         client.publish(self.topics.status, "online", qos=1, retain=True)
         self.window.restart()
@@ -327,6 +333,8 @@ class Connection:
         if message.topic == self.topics.receipt:
             if self.on_receipt is not None:
                 self.on_receipt(message)
+        elif self.on_peer_event is not None and not message.topic.startswith(self.topics.base + "/cmd/"):
+            self.on_peer_event(message)
         else:
             self.on_command(message)
 

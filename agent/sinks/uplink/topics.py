@@ -2,8 +2,10 @@
 
 ``{p}/events`` (scan events), ``{p}/documents`` (documents opened and closed),
 ``{p}/status`` (retained ``online``/``offline``, ``offline`` as the Will),
-``{p}/health``, ``{p}/cmd/#`` (in), ``{p}/reply`` (out) and ``{p}/receipt`` (in, with
-``[mqtt] receipts = true``: what the back end has stored).
+``{p}/health``, ``{p}/cmd/#`` (in), ``{p}/reply`` (out), ``{p}/receipt`` (in, with
+``[mqtt] receipts = true``: what the back end has stored), ``{p}/alarms`` (out: a
+``conflict`` with another station) and, with ``[site] peers = true``, the site's
+stations' events ``{prefix}/{site}/+/events`` (in).
 
 >>> Topics("trace/v1", "site-01", "kiosk-7").events
 'trace/v1/site-01/kiosk-7/events'
@@ -55,6 +57,29 @@ class Topics:
     @property
     def receipt(self) -> str:
         return f"{self.base}/receipt"
+
+    @property
+    def alarms(self) -> str:
+        return f"{self.base}/alarms"
+
+    @property
+    def site_events(self) -> str:
+        """Every station's events at this site, this one's included (which it ignores)."""
+        return f"{self.prefix}/{self.site}/+/events"
+
+    def peer(self, topic: str) -> str | None:
+        """The device a message on ``topic`` comes from, if it is another station's events.
+
+        >>> t = Topics("trace/v1", "site-01", "kiosk-7")
+        >>> t.peer("trace/v1/site-01/kiosk-2/events"), t.peer("trace/v1/site-01/kiosk-7/events")
+        ('kiosk-2', None)
+        >>> t.peer("trace/v1/site-02/kiosk-2/events")
+        """
+        head = f"{self.prefix}/{self.site}/"
+        if not topic.startswith(head) or not topic.endswith("/events"):
+            return None
+        device = topic[len(head) : -len("/events")]
+        return None if not device or "/" in device or device == self.device else device
 
     def command_name(self, topic: str) -> str:
         """The command a message on ``topic`` asks for.
