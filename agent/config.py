@@ -193,11 +193,15 @@ class MqttConfig:
     """The uplink to the regional broker (``[mqtt]``); see :mod:`agent.sinks.uplink`.
 
     ``port`` defaults to 1883, or :data:`MQTT_TLS_PORT` when the table sets ``tls = true``.
+    ``hosts`` (``["host:port", ...]``), when set, replaces ``host``/``port``: the uplink
+    connects to the first and, on a connection failure, tries the next (:meth:`endpoints`);
+    ``host`` and ``port`` are then the first entry's.
     """
 
     enabled: bool = False
     host: str = "localhost"
     port: int = 1883
+    hosts: tuple[tuple[str, int], ...] = ()
     protocol: str = "5"
     keepalive_s: int = 60
     tls: bool = False
@@ -214,6 +218,10 @@ class MqttConfig:
     #: covered by a receipt are sent again after ``receipt_timeout_s``.
     receipts: bool = False
     receipt_timeout_s: float = 60.0
+
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """The brokers to try in turn: ``hosts``, or ``host``/``port`` alone."""
+        return self.hosts or ((self.host, self.port),)
 
     def password(self) -> str | None:
         """The password from ``password_file`` (a trailing newline is not part of it), or None.
@@ -615,11 +623,21 @@ _PINS = ("green", "red", "amber", "buzzer")
 def _mqtt(t: Table) -> MqttConfig:
     d = MqttConfig()
     tls = t.get("tls", d.tls, bool)
+    # MQTT's registered ports: 8883 over TLS, 1883 without.
+    default_port = MQTT_TLS_PORT if tls else d.port
+    host = t.text("host", d.host, nonempty=True)
+    port = t.integer("port", default_port, 1, 65535)
+    hosts = _mqtt_hosts(t, default_port)
+    if hosts:
+        given = (host if "host" in t.data else hosts[0][0], port if "port" in t.data else hosts[0][1])
+        if given != hosts[0]:
+            t.fail("hosts", "set either hosts or host/port, not both (or host/port must be the first of hosts)")
+        host, port = hosts[0]
     mqtt = MqttConfig(
         enabled=t.get("enabled", d.enabled, bool),
-        host=t.text("host", d.host, nonempty=True),
-        # MQTT's registered ports: 8883 over TLS, 1883 without.
-        port=t.integer("port", MQTT_TLS_PORT if tls else d.port, 1, 65535),
+        host=host,
+        port=port,
+        hosts=hosts,
         protocol=t.choice("protocol", d.protocol, MQTT_PROTOCOLS),
         keepalive_s=t.integer("keepalive_s", d.keepalive_s, 5, 3600),
         tls=tls,
@@ -653,6 +671,39 @@ def _mqtt(t: Table) -> MqttConfig:
                 t.fail(key, f"{path!r}: no such file")
     t.finish()
     return mqtt
+
+
+def _mqtt_hosts(t: Table, default_port: int) -> tuple[tuple[str, int], ...]:
+    """``[mqtt] hosts``: ``"host:port"`` (``"[v6]:port"``; the port may be left out) each."""
+    entries = t.get("hosts", [], list)
+    if "hosts" in t.data and not entries:
+        t.fail("hosts", "must not be empty; leave it out to use host and port")
+    hosts: list[tuple[str, int]] = []
+    for n, entry in enumerate(entries, 1):
+        where = f"entry {n} ({entry!r})"
+        if not isinstance(entry, str):
+            t.fail("hosts", f'{where} is not allowed; allowed: a string "host:port"')
+        host, port_text = entry, ""
+        if entry.startswith("["):  # [2001:db8::1]:1883
+            host, _, rest = entry[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                t.fail("hosts", f"{where}: write an IPv6 address as [address]:port")
+            port_text = rest[1:]
+        elif entry.count(":") == 1:
+            host, port_text = entry.split(":")
+        elif ":" in entry:
+            t.fail("hosts", f"{where}: write an IPv6 address as [address]:port")
+        if not host.strip() or any(c.isspace() for c in host):
+            t.fail("hosts", f"{where}: the host name is empty or has spaces")
+        port = default_port
+        if port_text or entry.endswith(":"):
+            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                t.fail("hosts", f"{where}: the port must be a whole number from 1 to 65535")
+            port = int(port_text)
+        if (host, port) in hosts:
+            t.fail("hosts", f"{where}: listed twice")
+        hosts.append((host, port))
+    return tuple(hosts)
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

@@ -99,3 +99,44 @@ def test_receipts_are_off_by_default_and_read_with_their_timeout():
     assert (MqttConfig().receipts, MqttConfig().receipt_timeout_s) == (False, 60.0)
     mqtt = parse_toml("[mqtt]\nreceipts = true\nreceipt_timeout_s = 5\n").mqtt
     assert (mqtt.receipts, mqtt.receipt_timeout_s) == (True, 5.0)
+
+
+def test_hosts_list_is_read_and_host_port_are_its_first():
+    mqtt = parse_toml('[mqtt]\nhosts = ["a.example:1884", "[2001:db8::1]:8883", "c.example"]\n').mqtt
+    assert mqtt.hosts == (("a.example", 1884), ("2001:db8::1", 8883), ("c.example", 1883))
+    assert (mqtt.host, mqtt.port) == ("a.example", 1884)
+    assert mqtt.endpoints() == mqtt.hosts
+    # The port left out is the table's default: 8883 with TLS.
+    assert parse_toml('[mqtt]\ntls = true\nhosts = ["b"]\n').mqtt.hosts == (("b", 8883),)
+
+
+def test_host_and_port_alone_keep_working_as_one_endpoint():
+    mqtt = parse_toml('[mqtt]\nhost = "broker.example"\nport = 1999\n').mqtt
+    assert mqtt.hosts == () and mqtt.endpoints() == (("broker.example", 1999),)
+    # host/port beside hosts is allowed only when it says the same as the first entry.
+    same = parse_toml('[mqtt]\nhost = "a"\nport = 1\nhosts = ["a:1", "b:2"]\n').mqtt
+    assert same.endpoints() == (("a", 1), ("b", 2))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("hosts = []", "[mqtt] hosts: must not be empty"),
+        ('hosts = "a:1"', "[mqtt] hosts: 'a:1' is not allowed; allowed: a list"),
+        ("hosts = [1883]", "[mqtt] hosts: entry 1 (1883) is not allowed"),
+        ('hosts = ["a:1", "b:x"]', "[mqtt] hosts: entry 2 ('b:x'): the port must be a whole number from 1 to 65535"),
+        ('hosts = ["a:0"]', "[mqtt] hosts: entry 1 ('a:0'): the port must be"),
+        ('hosts = ["a:70000"]', "[mqtt] hosts: entry 1 ('a:70000'): the port must be"),
+        ('hosts = ["a:"]', "[mqtt] hosts: entry 1 ('a:'): the port must be"),
+        ('hosts = [":1883"]', "[mqtt] hosts: entry 1 (':1883'): the host name is empty"),
+        ('hosts = ["::1"]', "[mqtt] hosts: entry 1 ('::1'): write an IPv6 address as [address]:port"),
+        ('hosts = ["[::1]1883"]', "write an IPv6 address as [address]:port"),
+        ('hosts = ["a:1", "a:1"]', "[mqtt] hosts: entry 2 ('a:1'): listed twice"),
+        ('hosts = ["a:1"]\nhost = "b"', "[mqtt] hosts: set either hosts or host/port, not both"),
+        ('hosts = ["a:1"]\nport = 2', "[mqtt] hosts: set either hosts or host/port, not both"),
+    ],
+)
+def test_bad_hosts_name_the_key_and_the_entry(text, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_toml(f"[mqtt]\n{text}\n")
+    assert message in str(caught.value)

@@ -1,6 +1,7 @@
 """The MQTT connection: the paho client and ``uplink-net``, the one thread that drives it.
 
-uplink-net connects, reconnects with exponential backoff and jitter, reads and
+uplink-net connects, reconnects with exponential backoff and jitter (to the
+next of ``[mqtt] hosts`` after each failure, when there are several), reads and
 writes the socket, keeps the connection alive, and fills the window with ready
 events. paho's callbacks all run on it.
 
@@ -123,6 +124,9 @@ class Connection:
         self._stopping = threading.Event()
         self._backoff = BACKOFF_MIN_S
         self._connected_at = 0.0
+        # [mqtt] hosts (or host/port alone): tried in turn, one step on after each failure.
+        self._hosts = config.endpoints()
+        self._host_index = 0
         self._thread: int | None = None  # uplink-net's ident, once it runs
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -133,6 +137,11 @@ class Connection:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def broker(self) -> str:
+        """The broker uplink-net is connected to, or trying next, as ``host:port``."""
+        return _host_port(*self._hosts[self._host_index])
 
     # -- any thread ------------------------------------------------------------------
 
@@ -215,19 +224,28 @@ class Connection:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
         while not self._stopping.is_set():
+            host, port = self._hosts[self._host_index]
             try:
                 self.client.connect(
-                    cfg.host,
-                    cfg.port,
+                    host,
+                    port,
                     keepalive=cfg.keepalive_s,
                     clean_start=False if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                     properties=properties,
                 )
             except (OSError, ssl.SSLError, ValueError) as problem:
                 self.counters.connection_errors += 1
-                log.warning("MQTT broker %s:%d unreachable: %s", cfg.host, cfg.port, problem)
+                log.warning("MQTT broker %s unreachable: %s", _host_port(host, port), problem)
             else:
                 self._serve()
+            if not self._stopping.is_set() and len(self._hosts) > 1:
+                # Failover: the next host, after the same backoff. The new node may not
+                # have our session: _on_connect subscribes again, paho sends again what
+                # it had in flight, and the window walks the outbox from the oldest, so
+                # every unacknowledged event goes out again (consumers drop duplicates
+                # by event_id).
+                self._host_index = (self._host_index + 1) % len(self._hosts)
+                log.info("MQTT: trying %s next", self.broker)
             if self._connected_at and time.monotonic() - self._connected_at >= STABLE_S:
                 # Only a connection that held resets the backoff: a broker that
                 # accepts and then drops us at once (e.g. on an ACL denial) must
@@ -293,7 +311,8 @@ class Connection:
         if reason_code.is_failure:
             log.error("MQTT broker refused the connection: %s", reason_code)
             return
-        log.info("MQTT connected to %s:%d as %s", self.config.host, self.config.port, self.client_id)
+        log.info("MQTT connected to %s as %s", self.broker, self.client_id)
+        self.counters.broker = self.broker
         self._connected_at = time.monotonic()
         # Subscribe first: the broker handles one client's packets in order, so
         # whoever sees "online" can already send commands.
@@ -342,4 +361,9 @@ class Connection:
         # With TLS 1.3 a broker refuses a certificate (expired, unknown CA) after
         # the handshake, on the first read; paho reports that only in its log.
         self.counters.connection_errors += 1
-        log.warning("MQTT connection to %s:%d failed: %s", self.config.host, self.config.port, message)
+        log.warning("MQTT connection to %s failed: %s", self.broker, message)
+
+
+def _host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

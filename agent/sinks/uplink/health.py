@@ -28,7 +28,8 @@ class Counters:
     """Counts since start. Each field is written by one thread and read by any.
 
     - the pipeline thread: ``verdicts`` (through :meth:`count_verdict`);
-    - uplink-net: ``published``, ``connection_errors``, ``refused_publishes``;
+    - uplink-net: ``published``, ``connection_errors``, ``refused_publishes``, ``broker``
+      (``host:port`` of the broker last connected to);
     - uplink: ``failures`` (events the broker refused);
     - uplink-record: ``delivered``, ``last_puback``.
     """
@@ -41,6 +42,7 @@ class Counters:
     connection_errors: int = 0
     refused_publishes: int = 0
     last_puback: str | None = None
+    broker: str | None = None
 
     def count_verdict(self, verdict: str) -> None:
         self.verdicts[verdict] = self.verdicts.get(verdict, 0) + 1
@@ -101,6 +103,7 @@ class Health:
             "delivery_failures": counters.failures,
             "connection_errors": counters.connection_errors,
             "refused_publishes": counters.refused_publishes,
+            "broker": counters.broker,
             "db_bytes": outbox.db_bytes(),
             # Alarms are append-only: the back end keeps them by id and acts on new ones.
             "alarms": outbox.alarms(),
