@@ -13,6 +13,7 @@
     scan-agent documents show ID [--json]
     scan-agent documents export [--id ID] [--closed] [--format csv|jsonl]
     scan-agent manifest import FILE [--codes CSV] [--json]
+    scan-agent ledger code CODE [--json]
     scan-agent provision --device-id ID --site SITE --broker HOST[:PORT] --ca FILE [--dir D]
     scan-agent provision --install-cert FILE [--dir D]
     scan-agent doctor [--config F] [--json] [--interactive]
@@ -145,6 +146,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0
     print(f"ledger BROKEN at {result.problem}", file=sys.stderr)
     return 1
+
+
+def cmd_code(args: argparse.Namespace) -> int:
+    """One code's state here: held, dispensed, destroyed, and the scans behind each."""
+    import json
+
+    from agent.ledger import reports
+
+    status = reports.code_status(_open_existing(args), args.code)
+    if args.json:
+        print(json.dumps(status, ensure_ascii=False))
+        return 0
+    if not status["seen"]:
+        print(f"{args.code}: never recorded at this station")
+        return 0
+    held = "held (received, not returned to the supplier)" if status["held"] else "not held"
+    print(
+        f"{args.code}: {held}; dispensed {status['dispensed']} time(s) not returned"
+        + ", DESTROYED" * status["destroyed"]
+    )
+    for what, scan in status["scans"].items():
+        via = "" if scan["via"] == "self" else f" inside {scan['via']}"
+        doc = f" in document {scan['document']}" if scan["document"] else ""
+        print(f"  {what}{via}{doc}: {scan['ts']} on {scan['device_id']} (event {scan['event_id']}, seq {scan['seq']})")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -491,7 +517,10 @@ def _parser() -> argparse.ArgumentParser:
     export = ledger_commands.add_parser("export", help="export scans for inspectors")
     export.add_argument("--since", help="only scans at or after this ISO-8601 UTC time, e.g. 2026-01-01T00:00:00Z")
     export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
-    for sub, handler in ((verify, cmd_verify), (export, cmd_export)):
+    code = ledger_commands.add_parser("code", help="one code's state here, and the scans behind it")
+    code.add_argument("code", metavar="CODE")
+    code.add_argument("--json", action="store_true")
+    for sub, handler in ((verify, cmd_verify), (export, cmd_export), (code, cmd_code)):
         sub.add_argument("--db", help="ledger file (default: from the config)")
         sub.add_argument("--config", help="config naming the ledger")
         sub.set_defaults(handler=handler)

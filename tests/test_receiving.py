@@ -338,3 +338,24 @@ def test_a_case_voided_in_its_delivery_takes_back_every_unit_and_can_be_received
     with pytest.raises(DocumentError, match=f"code {sold} moved"):
         dock.ledger.void(again.event_id, reason="late", read=CLI)
     assert verify(dock.ledger.conn).ok
+
+
+def test_each_unit_of_a_received_case_can_be_queried(tmp_path):
+    from agent.ledger.reports import code_status
+    from tests.support.agent import run_agent
+
+    path = tmp_path / "ledger.db"
+    manifest = make_manifest(BILL, cases=1, units_per_case=6)
+    ledger = Ledger.open(path, device_id="dock-1", site_id="wh-1")
+    ledger.import_manifest(read_manifest(manifest), read=CLI)
+    case = manifest["codes"][0]["code"]
+    read = Read(case.encode(), "stdin", "stdin")
+    pack = ledger.decide_and_record(read, "receive", codes.parse(read.raw))
+    unit = pack.record["pack"]["units"][2]
+    status = code_status(ledger.conn, unit)
+    assert status["held"] and status["dispensed"] == 0
+    assert status["scans"]["received"]["via"] == case and status["scans"]["received"]["event_id"] == pack.event_id
+    assert code_status(ledger.conn, "81234569999999999999")["seen"] is False
+    ledger.close()
+    shown = run_agent("ledger", "code", unit, "--db", str(path))
+    assert shown.returncode == 0 and f"received inside {case}".encode() in shown.stdout, shown.stderr

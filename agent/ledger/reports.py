@@ -227,3 +227,36 @@ def _void(kind: str, void: dict) -> dict:
         "reason": void.get("reason"),
         "approver": void.get("approver"),
     }
+
+
+def code_status(conn: sqlite3.Connection, code: str) -> dict:
+    """Where one code stands at this station: held or not, dispenses not returned, destroyed,
+    and the scans that put it there (a unit received inside a case names the case's scan).
+
+    Read through ``code_state`` and the ids it keeps: no walk of the ledger.
+    """
+    state = conn.execute(
+        "SELECT out_count, out_id, in_held, in_id, destroyed_id FROM code_state WHERE code = ?", (code,)
+    ).fetchone()
+    if state is None:
+        return {"code": code, "seen": False, "held": False, "dispensed": 0, "destroyed": False, "scans": {}}
+    scans = {}
+    for name, scan_id in (
+        ("received", state["in_id"]),
+        ("dispensed", state["out_id"]),
+        ("destroyed", state["destroyed_id"]),
+    ):
+        if scan_id is None:
+            continue
+        row = conn.execute(
+            "SELECT event_id, seq, ts, movement, code, document, device_id FROM scans WHERE id = ?", (scan_id,)
+        ).fetchone()
+        scans[name] = {**dict(row), "via": "self" if row["code"] == code else row["code"]}
+    return {
+        "code": code,
+        "seen": True,
+        "held": bool(state["in_held"]),
+        "dispensed": state["out_count"],
+        "destroyed": state["destroyed_id"] is not None,
+        "scans": scans,
+    }
