@@ -283,6 +283,18 @@ class ReceivingConfig:
 
 
 @dataclass(frozen=True)
+class SiteConfig:
+    """``[site]``: the other stations of this site (``station.site_id``).
+
+    ``peers``: subscribe to their events and count them in duplicate decisions
+    (:mod:`agent.ledger.peers`). It takes effect only with ``[mqtt] enabled``; a
+    config that leaves it out gets it on whenever MQTT is.
+    """
+
+    peers: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     station: StationConfig = field(default_factory=StationConfig)
     codes: CodesConfig = field(default_factory=CodesConfig)
@@ -294,7 +306,13 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     wedge: WedgeConfig = field(default_factory=WedgeConfig)
     receiving: ReceivingConfig = field(default_factory=ReceivingConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
     source: str = "built-in default"
+
+    @property
+    def peers(self) -> bool:
+        """Whether the uplink takes the site's other stations' events (``[site] peers`` with MQTT on)."""
+        return self.mqtt.enabled and self.site.peers
 
 
 def user_ledger_path() -> Path:
@@ -345,6 +363,7 @@ def parse_toml(text: str, source: str = "<string>") -> Config:
         api=_api(top.table("api")),
         wedge=_wedge(top.table("wedge")),
         receiving=_receiving(top.table("receiving")),
+        site=_site(top.table("site")),
         source=source,
     )
     top.finish()
@@ -753,6 +772,12 @@ def _wedge(t: Table) -> WedgeConfig:
     )
     t.finish()
     return wedge
+
+
+def _site(t: Table) -> SiteConfig:
+    site = SiteConfig(peers=t.get("peers", SiteConfig().peers, bool))
+    t.finish()
+    return site
 
 
 def _receiving(t: Table) -> ReceivingConfig:

@@ -58,6 +58,9 @@ LEDGER_REASONS = (
     "received_in_case",
     "parent_child_same_document",
     "not_on_manifest",
+    # Another station of the site accepted the same code while this one did too (the
+    # peers' events arrived later): an alarm, and the reason of the lock it may set.
+    "conflict",
 )
 #: How a document ends.
 DOCUMENT_STATUSES = ("complete", "complete_with_exceptions", "incomplete")

@@ -35,7 +35,15 @@ from agent.sinks.feedback import Feedback
 from agent.sinks.host_ack import host_ack_for
 from agent.sinks.printer import DecisionPrinter
 from agent.station import Station, StationCodes
-from agent.wiring import make_ack_button, make_api, make_feedback, make_source, make_uplink, make_wedge
+from agent.wiring import (
+    make_ack_button,
+    make_api,
+    make_conflict_handler,
+    make_feedback,
+    make_source,
+    make_uplink,
+    make_wedge,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +164,13 @@ class Runner:
         uplink = None
         if cfg.mqtt.enabled:
             uplink = make_uplink(
-                cfg, pipeline, sources, station=self.station, reload=self.reload_config, on_state=feedback.set_state
+                cfg,
+                pipeline,
+                sources,
+                station=self.station,
+                reload=self.reload_config,
+                on_state=feedback.set_state,
+                on_conflict=make_conflict_handler(cfg, pipeline, feedback),
             )
         api = None
         if cfg.api.enabled:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from agent import config
 from agent.config import ConfigError, FeedbackConfig, ScannerConfig, Table
 from agent.ops.checks import Check, device_present
+from agent.read import Read
 from agent.sinks.feedback import ConsoleFeedback, Feedback, NoFeedback
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,10 @@ def make_uplink(
     station: Station | None = None,
     reload: Callable[[], dict],
     on_state: Callable[..., None] | None,
+    on_conflict: Callable | None = None,
 ) -> Uplink:
-    """The MQTT uplink for ``cfg``, added to the pipeline's sinks, with its command hooks."""
+    """The MQTT uplink for ``cfg``, added to the pipeline's sinks, with its command hooks
+    (and, with ``[site] peers``, the site's other stations' events and ``on_conflict``)."""
     from agent.sinks.uplink import Uplink  # paho only when MQTT is on
 
     names = [s.name for s in cfg.scanners]
@@ -209,9 +212,29 @@ def make_uplink(
         scanners=lambda: {n: s.present() for n, s in zip(names, sources, strict=True)},
         on_state=on_state,
         backlog_alert_s=cfg.feedback.backlog_alert_s,
+        peers=cfg.peers,
+        split_packs=cfg.codes.split_packs,
+        on_conflict=on_conflict,
     )
     pipeline.sinks.append(uplink)
     return uplink
+
+
+def make_conflict_handler(cfg: config.Config, pipeline: Pipeline, feedback: Feedback) -> Callable:
+    """What a conflict with another station does here (called on ``uplink-peers``): the
+    feedback's ``conflict`` pattern, and, if ``[documents] lock_on`` has ``conflict``, the
+    station's lock, recorded on the pipeline thread (not waited for)."""
+    lock = "conflict" in cfg.documents.lock_on
+
+    def on_conflict(conflict) -> None:
+        feedback.alarm("conflict")
+        if lock:
+            ledger = pipeline.ledger
+            cause = {**conflict.record(), "alarm_id": conflict.alarm_id}
+            read = Read(b"", source_kind="peers", source_id=conflict.peer["device_id"])
+            pipeline.call(lambda: ledger.lock_for_conflict(cause, read=read))
+
+    return on_conflict
 
 
 def make_wedge(cfg: config.Config) -> Wedge | None:

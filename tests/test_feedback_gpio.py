@@ -293,5 +293,5 @@ def test_self_test_plays_every_pattern_on_every_pin(make, factory):
     beeps = [on for on, _ in runs(pin(factory, "buzzer")) if on]
     # accepted, duplicate, rejected, product_barcode, fault, then flagged, wrong_drug, over_count,
     # document_opened, document_complete, document_incomplete, delivery_discrepancy, locked, void,
-    # exception, acknowledged
-    assert len(beeps) == 1 + 1 + 3 + 2 + 3 + 2 + 2 + 5 + 2 + 3 + 3 + 6 + 6 + 1 + 2 + 2
+    # exception, acknowledged, conflict
+    assert len(beeps) == 1 + 1 + 3 + 2 + 3 + 2 + 2 + 5 + 2 + 3 + 3 + 6 + 6 + 1 + 2 + 2 + 4

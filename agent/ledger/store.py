@@ -602,6 +602,32 @@ class Ledger:
             decision = self._decision(row, read, None, by)
         return [decision]
 
+    def lock_for_conflict(self, cause: dict, *, read: Read) -> list[Decision]:
+        """Lock the station after a ``conflict`` with another station (``[documents] lock_on``
+        has ``conflict``): a ``locked`` row whose record names the alarm and both scans.
+        Pipeline thread (through :meth:`agent.pipeline.Pipeline.call`); a station locked
+        already records nothing (returns ``[]``)."""
+        self._fresh()
+        if self.lock is not None:
+            return []
+        record = {"cause": {"reason": "conflict", "verdict": "conflict", **cause}}
+        with self._transaction():
+            row = self._append(
+                self._entry_fields(
+                    read,
+                    "",
+                    movement=cause["local"]["movement"],
+                    verdict="locked",
+                    reason="conflict",
+                    detail=f"station locked after a conflict over {cause['code']}; a supervisor must acknowledge",
+                    document=None if self.document is None else self.document.id,
+                    record=record,
+                )
+            )
+            self.lock = {"event_id": row["event_id"], "movement": row["movement"], **record}
+            decision = self._decision(row, read, None, cause["code"])
+        return [decision]
+
     def lock_detail(self) -> str:
         """Why the station is locked, for a ``station_locked`` rejection."""
         cause = self.lock["cause"] if self.lock else {}

@@ -186,6 +186,12 @@ class Feedback:
         with self.lock:
             return sorted(self._causes.get(name, ()))
 
+    def alarm(self, name: str) -> None:
+        """Play pattern ``name`` for something no decision of this station says (a
+        ``conflict`` with another station, told by the uplink); safe from any thread."""
+        with self.lock:
+            self.play(name)
+
     def play(self, name: str, decision: Decision | None = None) -> None:
         """Show pattern ``name`` (from :data:`agent.sinks.patterns.PATTERN_NAMES`)."""
 
@@ -220,6 +226,7 @@ _STYLE = {
     "void": ("35", "[VOID]", 1),
     "exception": ("35", "[EXCP]", 1),
     "acknowledged": ("32", "[ACK ]", 1),
+    "conflict": ("33;1", "[CONF]", 3),
 }
 
 
@@ -238,7 +245,7 @@ class ConsoleFeedback(Feedback):
         if name not in _STYLE:
             return  # a double read: quietly nothing
         if decision is None:
-            self.show(name, "")
+            self.show(name, "another station accepted a code this one accepted" if name == "conflict" else "")
         elif decision.verdict in ENTRIES or name == "flagged":
             # Their words say what they are (an entry row's verdict; "accepted" first for a
             # flagged scan, which is recorded); the pattern's name would only repeat it.

@@ -45,6 +45,8 @@ PATTERN_NAMES = (
     "void",
     "exception",
     "acknowledged",
+    # Another station of the site accepted a code this one accepted (told after the fact).
+    "conflict",
 )
 
 #: Device states, most important first: each LED shows the first state that is on and has a
@@ -142,6 +144,9 @@ DEFAULT_PATTERNS: Mapping[str, Pattern] = {
     "void": Pattern(amber=Step(0.3, 0.2), buzzer=(Step(0.3, 0.0, 1, 1000.0),)),
     "exception": Pattern(amber=Step(0.1, 0.1, 3), buzzer=(Step(0.3, 0.08, 1, 1500.0), Step(0.08, 0.0, 1, 2000.0))),
     "acknowledged": Pattern(green=Step(0.6, 0.2), buzzer=(Step(0.08, 0.1, 1, 1400.0), Step(0.6, 0.0, 1, 2700.0))),
+    # A conflict with another station, after the fact: amber alone, long, with a low
+    # double warble (no scan is in hand; a supervisor must look at both sales).
+    "conflict": Pattern(amber=Step(1.5, 0.3, 2), buzzer=(Step(0.15, 0.05, 1, 900.0), Step(0.15, 0.3, 1, 1300.0)) * 2),
 }
 
 #: LED name -> a step repeating until the state ends.

@@ -15,7 +15,9 @@ Three threads, none of them the pipeline's, each with its own module:
   events ready (:mod:`.window`), answers commands (:mod:`.commands`), sends
   health (:mod:`.health`) and, with ``[mqtt] receipts = true``, records the back
   end's receipts and sends unconfirmed events again (:mod:`.receipts`);
-- ``uplink-record`` (:mod:`.recorder`) records deliveries on a connection of its own.
+- ``uplink-record`` (:mod:`.recorder`) records deliveries on a connection of its own;
+- ``uplink-peers`` (:mod:`.peers`), with ``[site] peers = true``, stores the site's
+  other stations' events on a connection of its own and raises conflicts.
 
 As a pipeline sink, :meth:`Uplink.decided` only notes the new event and wakes
 the ``uplink`` thread, so a dead broker never slows a scan. Topics are in
@@ -43,6 +45,7 @@ from agent.ledger.outbox import Outbox
 from .commands import CommandError, Commands
 from .connection import Connection
 from .health import Counters, Health
+from .peers import PeerIntake
 from .receipts import Receipts
 from .recorder import Recorder
 from .topics import Topics
@@ -93,6 +96,9 @@ class Uplink:
         scanners: Callable[[], dict[str, bool]] | None = None,
         on_state: Callable[[str, bool], None] | None = None,
         backlog_alert_s: float | None = None,
+        peers: bool = False,
+        split_packs: dict[str, int] | None = None,
+        on_conflict: Callable | None = None,
     ) -> None:
         self.config = config
         self.db_path = Path(db_path)
@@ -135,6 +141,18 @@ class Uplink:
             on_command=self.commands.received,
             on_receipt=None if self.receipts is None else self.receipts.received,
         )
+        #: The site's other stations' events (``[site] peers``), or None.
+        self.peers = None
+        if peers:
+            self.peers = PeerIntake(
+                self.db_path,
+                topics=self.topics,
+                site_id=site_id,
+                publish=self._send,
+                split_packs=split_packs,
+                on_conflict=on_conflict,
+            )
+            self.connection.on_peer_event = self.peers.received
         self.reporter = Health(
             self.counters,
             device_id=device_id,
@@ -177,7 +195,10 @@ class Uplink:
 
     def health(self) -> dict:
         """The heartbeat published on ``{p}/health`` (and in reply to ``cmd/health``)."""
-        return self.reporter.report(self._outbox)
+        report = self.reporter.report(self._outbox)
+        if self.peers is not None:
+            report["peers"] = self.peers.stats()
+        return report
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -187,6 +208,8 @@ class Uplink:
         if self.receipts is not None:
             self.receipts.load(self._outbox)
         recorder = Outbox.open(self.db_path)
+        if self.peers is not None:
+            self.peers.start()
         for name, target, args in (
             ("uplink-net", self.connection.run, ()),
             ("uplink", self._work, ()),
@@ -213,6 +236,8 @@ class Uplink:
         self.connection.stop()
         if self._threads:
             self._threads["uplink-net"].join(5)
+        if self.peers is not None:
+            self.peers.stop()
         if self._outbox is not None:
             if self.receipts is not None:
                 with contextlib.suppress(sqlite3.Error):  # the next start reads the retained receipt again
