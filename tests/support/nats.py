@@ -75,13 +75,22 @@ class NatsCluster:
 
     def _conf(self, node: NatsNode) -> str:
         routes = ", ".join(f'"nats-route://127.0.0.1:{n.cluster_port}"' for n in self.nodes if n is not node)
+        # One node alone (the interop test) is no cluster: JetStream refuses a cluster without routes.
+        cluster = (
+            f'cluster {{ name: "{self.name}", listen: 127.0.0.1:{node.cluster_port}, routes: [{routes}] }}\n'
+            if len(self.nodes) > 1
+            else ""
+        )
+        n = len(self.nodes)
         return (
             f'server_name: "{node.name}"\n'
             f"listen: 127.0.0.1:{node.client_port}\n"
             f"http: 127.0.0.1:{node.http_port}\n"
             f"jetstream {{ store_dir: {json.dumps(str(node.dir / 'js'))}, max_mem: 64MB, max_file: 1GB }}\n"
-            f'cluster {{ name: "{self.name}", listen: 127.0.0.1:{node.cluster_port}, routes: [{routes}] }}\n'
-            f"mqtt {{ listen: 127.0.0.1:{node.mqtt_port} }}\n"
+            f"{cluster}"
+            # R3 for MQTT's sessions, messages and consumers: the default is the number of
+            # nodes the first MQTT client's node saw, and with R2 one dead node stalls them.
+            f"mqtt {{ listen: 127.0.0.1:{node.mqtt_port}, stream_replicas: {n}, consumer_replicas: {n} }}\n"
         )
 
     @property
