@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -69,7 +70,10 @@ class CollectorProc:
         return self.log.read_text(errors="replace")
 
 
-def agent_config(path: Path, ledger: Path, port: int, *, device: str = "kiosk-1", site: str = "site-1") -> Path:
+def agent_config(
+    path: Path, ledger: Path, port: int, *, device: str = "kiosk-1", site: str = "site-1", mqtt: str = ""
+) -> Path:
+    """The agent's config: dispensing, stdin, this broker; ``mqtt`` adds lines to ``[mqtt]``."""
     path.write_text(
         f"""
 [station]
@@ -88,22 +92,33 @@ enabled = true
 host = "127.0.0.1"
 port = {port}
 backoff_max_s = 1
+{mqtt}
 """
     )
     return path
 
 
 class Kiosk:
-    """A real agent whose scanner is its stdin: :meth:`scan` writes codes, one a line."""
+    """A real agent whose scanner is its stdin: :meth:`scan` writes codes, one a line.
 
-    def __init__(self, workdir: Path, port: int, *, device: str = "kiosk-1", site: str = "site-1") -> None:
+    Threads: :meth:`scan` from one thread at a time; a reader thread of its own collects
+    the printed decisions, another its stderr; the ledger queries from any thread (each opens its own connection).
+    """
+
+    def __init__(
+        self, workdir: Path, port: int, *, device: str = "kiosk-1", site: str = "site-1", mqtt: str = ""
+    ) -> None:
         self.ledger = Path(workdir) / f"{device}.db"
-        self.config = agent_config(Path(workdir) / f"{device}.toml", self.ledger, port, device=device, site=site)
+        self.config = agent_config(
+            Path(workdir) / f"{device}.toml", self.ledger, port, device=device, site=site, mqtt=mqtt
+        )
         self.proc = start_agent("run", "--config", str(self.config), "--json")
         self.device = device
         self.decisions: list[bytes] = []
+        self.log: list[bytes] = []  # its stderr, drained so that a long run never blocks on a full pipe
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -140,6 +155,15 @@ class Kiosk:
         """Events the broker acknowledged (PUBACK), as the agent recorded them."""
         rows = self._query("SELECT count(*) FROM deliveries")
         return rows[0][0] if rows else 0
+
+    def confirmed(self) -> int:
+        """The highest ``stored_through_seq`` of the receipts the agent recorded (0: none)."""
+        rows = self._query("SELECT COALESCE(MAX(stored_through_seq), 0) FROM receipts")
+        return rows[0][0] if rows else 0
+
+    def accepted(self) -> int:
+        """Decisions printed with the verdict ``accepted``."""
+        return sum(json.loads(line).get("verdict") == "accepted" for line in list(self.decisions))
 
     def last_seq(self) -> int:
         rows = self._query("SELECT COALESCE(MAX(seq), 0) FROM scans")

@@ -5,6 +5,9 @@ broker.start()
 broker.kill()      # SIGKILL, as a crash
 broker.start()     # same port, same persistence
 broker.stop()
+
+Mosquitto(tmp_path, persistence=False) keeps nothing on disk: a broker SIGKILLed
+and started again comes back empty (no sessions, no retained or queued messages).
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, *, port: int | None = None, extra_conf: str = "", listener: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        extra_conf: str = "",
+        listener: bool = True,
+        persistence: bool = True,
+    ) -> None:
         self.dir = Path(workdir) / "mosquitto"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -30,14 +41,17 @@ class Mosquitto:
         # As root, mosquitto would drop to its own user and then could not write
         # its log and persistence here (nor read test keys); keep it as we are.
         user = "user root\n" if os.geteuid() == 0 else ""
+        saved = (
+            f"persistence true\npersistence_location {self.dir}/\nautosave_interval 1\n"
+            if persistence
+            else "persistence false\n"
+        )
         plain = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n" if listener else ""
         self.conf.write_text(
             "per_listener_settings false\n"
             f"{user}"
             f"{plain}"
-            "persistence true\n"
-            f"persistence_location {self.dir}/\n"
-            "autosave_interval 1\n"
+            f"{saved}"
             f"log_dest file {self.log}\n"
             "log_type all\n"
             "max_queued_messages 0\n"

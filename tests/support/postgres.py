@@ -10,17 +10,20 @@ pg.stop()
 Debian's ``postgresql`` package puts ``initdb`` and ``pg_ctl`` under
 /usr/lib/postgresql/<version>/bin. initdb refuses to run as root, so as root the
 cluster belongs to the ``postgres`` user (which the package creates) and every
-command runs through ``runuser``; the directory is made over to that user first.
+command runs through ``runuser``; the directory is made over to that user first, and it
+is not under pytest's ``tmp_path`` (``workdir/pg`` links to it; it is removed at exit).
 """
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,12 +45,21 @@ class Postgres:
     """One cluster in ``workdir/pg``: ``start``, ``restart``, ``kill``, ``stop``; ``dsn`` to connect."""
 
     def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        self.user = "postgres" if os.geteuid() == 0 else None
         self.dir = Path(workdir) / "pg"
+        if self.user:
+            # pytest sets /tmp/pytest-of-root back to 0700 whenever a session starts, and other
+            # sessions may start while this cluster runs: postgres could not reach its files
+            # there. As root the cluster lives in a directory of its own, linked from workdir.
+            own = Path(tempfile.mkdtemp(prefix="scan-agent-pg-"))
+            os.chmod(own, 0o711)
+            atexit.register(shutil.rmtree, own, True)
+            self.dir.symlink_to(own, target_is_directory=True)
+            self.dir = own
         self.data = self.dir / "data"
         self.sockets = self.dir / "sockets"
         self.log = self.dir / "postgres.log"
         self.port = port or free_port()
-        self.user = "postgres" if os.geteuid() == 0 else None
         self._initdb()
 
     @property
