@@ -62,7 +62,8 @@ def uplink_for(path, cluster: NatsCluster, first: int) -> Uplink:
 
 def test_nats_node_killed_mid_drain_the_agent_moves_on_and_loses_nothing(tmp_path, cluster, figures):
     path = tmp_path / "ledger.db"
-    figures.note = "3-node NATS 2.9 cluster (JetStream, MQTT 3.1.1); agent's node SIGKILLed mid-drain"
+    figures.fault = "broker node SIGKILLed mid-drain (3-node NATS cluster, [mqtt] hosts)"
+    figures.note = f"{PER_CYCLE} events a cycle, MQTT 3.1.1; subscriber on a third node; recovery = kill to next PUBACK"
     for cycle in range(nats_cycles()):
         killed = cycle % 3
         kill_mid_drain(path, cluster, cycle, killed, figures)
