@@ -127,7 +127,7 @@ class Client:
         self.client.loop_stop()
 
 
-def settle(seconds: float = 1.0) -> None:
+def settle(seconds: float = 0.5) -> None:
     time.sleep(seconds)  # let late deliveries arrive before counting (counts, not timing, are asserted)
 
 
@@ -156,7 +156,7 @@ def probe(broker: Broker) -> dict:
         # An empty retained message clears the retained one.
         pub.publish(f"{topic}/retained", b"x", retain=True)
         pub.publish(f"{topic}/retained", b"", retain=True)
-        settle(0.5)
+        settle(0.3)
         late = Client(broker, (f"{topic}/retained", 1))
         settle()
         found["retained_cleared"] = not [m for m in late.messages if m.payload]
