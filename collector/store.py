@@ -1,8 +1,9 @@
 """PostgreSQL: one transaction per batch of checked messages.
 
-In that transaction the batch's events go into ``events`` (COPY into a temporary
-staging table, then ``INSERT ... ON CONFLICT DO NOTHING``: idempotent by event id,
-so a copy received twice is stored once), its rejections into ``quarantine``, and
+In that transaction the batch's events go into ``events`` (a COPY straight into it when
+they are all new; else COPY into a temporary staging table, then ``INSERT ... ON CONFLICT
+DO NOTHING``: idempotent by event id, so a copy received twice is stored once), its
+rejections into ``quarantine``, and
 each device's row moves forward: ``max_seq``, counts, and ``stored_through_seq``,
 the highest seq with every seq below it stored. The links that newly became
 contiguous are checked (:mod:`collector.chain`), and a code now dispensed on two
@@ -20,6 +21,7 @@ committed rows and moves the device forward.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 _COLS = ", ".join(COLUMNS)
 _STAGING = f"CREATE TEMPORARY TABLE IF NOT EXISTS staging AS SELECT {_COLS} FROM events WITH NO DATA"
+#: The batch's newly stored accepted dispenses, for the conflict join.
+_DISPENSED = "CREATE TEMPORARY TABLE IF NOT EXISTS dispensed (code text, event_id uuid, device_id text)"
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Store:
         self.conn = psycopg.connect(self.dsn, autocommit=True)
         # synchronous_commit stays on: a receipt follows the commit, so the commit must be durable.
         self.conn.execute(_STAGING)
+        self.conn.execute(_DISPENSED)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -123,24 +128,18 @@ class Store:
             _report(cur, report)
         if not events:
             return stored
-        with cur.copy(f"COPY staging ({_COLS}) FROM STDIN") as copy:
-            for event in events:
-                copy.write_row(event.row())
-        cur.execute(
-            f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging ON CONFLICT DO NOTHING"
-            " RETURNING device_id, seq, event_id"
-        )
-        new_ids = []
+        new = _insert(self.conn, cur, events)
         new_per_device: dict[str, int] = {}
-        new_seqs: dict[str, list[tuple[int, str]]] = {}
-        for device, seq, event_id in cur.fetchall():
-            new_ids.append(event_id)
-            new_per_device[device] = new_per_device.get(device, 0) + 1
-            new_seqs.setdefault(device, []).append((seq, event_id))
-        stored.inserted = len(new_ids)
-        stored.duplicates = len(events) - len(new_ids)
+        new_seqs: dict[str, list[int]] = {}
+        for event in new:
+            new_per_device[event.device] = new_per_device.get(event.device, 0) + 1
+            new_seqs.setdefault(event.device, []).append(event.seq)
+        stored.inserted = len(new)
+        stored.duplicates = len(events) - len(new)
         seen: dict[str, list] = {}  # device: [site, max seq, received]
+        batch_seqs: dict[str, set[int]] = {}
         for event in events:
+            batch_seqs.setdefault(event.device, set()).add(event.seq)
             entry = seen.setdefault(event.device, [event.site, 0, 0])
             entry[0], entry[1], entry[2] = event.site, max(entry[1], event.seq), entry[2] + 1
         devices = sorted(seen)
@@ -163,10 +162,10 @@ class Store:
             state = Device(seen[device][0], through)
             state.resent = device not in new_per_device
             # A new event at or below the stored run is a seq some other event already holds.
-            reused = [(seq, event_id) for seq, event_id in new_seqs.get(device, ()) if seq <= through]
+            reused = [seq for seq in new_seqs.get(device, ()) if seq <= through]
             if reused:
                 stored.breaks += _reused_seqs(cur, device, reused)
-            new_through = _advance(cur, device, through)
+            new_through = _advance(cur, device, through, batch_seqs[device])
             if new_through > through:
                 stored.breaks += _check_chain(cur, device, through, new_through)
                 cur.execute(
@@ -177,9 +176,8 @@ class Store:
             elif state.resent:
                 cur.execute("UPDATE devices SET progress_at = clock_timestamp() WHERE device_id = %s", (device,))
             stored.devices[device] = state
-        if new_ids:
-            stored.conflicts += _conflicts(cur)
-        cur.execute("TRUNCATE staging")
+        if new:
+            stored.conflicts += _conflicts(cur, new)
         return stored
 
 
@@ -209,17 +207,24 @@ def _report(cur: psycopg.Cursor, report: Report) -> None:
     )
 
 
-def _advance(cur: psycopg.Cursor, device: str, through: int) -> int:
-    """The device's new stored_through_seq: the end of the run of stored seqs after ``through``."""
-    cur.execute("SELECT 1 FROM events WHERE device_id = %s AND seq = %s LIMIT 1", (device, through + 1))
+def _advance(cur: psycopg.Cursor, device: str, through: int, batch: set[int]) -> int:
+    """The device's new stored_through_seq: the end of the run of stored seqs after ``through``.
+
+    ``batch``: the seqs this batch stored for the device (all stored now). Usually they
+    continue the run: then one probe of the seq after them says whether it ends there.
+    """
+    end = through
+    while end + 1 in batch:
+        end += 1
+    cur.execute("SELECT 1 FROM events WHERE device_id = %s AND seq = %s LIMIT 1", (device, end + 1))
     if cur.fetchone() is None:
-        return through
-    # The first stored seq after ``through`` whose successor is not stored ends the run.
+        return end
+    # The first stored seq after ``end`` whose successor is not stored ends the run.
     cur.execute(
         "SELECT e.seq FROM events e WHERE e.device_id = %s AND e.seq > %s AND NOT EXISTS"
         " (SELECT 1 FROM events f WHERE f.device_id = e.device_id AND f.seq = e.seq + 1)"
         " ORDER BY e.seq LIMIT 1",
-        (device, through),
+        (device, end),
     )
     return cur.fetchone()[0]
 
@@ -237,7 +242,7 @@ def _check_chain(cur: psycopg.Cursor, device: str, through: int, new_through: in
             links.append(chain.Link(*row))
             last = row[0]
         else:
-            reused.append((row[0], row[4]))
+            reused.append(row[0])
     before = None
     if through >= 1 and links and links[0].seq == through:
         before, links = links[0], links[1:]
@@ -251,7 +256,7 @@ def _check_chain(cur: psycopg.Cursor, device: str, through: int, new_through: in
     return len(found) + (_reused_seqs(cur, device, reused) if reused else 0)
 
 
-def _reused_seqs(cur: psycopg.Cursor, device: str, reused: list[tuple[int, str]]) -> int:
+def _reused_seqs(cur: psycopg.Cursor, device: str, reused: list[int]) -> int:
     """Events whose seq another event of the device already holds (a ledger started over?)."""
     cur.execute(
         "INSERT INTO chain_breaks (device_id, seq, event_id, ledger_id, prev_hash, expected, problem)"
@@ -259,23 +264,59 @@ def _reused_seqs(cur: psycopg.Cursor, device: str, reused: list[tuple[int, str]]
         " 'seq ' || n.seq || ' already holds event ' || e.event_id"
         " FROM events n JOIN events e ON e.device_id = n.device_id AND e.seq = n.seq AND e.event_id < n.event_id"
         " WHERE n.device_id = %s AND n.seq = ANY(%s) ON CONFLICT DO NOTHING",
-        (device, [seq for seq, _ in reused]),
+        (device, reused),
     )
     return cur.rowcount
 
 
-def _conflicts(cur: psycopg.Cursor) -> int:
-    """The batch's accepted dispenses of a code another device has dispensed too (each pair once;
-    a copy received again finds the pair already kept)."""
+def _insert(conn: psycopg.Connection, cur: psycopg.Cursor, events: list[Event]) -> list[Event]:
+    """Write the batch's events not stored yet; return those (each once).
+
+    Most batches hold only new events: those are copied straight into ``events`` (each row
+    written once). A batch holding a copy of a stored event (or the same event twice) fails
+    that COPY on the primary key; its savepoint is rolled back and the batch goes through
+    ``staging`` and ``INSERT ... ON CONFLICT DO NOTHING`` instead.
+    """
+    try:
+        with conn.transaction(), cur.copy(f"COPY events ({_COLS}) FROM STDIN") as copy:
+            for event in events:
+                copy.write_row(event.row())
+        return events
+    except psycopg.errors.UniqueViolation:
+        pass
+    with cur.copy(f"COPY staging ({_COLS}) FROM STDIN") as copy:
+        for event in events:
+            copy.write_row(event.row())
+    cur.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging ON CONFLICT DO NOTHING RETURNING event_id")
+    by_id = {uuid.UUID(e.event["event_id"]): e for e in events}
+    new = [by_id[event_id] for (event_id,) in cur.fetchall()]
+    cur.execute("TRUNCATE staging")
+    return new
+
+
+def _conflicts(cur: psycopg.Cursor, new: list[Event]) -> int:
+    """The batch's accepted dispenses (``new``: the events it stored) of a code another device
+    has dispensed too (each pair once; a copy received again finds the pair already kept)."""
+    dispensed = [
+        e.event
+        for e in new
+        if e.event.get("movement") == "dispense" and e.event["verdict"] == "accepted" and e.event.get("code")
+    ]
+    if not dispensed:
+        return 0
+    with cur.copy("COPY dispensed (code, event_id, device_id) FROM STDIN") as copy:
+        for e in dispensed:
+            copy.write_row((e["code"], e["event_id"], e["device_id"]))
     cur.execute(
         "INSERT INTO conflicts (code, event_id, device_id, other_event_id, other_device_id)"
         " SELECT n.code, LEAST(n.event_id, e.event_id),"
         " CASE WHEN n.event_id < e.event_id THEN n.device_id ELSE e.device_id END,"
         " GREATEST(n.event_id, e.event_id),"
         " CASE WHEN n.event_id < e.event_id THEN e.device_id ELSE n.device_id END"
-        " FROM staging n JOIN events e ON e.code = n.code AND e.device_id <> n.device_id"
+        " FROM dispensed n JOIN events e ON e.code = n.code AND e.device_id <> n.device_id"
         " AND e.movement = 'dispense' AND e.verdict = 'accepted'"
-        " WHERE n.movement = 'dispense' AND n.verdict = 'accepted' AND n.code IS NOT NULL"
         " ON CONFLICT DO NOTHING"
     )
-    return cur.rowcount
+    found = cur.rowcount
+    cur.execute("TRUNCATE dispensed")
+    return found
