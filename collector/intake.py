@@ -63,13 +63,16 @@ class Message:
     mid: int
     qos: int
     connection: int  # which connection it came on: a mid means nothing on another one
+    verdict: object = None  # what ``check(topic, payload)`` said of it, on paho's thread
 
 
 class Intake:
     """The paho client and the queue between its thread and the writer.
 
-    Threads: paho's network thread runs the callbacks and puts messages on the
-    queue. :meth:`take` and :meth:`ack` are for the writer thread; :meth:`publish`
+    Threads: paho's network thread runs the callbacks, runs ``check(topic, payload)``
+    on each message (JSON and hash: this way it runs while the writer waits on
+    PostgreSQL, not in series with it) and puts messages on the queue. :meth:`take`
+    and :meth:`ack` are for the writer thread; :meth:`publish`
     for any thread. ``on_connect()`` runs on paho's thread after each (re)connection.
     """
 
@@ -82,12 +85,14 @@ class Intake:
         share: str | None = "collectors",
         receive_maximum: int = RECEIVE_MAXIMUM,
         on_connect: Callable[[], None] = lambda: None,
+        check: Callable[[str, bytes], object] = lambda topic, payload: None,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
         self.prefix = prefix
         self.share = share if broker.v5 else None
         self.on_connect = on_connect
+        self.check = check
         self.receive_maximum = receive_maximum
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -173,7 +178,9 @@ class Intake:
         self.subscribed.set()
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self._queue.put(Message(message.topic, message.payload, message.mid, message.qos, self._connection))
+        topic, payload = message.topic, message.payload
+        verdict = self.check(topic, payload)
+        self._queue.put(Message(topic, payload, message.mid, message.qos, self._connection, verdict))
 
     def take(self, most: int, timeout: float) -> list[Message]:
         """Up to ``most`` messages: waits ``timeout`` for the first, then takes what is already there."""

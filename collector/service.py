@@ -77,10 +77,20 @@ class Collector:
             prefix=settings.prefix,
             share=settings.share,
             on_connect=self._on_connect,
+            check=self._check,
         )
         self.leading = threading.Event()
         self._full_poll = threading.Event()
         self._full_poll.set()
+
+    def _check(self, topic: str, payload: bytes) -> Event | Report | Rejected:
+        """Paho's thread: the verdict on one message, made before the writer takes it."""
+        s = self.settings
+        try:
+            return check(topic, payload, prefix=s.prefix, max_bytes=s.max_payload_bytes)
+        except Exception as error:  # a bug in the check must not lose the message on paho's thread
+            log.exception("the check failed on a message on %s", topic)
+            return Rejected(topic, "check_failed", f"{type(error).__name__}: {error}", payload)
 
     def _publish_receipt(self, topic: str, body: dict) -> None:
         self.intake.publish(topic, body, retain=True)
@@ -129,9 +139,8 @@ class Collector:
         events: list[Event] = []
         rejected: list[Rejected] = []
         reports: list[Report] = []
-        s = self.settings
         for message in batch:
-            verdict = check(message.topic, message.payload, prefix=s.prefix, max_bytes=s.max_payload_bytes)
+            verdict = message.verdict
             if isinstance(verdict, Event):
                 events.append(verdict)
             elif isinstance(verdict, Rejected):
