@@ -51,6 +51,7 @@ COLUMNS = (
     "body",
 )
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 
 
@@ -61,6 +62,7 @@ class Event:
     topic: str
     event: dict
     text: str  # the payload as received: the row's ``body``
+    line: bytes = b""  # :meth:`copy_line`, when made ahead
 
     @property
     def device(self) -> str:
@@ -76,6 +78,14 @@ class Event:
 
     def row(self) -> tuple:
         """The ``events`` row, in :data:`COLUMNS` order."""
+        return self._values()
+
+    def copy_line(self) -> bytes:
+        """The row as a line of ``COPY ... FROM STDIN`` text format (:func:`check` makes it,
+        on the checking thread, so that the writer only sends it)."""
+        return self.line or copy_line(self.row())
+
+    def _values(self) -> tuple:
         e = self.event
         document = e.get("document")
         return (
@@ -96,6 +106,24 @@ class Event:
             e["prev_hash"],
             self.text,
         )
+
+
+def copy_line(row: tuple) -> bytes:
+    r"""``row`` as a line of COPY text format: NULL as ``\N``; backslash, tab, newline, CR escaped.
+
+    >>> copy_line((None, 7, 'a\tb\\c\n'))
+    b'\\N\t7\ta\\tb\\\\c\\n\n'
+    """
+    out = []
+    for value in row:
+        if value is None:
+            out.append("\\N")
+            continue
+        text = value if type(value) is str else str(value)
+        if _COPY_SPECIAL.search(text):
+            text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        out.append(text)
+    return ("\t".join(out) + "\n").encode()
 
 
 @dataclass(frozen=True)
@@ -158,7 +186,8 @@ def check(topic: str, payload: bytes, *, prefix: str, max_bytes: int = MAX_PAYLO
     # PostgreSQL's text and jsonb cannot hold NUL; say so here rather than fail the batch.
     if "\\u0000" in text:
         return reject("unstorable", "a string holds U+0000, which PostgreSQL text cannot store")
-    return Event(topic, body, text)
+    event = Event(topic, body, text)
+    return Event(topic, body, text, copy_line(event.row()))
 
 
 def _malformed(event: dict, schema: str) -> str:

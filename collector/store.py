@@ -285,8 +285,7 @@ def _insert(conn: psycopg.Connection, cur: psycopg.Cursor, events: list[Event]) 
     except psycopg.errors.UniqueViolation:
         pass
     with cur.copy(f"COPY staging ({_COLS}) FROM STDIN") as copy:
-        for event in events:
-            copy.write_row(event.row())
+        copy.write(b"".join(event.copy_line() for event in events))
     cur.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging ON CONFLICT DO NOTHING RETURNING event_id")
     by_id = {uuid.UUID(e.event["event_id"]): e for e in events}
     new = [by_id[event_id] for (event_id,) in cur.fetchall()]

@@ -99,3 +99,19 @@ def test_the_body_is_the_event_as_received(tmp_path, pg, db):
     Store(pg.dsn).store(checked([event]))
     body = db.execute("SELECT body FROM events").fetchone()[0]
     assert body == json.loads(payload(event))
+
+
+def test_payloads_with_backslashes_tabs_and_newlines_are_stored_as_received(tmp_path, pg, db):
+    """Rows go to PostgreSQL as COPY text lines made by the check: its escaping must hold."""
+    events = ledger_events(tmp_path / "l.db", 3)
+    texts = [
+        json.dumps(events[0], indent="\t"),  # tabs and newlines between tokens
+        json.dumps(events[1]).replace('"device_id"', '"\\u0064evice_id"'),  # a backslash escape in a key
+        json.dumps(events[2], indent=2).replace("\n", "\r\n"),  # CRLF
+    ]
+    checked_events = [check(topic(e), t.encode(), prefix="trace/v1") for e, t in zip(events, texts, strict=True)]
+    assert all(isinstance(e, Event) for e in checked_events), checked_events
+    assert Store(pg.dsn).store(checked_events).inserted == 3
+    bodies = [r[0] for r in db.execute("SELECT body FROM events ORDER BY seq")]
+    assert bodies == events
+    assert [r[0] for r in db.execute("SELECT code FROM events ORDER BY seq")] == [e["code"] for e in events]
