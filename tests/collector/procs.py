@@ -115,10 +115,17 @@ class Kiosk:
         self.proc = start_agent("run", "--config", str(self.config), "--json")
         self.device = device
         self.decisions: list[bytes] = []
-        self.log: list[bytes] = []  # its stderr, drained so that a long run never blocks on a full pipe
+        # Its stderr goes to a file as it comes, so that a long run never blocks on a full pipe.
+        self.log = Path(workdir) / f"{device}.log"
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        with open(self.log, "ab") as out:
+            for line in self.proc.stderr:
+                out.write(line)
+                out.flush()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
