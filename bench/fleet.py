@@ -404,6 +404,7 @@ def run(kind: str, args: argparse.Namespace) -> dict:
             expect(p, "fed")
         window = time.time() - go
         broker_cpu = {name: cpu_s(pid) - broker_cpu0[name] for name, pid in brokers.pids().items()}
+        broker_rss = {name: rss_mb(pid) for name, pid in brokers.pids().items()}
         for name, at_kill in broker_cpu_at_kill.items():
             broker_cpu[name] = at_kill - broker_cpu0[name]
         worker_cpu = sum(cpu_s(p.pid) for p in procs) - sum(worker_cpu0)
@@ -527,6 +528,9 @@ def report(kind: str, args: argparse.Namespace, v: dict) -> dict:
         "workers_cpu_pct": v["worker_cpu"] / window * 100,
         "subscriber_cpu_pct": v["main_cpu"] / window * 100,
         "broker_cpu_pct": {name: s / window * 100 for name, s in v["broker_cpu"].items()},
+        "broker_rss_mb": v["broker_rss"],
+        "event_bytes": statistics.mean(len(p) for _, p in v["arrivals"].got) if v["arrivals"].got else 0,
+        "ledger_bytes_per_kiosk": sum(p.stat().st_size for p in v["work"].glob("fleet-k*.db*")) / n_k,
         "outbox_left": sum(r["outbox_left"] for r in results),
         "late_feeds": sum(r["late_feeds"] for r in results),
         "late_max_s": max(r["late_max_s"] for r in results),
@@ -575,6 +579,13 @@ def report(kind: str, args: argparse.Namespace, v: dict) -> dict:
     )
     brokers_cpu = ", ".join(f"{n} {p:.1f} %" for n, p in f["broker_cpu_pct"].items())
     print(f"   broker CPU over the window: {brokers_cpu} of a core; subscriber {f['subscriber_cpu_pct']:.1f} %")
+    brokers_rss = ", ".join(f"{n} {m:.0f} MB" for n, m in f["broker_rss_mb"].items())
+    print(f"   broker RSS at the end of the window: {brokers_rss}")
+    print(f"   event on the wire: {f['event_bytes']:.0f} bytes (JSON, mean)")
+    print(
+        f"   ledger files per kiosk: {f['ledger_bytes_per_kiosk'] / 1e6:.2f} MB "
+        f"(own events and peer rows, WAL included, not checkpointed away)"
+    )
     print(
         f"   setup: {f['connected']}/{n_k} connected in {f['setup_s']:.1f} s; "
         f"feeds late > 0.1 s: {f['late_feeds']} (max {f['late_max_s']:.2f} s)"
