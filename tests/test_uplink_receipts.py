@@ -440,3 +440,36 @@ def test_every_accepted_scan_reaches_the_collector_through_broker_kills_with_rec
 def test_without_receipts_the_same_run_may_lose_events(tmp_path):
     result = scans_through_broker_kills(tmp_path, receipts=False)
     assert result["accepted"] == result["scans"] == result["events"]  # lost or not, only printed
+
+
+def test_the_round_after_a_covered_one_is_due_for_a_caller_that_reads_its_clock_first(tmp_path):
+    """The uplink asks ``time.monotonic() >= receipts.next_due()``: once a receipt covers a
+    round, the next must be due at once by that test (it never was while next_due read the
+    clock itself after the caller had, and an idle kiosk's unconfirmed tail stayed unsent)."""
+    from types import SimpleNamespace
+
+    from agent import codes
+    from agent.read import Read
+
+    path = tmp_path / "ledger.db"
+    ledger = Ledger.open(path, device_id="k", site_id="s")
+    for n in range(3):
+        read = Read(b"8123456789012345678%d" % n, "stdin", "stdin")
+        ledger.decide_and_record(read, "dispense", codes.parse(read.raw))
+    outbox = Outbox.open(path)
+    receipts = Receipts(0.05, device_id="k")
+    receipts.load(outbox)
+    outbox.mark_delivered([1, 2, 3])
+    receipts.connected()
+    time.sleep(0.06)
+    assert time.monotonic() >= receipts.next_due()
+    assert [row["seq"] for row in receipts.due(outbox)] == [1, 2, 3]
+    receipts.received(SimpleNamespace(payload=b'{"stored_through_seq": 1}'))
+    receipts.settle(outbox)  # covers part of the round: no go-on yet
+    receipts.received(SimpleNamespace(payload=b'{"stored_through_seq": 3}'))
+    receipts.settle(outbox)  # covers the round: the next may start at once
+    assert time.monotonic() >= receipts.next_due()
+    assert receipts.due(outbox) == []  # nothing left unconfirmed; the go-on is spent
+    assert time.monotonic() < receipts.next_due()  # back to waiting receipt_timeout_s
+    outbox.close()
+    ledger.close()

@@ -129,8 +129,13 @@ class Receipts:
             self._record_at = time.monotonic() + RECORD_EVERY_S
 
     def next_due(self) -> float:
-        """When (monotonic) the uplink thread must call :meth:`settle` and :meth:`due` again."""
-        due = time.monotonic() if self._go_on else self._quiet_since + self.timeout_s * self._factor
+        """When (monotonic) the uplink thread must call :meth:`settle` and :meth:`due` again.
+
+        A round due at once is due at 0.0, the start of the monotonic clock: a caller's
+        ``time.monotonic() >= next_due()`` reads its clock first, so "now" read in here
+        would always be later, and the round would never start.
+        """
+        due = 0.0 if self._go_on else self._quiet_since + self.timeout_s * self._factor
         if self.stored_through > self._recorded:
             due = min(due, self._record_at)
         return due
