@@ -133,9 +133,11 @@ do_install() {
     fi
   fi
   if live; then
-    # The camera extra (zxing-cpp, numpy, pillow) only where there is a camera stack.
-    local spec=$SRC
-    if installed python3-picamera2; then spec="${SRC}[camera]"; fi
+    # The local API's extra (starlette, uvicorn: pure Python, imported only with [api] on)
+    # everywhere, so a counter can turn it on in agent.toml alone; the camera extra
+    # (zxing-cpp, numpy, pillow) only where there is a camera stack.
+    local spec="${SRC}[api]"
+    if installed python3-picamera2; then spec="${SRC}[api,camera]"; fi
     "$OPT/venv/bin/python" -m pip install -q --upgrade "$spec"
   fi
   install_file "$SRC/hardware.md" 0644 root:root "$OPT/hardware.md"
