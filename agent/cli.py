@@ -109,9 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from agent import control
     from agent.ledger import quarantine
-    from agent.runner import Runner, with_overrides
+    from agent.runner import Runner
 
-    cfg = with_overrides(config.load(args.config), movement=args.movement, db=args.db)
+    cfg = config.with_overrides(config.load(args.config), movement=args.movement, db=args.db)
     runner = Runner(cfg, out=sys.stdout, as_json=args.json)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.request_stop())
@@ -224,7 +224,7 @@ def cmd_documents_send(args: argparse.Namespace) -> int:
     from agent import control
     from agent.ledger.documents import DocumentError
 
-    cfg = _with_db(config.load(args.config), args.db)
+    cfg = config.with_overrides(config.load(args.config), db=args.db)
     try:
         result = control.send(cfg.ledger.path, args.verb, args.body(args), config=cfg)
     except DocumentError as problem:
@@ -251,7 +251,7 @@ def cmd_manifest_import(args: argparse.Namespace) -> int:
     from agent.ledger.documents import DocumentError
     from agent.ledger.manifests import ManifestError, read_manifest_file
 
-    cfg = _with_db(config.load(args.config), args.db)
+    cfg = config.with_overrides(config.load(args.config), db=args.db)
     try:
         manifest = read_manifest_file(args.file, args.codes, leading_digits=cfg.codes.leading_digits)
     except ManifestError as problem:
@@ -270,14 +270,6 @@ def cmd_manifest_import(args: argparse.Namespace) -> int:
     else:
         print(f"manifest {result['bill_code']} was imported already, with the same contents; nothing to do")
     return 0
-
-
-def _with_db(cfg: config.Config, db: str | None) -> config.Config:
-    if not db:
-        return cfg
-    from dataclasses import replace
-
-    return replace(cfg, ledger=replace(cfg.ledger, path=Path(db)))
 
 
 def _open_body(args: argparse.Namespace) -> dict:
@@ -521,8 +513,7 @@ def _parser() -> argparse.ArgumentParser:
     code.add_argument("code", metavar="CODE")
     code.add_argument("--json", action="store_true")
     for sub, handler in ((verify, cmd_verify), (export, cmd_export), (code, cmd_code)):
-        sub.add_argument("--db", help="ledger file (default: from the config)")
-        sub.add_argument("--config", help="config naming the ledger")
+        _ledger_options(sub, "config naming the ledger")
         sub.set_defaults(handler=handler)
 
     _documents_parser(commands)
@@ -533,8 +524,7 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("file", metavar="FILE", help="the manifest, JSON")
     imports.add_argument("--codes", metavar="CSV", help="the manifest's code rows, CSV (docs/manifest.md)")
     imports.add_argument("--json", action="store_true", help="the reply as JSON")
-    imports.add_argument("--db", help="ledger file (default: from the config)")
-    imports.add_argument("--config", help="config naming the ledger (and, with no agent running, its settings)")
+    _ledger_options(imports, _WRITER_CONFIG_HELP)
     imports.set_defaults(handler=cmd_manifest_import)
 
     prov = commands.add_parser("provision", help="create the device key, CSR and config; install its certificate")
@@ -610,8 +600,17 @@ def _documents_parser(commands: argparse._SubParsersAction) -> None:
     export.set_defaults(handler=cmd_documents_export)
 
     for sub in (opening, closing, void, exception, ack, listing, show, export):
-        sub.add_argument("--db", help="ledger file (default: from the config)")
-        sub.add_argument("--config", help="config naming the ledger (and, with no agent running, its settings)")
+        _ledger_options(sub, _WRITER_CONFIG_HELP)
+
+
+#: ``--config`` of a command that may write the ledger itself when no agent runs.
+_WRITER_CONFIG_HELP = "config naming the ledger (and, with no agent running, its settings)"
+
+
+def _ledger_options(sub: argparse.ArgumentParser, config_help: str) -> None:
+    """``--db`` and ``--config``, which every command on a ledger takes."""
+    sub.add_argument("--db", help="ledger file (default: from the config)")
+    sub.add_argument("--config", help=config_help)
 
 
 if __name__ == "__main__":

@@ -343,6 +343,17 @@ def load(path: str | Path | None = None) -> Config:
     return parse_toml(text, source=str(path))
 
 
+def with_overrides(config: Config, *, movement: str | None = None, db: str | None = None) -> Config:
+    """The config with command-line overrides applied (``--movement``, ``--db``)."""
+    from dataclasses import replace
+
+    if movement is not None:
+        config = replace(config, station=replace(config.station, movement=movement))
+    if db is not None:
+        config = replace(config, ledger=replace(config.ledger, path=Path(db)))
+    return config
+
+
 def parse_toml(text: str, source: str = "<string>") -> Config:
     """Parse and validate config text."""
     import tomllib  # only where a file is read: ``scan-agent check`` on the built-in default never is

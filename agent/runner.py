@@ -287,12 +287,3 @@ def report_presence(sources: list, feedback: Feedback) -> None:
     """Show ``scanner_missing`` while any scanner's device is gone (one cause per scanner)."""
     for source in sources:
         feedback.set_state("scanner_missing", not source.present(), cause=source.name)
-
-
-def with_overrides(config: Config, *, movement: str | None = None, db: str | None = None) -> Config:
-    """The config with command-line overrides applied."""
-    if movement is not None:
-        config = replace(config, station=replace(config.station, movement=movement))
-    if db is not None:
-        config = replace(config, ledger=replace(config.ledger, path=db))
-    return config

@@ -134,7 +134,7 @@ class Station:
         from agent.ledger.manifests import ManifestError, read_manifest
 
         try:
-            return read_manifest(body, leading_digits=getattr(self.pipeline, "leading_digits", ("8",)))
+            return read_manifest(body, leading_digits=self.pipeline.leading_digits)
         except ManifestError as problem:
             field = ".".join(part for part in (problem.row, problem.field) if part) or "manifest"
             raise DocumentError(field, problem.message) from None

@@ -319,11 +319,7 @@ class Endpoints:
         return Response(p.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi(manifests=self.has_manifests))
-
-    @property
-    def has_manifests(self) -> bool:
-        return hasattr(self.parts.station, "import_manifest")
+        return JSONResponse(openapi())
 
     async def _known_document(self, doc_id: str) -> None:
         if not await asyncio.to_thread(self.parts.reads.document_id_exists, doc_id):
@@ -467,9 +463,8 @@ def build_app(parts: ApiParts) -> Callable:
         Route("/v1/acknowledge", e.acknowledge, methods=["POST"]),
         Route("/metrics", e.metrics, methods=["GET"]),
         Route("/v1/openapi.json", e.openapi, methods=["GET"]),
+        Route("/v1/manifests", e.import_manifest, methods=["POST"]),
     ]
-    if e.has_manifests:
-        routes.append(Route("/v1/manifests", e.import_manifest, methods=["POST"]))
 
     async def api_error(request: Request, problem: Exception) -> Response:
         return problem.response()  # type: ignore[attr-defined]

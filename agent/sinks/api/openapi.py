@@ -6,7 +6,7 @@ tests/test_api_schema.py checks that the two agree and runs schemathesis against
 >>> spec = openapi()
 >>> spec["openapi"], sorted(spec["paths"])[:3]
 ('3.1.0', ['/metrics', '/v1/acknowledge', '/v1/decisions'])
->>> "/v1/manifests" in openapi(manifests=True)["paths"]
+>>> "/v1/manifests" in spec["paths"]
 True
 """
 
@@ -61,8 +61,8 @@ def _path_param(name: str, description: str) -> dict:
     return {"name": name, "in": "path", "required": True, "description": description, "schema": _TEXT}
 
 
-def openapi(*, manifests: bool = False) -> dict:
-    """The description; ``manifests`` adds ``POST /v1/manifests`` (when the station imports them)."""
+def openapi() -> dict:
+    """The description of every endpoint."""
     doc_id = _path_param("doc_id", "The document's id.")
     event_id = _path_param("event_id", "The scan's event id (a UUID).")
     line = {
@@ -203,16 +203,15 @@ def openapi(*, manifests: bool = False) -> dict:
             }
         },
     }
-    if manifests:
-        paths["/v1/manifests"] = _command(
-            "Import a supplier's delivery manifest (docs/manifest.md); the same one again records nothing (200).",
-            {"type": "object"},
-            201,
-        )
-        paths["/v1/manifests"]["post"]["responses"]["200"] = {
-            "description": "Imported before: nothing recorded.",
-            "content": _json({"$ref": "#/components/schemas/Reply"}),
-        }
+    paths["/v1/manifests"] = _command(
+        "Import a supplier's delivery manifest (docs/manifest.md); the same one again records nothing (200).",
+        {"type": "object"},
+        201,
+    )
+    paths["/v1/manifests"]["post"]["responses"]["200"] = {
+        "description": "Imported before: nothing recorded.",
+        "content": _json({"$ref": "#/components/schemas/Reply"}),
+    }
     event = {
         "type": "object",
         "description": "A scan-event/1 or document-event/1, as published over MQTT (docs/events.md).",
@@ -325,7 +324,5 @@ def openapi(*, manifests: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    from agent.station import Station
-
-    served = openapi(manifests=hasattr(Station, "import_manifest"))
+    served = openapi()
     sys.stdout.write(json.dumps(served, indent=2, ensure_ascii=False) + "\n")
