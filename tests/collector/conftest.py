@@ -1,19 +1,14 @@
 import psycopg
 import pytest
 
-from collector.schema import migrate
-from tests.support.postgres import Postgres
+from tests.support.postgres import migrated
 
 
 @pytest.fixture
 def pg(tmp_path):
     """A PostgreSQL cluster of this test's own (it may restart or kill it), migrated."""
-    server = Postgres(tmp_path)
-    server.start()
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        migrate(conn)
-    yield server
-    server.stop()
+    with migrated(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

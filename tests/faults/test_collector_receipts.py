@@ -30,12 +30,11 @@ import time
 import psycopg
 import pytest
 
-from collector.schema import migrate
 from tests.collector.procs import CollectorProc, Kiosk
 from tests.faults.conftest import cycles
 from tests.support.mosquitto import Mosquitto
 from tests.support.net import wait_until
-from tests.support.postgres import Postgres
+from tests.support.postgres import Postgres, migrated
 
 CYCLES = cycles(3)
 #: The collector's gap grace and first retry (short: the run is short).
@@ -49,12 +48,8 @@ IDLE_CATCH_UP_S = 5.0
 @pytest.fixture
 def pg(tmp_path):
     """A PostgreSQL cluster of this test's own, migrated."""
-    server = Postgres(tmp_path)
-    server.start()
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        migrate(conn)
-    yield server
-    server.stop()
+    with migrated(tmp_path) as server:
+        yield server
 
 
 class Stream:

@@ -7,6 +7,9 @@ pg.restart()     # pg_ctl stop -m fast, then start: connections are cut
 pg.kill()        # SIGKILL the postmaster, as a crash (crash recovery at the next start)
 pg.stop()
 
+    with migrated(tmp_path) as pg:   # started, the collector's schema in, stopped at the end
+        ...
+
 Debian's ``postgresql`` package puts ``initdb`` and ``pg_ctl`` under
 /usr/lib/postgresql/<version>/bin. initdb refuses to run as root, so as root the
 cluster belongs to the ``postgres`` user (which the package creates) and every
@@ -17,6 +20,7 @@ is not under pytest's ``tmp_path`` (``workdir/pg`` links to it; it is removed at
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import os
 import pwd
@@ -25,6 +29,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.net import free_port, wait_for_port
@@ -138,3 +143,21 @@ class Postgres:
             if subprocess.run(["pgrep", "-f", f"postgres.*{self.data}"], capture_output=True).returncode != 0:
                 break
             time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def migrated(workdir: Path) -> Iterator[Postgres]:
+    """A cluster of its own, started and migrated to the collector's schema; stopped on the
+    way out, whatever happened inside (a cluster left running outlives the test run)."""
+    import psycopg
+
+    from collector.schema import migrate
+
+    server = Postgres(workdir)
+    server.start()
+    try:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            migrate(conn)
+        yield server
+    finally:
+        server.stop()
