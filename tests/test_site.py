@@ -11,7 +11,7 @@ from agent import codes
 from agent.events import encode, event_from_row
 from agent.ledger import Ledger, connect, verify
 from agent.read import Read
-from tests.support.agent import start_agent
+from tests.support.agent import agent_config, start_agent
 from tests.support.backlog import code
 from tests.support.mqtt import Commander, Subscriber
 from tests.support.net import wait_until
@@ -27,33 +27,8 @@ class Station:
         self.name = name
         self.ledger = tmp_path / f"{name}.db"
         self.config = tmp_path / f"{name}.toml"
-        self.config.write_text(
-            f"""
-[station]
-device_id = "{name}"
-site_id = "site-1"
-movement = "dispense"
-
-[codes]
-lifecycle = "off"
-
-[documents]
-lock_on = [{lock_on}]
-
-[ledger]
-path = "{self.ledger}"
-
-[feedback]
-backend = "none"
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-keepalive_s = 5
-backoff_max_s = 1
-"""
-        )
+        tables = f'[codes]\nlifecycle = "off"\n\n[documents]\nlock_on = [{lock_on}]'
+        agent_config(self.config, self.ledger, port, device=name, mqtt="keepalive_s = 5", tables=tables)
         self.decisions: list[dict] = []
         self.proc = None
 

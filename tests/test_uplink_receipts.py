@@ -24,7 +24,7 @@ from agent.ops import doctor
 from agent.sinks.uplink import Uplink
 from agent.sinks.uplink.health import Counters, Health
 from agent.sinks.uplink.receipts import Receipts
-from tests.support.agent import start_agent
+from tests.support.agent import agent_config, start_agent
 from tests.support.backlog import code, fill_ledger
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import Commander, Subscriber
@@ -196,28 +196,8 @@ def test_receipts_on_subscribes(tmp_path, broker):
 
 
 def write_config(path, ledger, port, *, receipts=True, timeout_s=1):
-    path.write_text(
-        f"""
-[station]
-device_id = "kiosk-1"
-site_id = "site-1"
-
-[ledger]
-path = "{ledger}"
-
-[feedback]
-backend = "none"
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-backoff_max_s = 1
-receipts = {"true" if receipts else "false"}
-receipt_timeout_s = {timeout_s}
-"""
-    )
-    return path
+    mqtt = f"receipts = {'true' if receipts else 'false'}\nreceipt_timeout_s = {timeout_s}"
+    return agent_config(path, ledger, port, mqtt=mqtt)
 
 
 def test_receipts_survive_a_restart_of_the_agent(tmp_path, broker):

@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.support.agent import ROOT, agent_env, start_agent
+from tests.support.agent import ROOT, agent_config, agent_env, start_agent
 from tests.support.backlog import code
 from tests.support.net import wait_until
 
@@ -68,34 +68,6 @@ class CollectorProc:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def agent_config(
-    path: Path, ledger: Path, port: int, *, device: str = "kiosk-1", site: str = "site-1", mqtt: str = ""
-) -> Path:
-    """The agent's config: dispensing, stdin, this broker; ``mqtt`` adds lines to ``[mqtt]``."""
-    path.write_text(
-        f"""
-[station]
-device_id = "{device}"
-site_id = "{site}"
-movement = "dispense"
-
-[ledger]
-path = "{ledger}"
-
-[feedback]
-backend = "none"
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-backoff_max_s = 1
-{mqtt}
-"""
-    )
-    return path
 
 
 class Kiosk:

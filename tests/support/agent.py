@@ -57,3 +57,40 @@ def start_agent(*args: str, **env: str) -> subprocess.Popen:
         env=agent_env(**env),
         cwd=ROOT,
     )
+
+
+def agent_config(
+    path: Path,
+    ledger: Path,
+    port: int,
+    *,
+    device: str = "kiosk-1",
+    site: str = "site-1",
+    mqtt: str = "",
+    tables: str = "",
+) -> Path:
+    """Write a config for an agent on the stdin scanner, dispensing, publishing to the broker on
+    ``port``: ``mqtt`` adds lines to ``[mqtt]``, ``tables`` adds whole tables."""
+    path.write_text(
+        f"""
+[station]
+device_id = "{device}"
+site_id = "{site}"
+movement = "dispense"
+
+[ledger]
+path = "{ledger}"
+
+[feedback]
+backend = "none"
+
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+backoff_max_s = 1
+{mqtt}
+{tables}
+"""
+    )
+    return path
