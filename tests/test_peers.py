@@ -158,7 +158,8 @@ def test_a_ledger_of_the_previous_release_goes_on_with_peers(tmp_path):
     shutil.copy(Path(__file__).parent / "data" / "ledger-v3.db", path)
     lg = Ledger.open(path, device_id="kiosk-0001", site_id="site-01")
     try:
-        assert lg.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert lg.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert peers.floors(lg.conn) == {}  # a schema-3 ledger heard no peers
         scanner = Scanner(lg)
         # 81234567890123456790 was received here and never sold; another station sells it.
         row = peer(B, n=1) | {"site_id": "site-01"}
@@ -171,3 +172,48 @@ def test_a_ledger_of_the_previous_release_goes_on_with_peers(tmp_path):
         assert verify(lg.conn).ok
     finally:
         lg.close()
+
+
+def test_a_schema_7_ledger_moves_to_8_with_each_peers_floor_at_its_highest_stored_seq(tmp_path):
+    """tests/data/ledger-v7.db was written by scan-agent at f19fd0d (schema 7): three scans here,
+    peer rows kiosk-0002 seqs 3 and 9, kiosk-0003 seq 4."""
+    path = tmp_path / "ledger.db"
+    shutil.copy(Path(__file__).parent / "data" / "ledger-v7.db", path)
+    before = sqlite3.connect(path)
+    scans_before = before.execute("SELECT * FROM scans ORDER BY id").fetchall()
+    peer_rows_before = before.execute("SELECT * FROM peer_events ORDER BY id").fetchall()
+    assert before.execute("PRAGMA user_version").fetchone()[0] == 7
+    before.close()
+    lg = Ledger.open(path, device_id="kiosk-0001", site_id="site-01", lifecycle="off")
+    try:
+        assert lg.conn.execute("PRAGMA user_version").fetchone()[0] == 8
+        assert peers.floors(lg.conn) == {"kiosk-0002": 9, "kiosk-0003": 4}
+        assert [tuple(r) for r in lg.conn.execute("SELECT * FROM scans ORDER BY id")] == scans_before
+        assert [tuple(r) for r in lg.conn.execute("SELECT * FROM peer_events ORDER BY id")] == peer_rows_before
+        # It goes on: a new peer row and a floor in one transaction, the duplicate rule, verify.
+        row = peer("81234567890123456804", n=10, device="kiosk-0002") | {"site_id": "site-01"}
+        peers.store(lg.conn, [row], device_id="kiosk-0001", received_ts=TS, floors={"kiosk-0002": 10})
+        assert peers.floors(lg.conn)["kiosk-0002"] == 10
+        assert Scanner(lg).scan("81234567890123456804").reason == "already_dispensed"
+        assert verify(lg.conn).ok
+    finally:
+        lg.close()
+    # Opened again: nothing moves twice.
+    lg = Ledger.open(path, device_id="kiosk-0001", site_id="site-01", lifecycle="off")
+    try:
+        assert peers.floors(lg.conn) == {"kiosk-0002": 10, "kiosk-0003": 4}
+    finally:
+        lg.close()
+
+
+def test_a_floor_is_stored_with_the_rows_and_only_rises(db):
+    store_floors = peers.store(db.conn, [peer(A, n=3)], device_id="kiosk-1", received_ts=TS, floors={"kiosk-2": 3})
+    assert store_floors[0] == 1 and peers.floors(db.conn) == {"kiosk-2": 3}
+    peers.store(db.conn, [], device_id="kiosk-1", received_ts=TS, floors={"kiosk-2": 2, "kiosk-3": 8})
+    assert peers.floors(db.conn) == {"kiosk-2": 3, "kiosk-3": 8}
+    # A batch that fails half-way stores neither its rows nor its floors.
+    bad = peer(B, n=5) | {"seq": object()}
+    with pytest.raises(TypeError):
+        peers.store(db.conn, [peer(B, n=4), bad], device_id="kiosk-1", received_ts=TS, floors={"kiosk-2": 5})
+    assert peers.floors(db.conn)["kiosk-2"] == 3
+    assert db.conn.execute("SELECT COUNT(*) FROM peer_events").fetchone()[0] == 1

@@ -13,6 +13,7 @@ from agent.ledger import Ledger, connect, verify
 from agent.read import Read
 from tests.support.agent import agent_config, start_agent
 from tests.support.backlog import code
+from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import Commander, Subscriber
 from tests.support.net import wait_until
 from tests.support.proxy import FaultyProxy
@@ -171,6 +172,48 @@ def test_a_partitioned_station_and_another_accept_the_same_code_both_raise_a_con
     finally:
         alarms.stop()
         proxy.stop()
+
+
+def health_of(port: int, name: str) -> dict:
+    commander = Commander(port, f"{SITE}/{name}").start()
+    try:
+        return commander.send("health", {}, timeout=20)["result"]
+    finally:
+        commander.stop()
+
+
+def test_a_station_whose_session_was_lost_asks_the_peer_again_and_refuses_the_duplicate(tmp_path, stations):
+    """a is cut off while b sells a code; the broker then dies and comes back empty, so the
+    sale queued for a's session is gone. a catches up by ``cmd/resend`` to b, and refuses it."""
+    broker = Mosquitto(tmp_path / "empty", persistence=False)
+    broker.start()
+    proxy = FaultyProxy(broker.port).start()
+    try:
+        a, b = stations("kiosk-a", proxy.port), stations("kiosk-b", broker.port)
+        online(broker.port, "kiosk-a", "kiosk-b")
+        assert b.decide(code(1))["verdict"] == "accepted"
+        wait_until(lambda: a.peer_events() == 1, timeout=20, what="b's first sale heard at a")
+        proxy.drop()
+        sold = b.decide(code(2))
+        assert (sold["verdict"], sold["seq"]) == ("accepted", 2)
+        wait_until(lambda: b.query("SELECT COUNT(*) FROM deliveries")[0][0] >= 2, what="b's sale at the broker")
+        broker.kill()  # the sale waited in a's session there: now it is nowhere but at b
+        broker.start()
+        proxy.set("pass")
+        caught = time.monotonic()
+        wait_until(lambda: a.peer_events() == 2, timeout=30, what="b's second sale caught up at a")
+        print(f"\ncaught up {time.monotonic() - caught:.2f} s after the link healed")
+        again = a.decide(code(2))
+        assert (again["verdict"], again["reason"]) == ("duplicate", "already_dispensed")
+        assert (again["earlier"]["device_id"], again["earlier"]["event_id"]) == ("kiosk-b", sold["event_id"])
+        catch_up = health_of(broker.port, "kiosk-a")["peers"]["catch_up"]
+        assert catch_up["probes"] >= 1 and catch_up["asked"] >= 1 and catch_up["gaps_open"] == 0
+        # How far b was heard is on disk, for the next start: that start asks only for what is new.
+        wait_until(lambda: a.query("SELECT device_id, through_seq FROM peer_floors") == [("kiosk-b", 2)])
+        assert a.alarms() == [] and b.alarms() == []
+    finally:
+        proxy.stop()
+        broker.stop()
 
 
 def test_bad_peer_events_are_logged_counted_and_ignored(tmp_path, broker, stations):

@@ -216,10 +216,15 @@ def store(
     device_id: str,
     received_ts: str,
     split_packs: Mapping[str, int] | None = None,
+    floors: Mapping[str, int] | None = None,
 ) -> tuple[int, list[Conflict]]:
     """Store peer rows (dicts of :data:`COLUMNS`) not stored yet, in one transaction; returns
     how many were new and the conflicts they raised, each recorded as a ``conflict`` alarm
     in the same transaction (so a crash loses neither, and a repeat raises none).
+
+    ``floors`` (``{device_id: seq}``, every seq of that peer up to it seen) raise
+    ``peer_floors`` in the same transaction, so a floor is never on disk ahead of the rows
+    it covers; ``rows`` may then be empty.
 
     The intake's connection only (one writer of ``peer_events``); the pipeline's decisions
     serialise with it on SQLite's write lock, so a scan either saw a peer row or was
@@ -243,6 +248,8 @@ def store(
             conflict = _conflict(conn, cursor.lastrowid, values, device_id, received_ts, split_packs)
             if conflict is not None:
                 conflicts.append(conflict)
+        if floors:
+            conn.executemany(_FLOOR, [(device, seq, received_ts) for device, seq in floors.items()])
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -290,6 +297,21 @@ def _conflict(
     return conflict._replace(alarm_id=cursor.lastrowid)
 
 
+def floors(conn: sqlite3.Connection) -> dict[str, int]:
+    """``{device_id: seq}``: how far each peer's events have been heard without a gap.
+
+    >>> import sqlite3
+    >>> from agent.ledger.schema import create_schema
+    >>> conn = sqlite3.connect(":memory:", isolation_level=None)
+    >>> create_schema(conn)
+    >>> _ = store(conn, [], device_id="kiosk-1", received_ts="t", floors={"kiosk-2": 7})
+    >>> _ = store(conn, [], device_id="kiosk-1", received_ts="t", floors={"kiosk-2": 5})  # never lowered
+    >>> floors(conn)
+    {'kiosk-2': 7}
+    """
+    return {device: seq for device, seq in conn.execute("SELECT device_id, through_seq FROM peer_floors")}
+
+
 def check(conn: sqlite3.Connection) -> list[str]:
     """What :func:`agent.ledger.chain.verify` finds wrong with ``peer_events``: a trigger
     missing (the table could be rewritten), a row missing in the middle (ids run 1..N),
@@ -315,9 +337,15 @@ def check(conn: sqlite3.Connection) -> list[str]:
 _TALLY = "SELECT id, movement, verdict FROM peer_events WHERE code = ? ORDER BY id"
 _TALLY_BEFORE = "SELECT id, movement, verdict FROM peer_events WHERE code = ? AND id < ? ORDER BY id"
 _LOCAL_STATE = "SELECT out_count, out_id, in_held, in_id, destroyed_id FROM code_state WHERE code = ?"
+# A floor only rises: a late copy of an older batch never lowers it.
+_FLOOR = (
+    "INSERT INTO peer_floors (device_id, through_seq, ts) VALUES (?, ?, ?)"
+    " ON CONFLICT (device_id) DO UPDATE SET through_seq = excluded.through_seq, ts = excluded.ts"
+    " WHERE excluded.through_seq > peer_floors.through_seq"
+)
 _INSERT = (
     f"INSERT OR IGNORE INTO peer_events ({', '.join(COLUMNS)}, received_ts, chain)"
     f" VALUES ({', '.join(':' + c for c in COLUMNS)}, :received_ts, :chain)"
 )
 
-__all__ = ["RULES", "Conflict", "Tally", "check", "combine", "fold", "kept", "local_part", "store", "tally"]
+__all__ = ["RULES", "Conflict", "Tally", "check", "combine", "floors", "fold", "kept", "local_part", "store", "tally"]

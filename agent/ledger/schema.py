@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 #: 5: receiving (``manifest_codes``: the supplier's codes with level and parent);
 #: 6: ``receipts``, what the back end confirmed it stored (the uplink writes it);
 #: 7: ``peer_events``, the site's other stations' movements (the uplink writes it), and
-#: ``alarms.record`` (what a ``conflict`` alarm names, as JSON).
-SCHEMA_VERSION = 7
+#: ``alarms.record`` (what a ``conflict`` alarm names, as JSON); 8: ``peer_floors``, how far
+#: each peer's seq has been heard without a gap (the uplink's peer catch-up writes it).
+SCHEMA_VERSION = 8
 
 #: Tables whose rows are never updated or deleted (triggers refuse it).
 APPEND_ONLY = ("scans", "deliveries", "alarms", "manifest_codes", "receipts", "peer_events")
@@ -124,6 +125,20 @@ CREATE TABLE IF NOT EXISTS "peer_events" (
 )
 """
 
+# How far each peer's events have been heard: every seq of ``device_id`` up to
+# ``through_seq`` was seen (kept in ``peer_events`` or not: only state-changing events are
+# stored). Written by the peer intake in the transaction that stores those events, so it
+# never runs ahead of them; it only rises. Not history but a cursor (like ``code_state``):
+# one row per peer, updated in place. A restart resumes catching up from it
+# (``agent.sinks.uplink.catchup``) instead of asking every peer for everything again.
+_PEER_FLOORS = """
+CREATE TABLE IF NOT EXISTS "peer_floors" (
+   "device_id" TEXT PRIMARY KEY,
+   "through_seq" INTEGER NOT NULL,
+   "ts" TEXT NOT NULL
+) WITHOUT ROWID
+"""
+
 # A manifest's codes, as imported; its ``manifest`` entry row in ``scans`` holds the bill
 # (lines, supplier) and the digest of these rows, which ``verify`` recomputes. Keyed by
 # code first: a receive looks a scanned code up here; a code may come again in a later
@@ -188,6 +203,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
             _migrate_to_4(conn)
         if version and version < 7:
             _migrate_to_7(conn)
+        seed_floors = version == 7
         conn.execute(_SCANS)
         conn.execute(_CODE_STATE.format(name="code_state"))
         conn.execute(_DELIVERIES.format(name="deliveries"))
@@ -195,6 +211,9 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(_MANIFEST_CODES)
         conn.execute(_RECEIPTS)
         conn.execute(_PEER_EVENTS)
+        conn.execute(_PEER_FLOORS)
+        if seed_floors:
+            _migrate_to_8(conn)
         for index in _INDEXES:
             conn.execute(index)
         conn.execute(_OUTBOX_VIEW)
@@ -246,6 +265,19 @@ def _migrate_to_7(conn: sqlite3.Connection) -> None:
     columns = [row[1] for row in conn.execute('PRAGMA table_info("alarms")')]
     if columns and "record" not in columns:
         conn.execute('ALTER TABLE "alarms" ADD COLUMN "record" TEXT')
+
+
+def _migrate_to_8(conn: sqlite3.Connection) -> None:
+    """From schema 7: ``peer_floors`` starts at each peer's highest seq in ``peer_events``.
+
+    A schema-7 station did not track gaps; trusting what it stored (rather than starting
+    every peer at 0) spares the site a resend of each peer's whole history at the upgrade.
+    Events a peer published after that seq are caught up as usual.
+    """
+    conn.execute(
+        'INSERT OR IGNORE INTO "peer_floors" (device_id, through_seq, ts)'
+        " SELECT device_id, MAX(seq), MAX(received_ts) FROM peer_events WHERE seq IS NOT NULL GROUP BY device_id"
+    )
 
 
 def _reshape(conn: sqlite3.Connection, table: str, create: str, columns: str) -> None:

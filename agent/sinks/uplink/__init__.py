@@ -17,7 +17,8 @@ Three threads, none of them the pipeline's, each with its own module:
   end's receipts and sends unconfirmed events again (:mod:`.receipts`);
 - ``uplink-record`` (:mod:`.recorder`) records deliveries on a connection of its own;
 - ``uplink-peers`` (:mod:`.peers`), with ``[site] peers = true``, stores the site's
-  other stations' events on a connection of its own and raises conflicts.
+  other stations' events on a connection of its own, raises conflicts, and asks a
+  peer to send again the events it missed (:mod:`.catchup`).
 
 As a pipeline sink, :meth:`Uplink.decided` only notes the new event and wakes
 the ``uplink`` thread, so a dead broker never slows a scan. Topics are in
@@ -151,6 +152,7 @@ class Uplink:
                 publish=self._send,
                 split_packs=split_packs,
                 on_conflict=on_conflict,
+                connected_now=lambda: self.connection.connected,
             )
             self.connection.on_peer_event = self.peers.received
         self.reporter = Health(
@@ -291,6 +293,8 @@ class Uplink:
         """Connected and subscribed (uplink-net)."""
         if self.receipts is not None:
             self.receipts.connected()
+        if self.peers is not None:
+            self.peers.connected()
         self._wake.set()
 
     def _resend_unconfirmed(self, outbox: Outbox) -> None:

@@ -95,8 +95,9 @@ class Connection:
         connection.stop()
     """
 
-    #: ``on_peer_event(message)``: the site's stations' events (``{prefix}/{site}/+/events``,
-    #: subscribed only when this is set before :meth:`run`: ``[site] peers``); uplink-net.
+    #: ``on_peer_event(message)``: the site's stations' events, document events and status
+    #: (``{prefix}/{site}/+/events``, ``+/documents``, ``+/status``, subscribed only when this
+    #: is set before :meth:`run`: ``[site] peers``); uplink-net.
     on_peer_event: Callable[[mqtt.MQTTMessage], None] | None = None
 
     def __init__(
@@ -320,7 +321,9 @@ class Connection:
         if self.on_receipt is not None:
             topics.append((self.topics.receipt, 1))
         if self.on_peer_event is not None:
-            topics.append((self.topics.site_events, 1))
+            # Documents too: their seqs count, or every document would look like a gap.
+            # Status: a peer's ``online`` is when to ask it for what this station missed.
+            topics += [(self.topics.site_events, 1), (self.topics.site_documents, 1), (self.topics.site_status, 1)]
         client.subscribe(topics)
         client.publish(self.topics.status, "online", qos=1, retain=True)
         self.window.restart()

@@ -1,10 +1,10 @@
 """The site's other stations: their events in, stored for the ledger's decisions; conflicts out.
 
 With ``[site] peers = true`` the connection subscribes (QoS 1, in the device's persistent
-session) to ``{prefix}/{site}/+/events``. Every message lands in :meth:`PeerIntake.received`
-on uplink-net, which only queues it; the ``uplink-peers`` thread checks each one
-(:func:`check_event`: JSON, the event schema, the site, the topic's device, the event's
-hash) and stores those that change a code's state in ``peer_events``
+session) to ``{prefix}/{site}/+/events`` (and ``+/documents``, ``+/status``). Every
+message lands in :meth:`PeerIntake.received` on uplink-net, which only queues it; the
+``uplink-peers`` thread checks each one (:func:`check_event`: JSON, the event schema,
+the site, the topic's device, the event's hash) and stores those that change a code's state in ``peer_events``
 (:func:`agent.ledger.peers.store`), on a SQLite connection of its own, a batch per
 transaction. The pipeline reads that table inside its decisions; it never waits for this
 thread but on SQLite's write lock, held here for one short transaction.
@@ -22,8 +22,12 @@ health's ``alarms``, and ``on_conflict`` (the feedback's amber, and the lock if
 **Catching up.** The subscription is QoS 1 in the persistent session the uplink already
 keeps (MQTT 5 session expiry, or 3.1.1 ``clean_session = false``), so a station that was
 down or cut off gets what its peers published meanwhile from the broker when it
-reconnects. Past the session (expired, or lost with a broker node) a peer's ``cmd/resend``
-sends its events again; storing is idempotent by ``event_id``.
+reconnects. Past the session (expired, lost with a broker node or a broker restarted
+empty) and past a broker that drops a message (NATS 2.9.10), :mod:`.catchup` tracks each
+peer's seqs (its document events and ``status`` are subscribed to for that) and asks a
+peer ``cmd/resend`` for a gap, or after a (re)connection for what it may have missed;
+storing is idempotent by ``event_id``. How far each peer was heard (``peer_floors``) is
+written with the rows, so a restart resumes there.
 
 **Bounded.** Only rows that change a code's state are stored (an accepted movement or a
 void: not rejections, duplicates, double reads, stock checks or documents), about 150
@@ -35,6 +39,7 @@ a message is dropped and counted, and redelivery or ``cmd/resend`` brings it bac
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -47,9 +52,10 @@ import orjson
 import paho.mqtt.client as mqtt
 
 from agent.clock import iso
-from agent.events import SCHEMA, hashed_row
+from agent.events import DOCUMENT_SCHEMA, SCHEMA, hashed_row
 from agent.ledger import connect, peers, row_hash
 
+from .catchup import CatchUp
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -62,13 +68,16 @@ BATCH = 500
 MAX_EVENT_BYTES = 64 * 1024
 #: The same kind of bad message is logged at most this often.
 LOG_EVERY_S = 10.0
+#: Floors raised by events that stored no row are written at most this often (a floor
+#: behind on disk only means a few events asked for again after a crash).
+FLOOR_SAVE_S = 5.0
 #: The schema of an alarm event on ``{p}/alarms``.
 ALARM_SCHEMA = "alarm/1"
 
 
 def check_event(payload: bytes, *, device: str, site_id: str) -> tuple[dict | None, str]:
-    """The peer row for a message from station ``device`` of ``site_id``, or None and why not
-    (``kept`` rows only; an event that changes no code's state gives None and ``""``).
+    """The event in a message from station ``device`` of ``site_id`` (a scan or a document
+    event, hash-checked), or None and why not.
 
     >>> check_event(b"{", device="kiosk-2", site_id="site-01")
     (None, 'malformed')
@@ -79,10 +88,13 @@ def check_event(payload: bytes, *, device: str, site_id: str) -> tuple[dict | No
         return None, "too_big"
     try:
         event = orjson.loads(payload)
-        if not isinstance(event, dict) or event.get("schema") != SCHEMA:
+        if not isinstance(event, dict) or event.get("schema") not in (SCHEMA, DOCUMENT_SCHEMA):
             return None, "malformed"
         computed = row_hash(hashed_row(event))
+        seq = event["seq"]
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+        return None, "malformed"
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
         return None, "malformed"
     if event["site_id"] != site_id:
         return None, "other_site"
@@ -90,18 +102,28 @@ def check_event(payload: bytes, *, device: str, site_id: str) -> tuple[dict | No
         return None, "other_device"  # a station publishing under another's name
     if computed != event["hash"]:
         return None, "bad_hash"
-    if not peers.kept(event):
-        return None, ""
-    return {c: event.get(c) for c in peers.COLUMNS}, ""
+    return event, ""
+
+
+def peer_row(event: Mapping) -> dict | None:
+    """The ``peer_events`` row for a checked event, if it changes a code's state (:func:`~agent.ledger.peers.kept`).
+
+    >>> peer_row({"schema": "document-event/1", "verdict": "opened", "movement": "dispense"}) is None
+    True
+    """
+    if event.get("schema") != SCHEMA or not peers.kept(event):
+        return None
+    return {c: event.get(c) for c in peers.COLUMNS}
 
 
 class PeerIntake:
-    """The peers' events: queued on uplink-net, checked and stored on ``uplink-peers``.
+    """The peers' events: queued on uplink-net, checked and stored on ``uplink-peers``,
+    which also catches up (:mod:`.catchup`) by asking peers for the seqs it missed.
 
-    Threads: :meth:`received` on uplink-net (paho's callback); :meth:`run` is
-    ``uplink-peers`` and calls ``publish(topic, body)`` (any-thread safe) and
-    ``on_conflict(conflict)``; :meth:`start`, :meth:`stop` on the uplink's owner;
-    :meth:`stats` and the counters on any thread.
+    Threads: :meth:`received` and :meth:`connected` on uplink-net (paho's callbacks);
+    :meth:`run` is ``uplink-peers`` and calls ``publish(topic, body)`` (any-thread safe),
+    ``connected_now()`` and ``on_conflict(conflict)``; :meth:`start`, :meth:`stop` on the
+    uplink's owner; :meth:`stats` and the counters on any thread.
 
         intake = PeerIntake(db_path, topics=topics, site_id="site-01", publish=connection.send)
         connection.on_peer_event = intake.received
@@ -119,6 +141,7 @@ class PeerIntake:
         publish: Callable[[str, dict], None],
         split_packs: Mapping[str, int] | None = None,
         on_conflict: Callable[[peers.Conflict], None] | None = None,
+        connected_now: Callable[[], bool] = lambda: True,
         max_queue: int = MAX_QUEUE,
     ) -> None:
         self.db_path = Path(db_path)
@@ -128,12 +151,19 @@ class PeerIntake:
         self.publish = publish
         self.split_packs = dict(split_packs or {})
         self.on_conflict = on_conflict
+        self.connected_now = connected_now
         self.max_queue = max_queue
         self._queue: collections.deque[tuple[str, bytes]] = collections.deque()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_log: dict[str, float] = {}
+        #: uplink-net sets it (monotonic) at each (re)connection; uplink-peers marks the peers.
+        self._connected_at: float | None = None
+        self._marked_at: float | None = None
+        #: The peers' floors and the asks; made on uplink-peers from ``peer_floors``.
+        self.catchup: CatchUp | None = None
+        self._floors_saved_at = 0.0
         #: Counts since start (each written by one thread).
         self.received_count = 0  # uplink-net: peers' messages
         self.dropped = 0  # uplink-net: the queue was full
@@ -145,14 +175,19 @@ class PeerIntake:
     # -- uplink-net ---------------------------------------------------------------------
 
     def received(self, message: mqtt.MQTTMessage) -> None:
-        """A message on the site's events: queue another station's, ignore this one's own."""
-        if self.topics.peer(message.topic) is None:
-            return  # this station's own events (or a topic we did not ask for)
+        """A message on the site's topics: queue another station's, ignore this one's own."""
+        if self.topics.site_message(message.topic) is None:
+            return  # this station's own (or a topic we did not ask for)
         self.received_count += 1
         if len(self._queue) >= self.max_queue:
-            self.dropped += 1
+            self.dropped += 1  # a gap now: caught up later
             return
         self._queue.append((message.topic, bytes(message.payload)))
+        self._wake.set()
+
+    def connected(self) -> None:
+        """Connected and subscribed: the peers not heard within the grace are asked."""
+        self._connected_at = time.monotonic()
         self._wake.set()
 
     # -- the owner ------------------------------------------------------------------------
@@ -170,6 +205,7 @@ class PeerIntake:
 
     def stats(self) -> dict:
         """For the health report."""
+        catchup = self.catchup
         return {
             "received": self.received_count,
             "stored": self.stored,
@@ -179,6 +215,7 @@ class PeerIntake:
             "conflicts": self.conflicts,
             "queued": len(self._queue),
             "last_stored_ts": self.last_stored_ts,
+            "catch_up": None if catchup is None else catchup.stats(),
         }
 
     # -- uplink-peers ---------------------------------------------------------------------
@@ -186,8 +223,9 @@ class PeerIntake:
     def run(self) -> None:
         conn = connect(self.db_path)
         try:
+            self.catchup = CatchUp(peers.floors(conn))
             while True:
-                self._wake.wait()
+                self._wake.wait(self._sleep())
                 self._wake.clear()
                 while self._queue:
                     try:
@@ -197,10 +235,26 @@ class PeerIntake:
                         self._stopping.wait(1.0)
                     except Exception:
                         log.exception("peers: error; carrying on")
+                try:
+                    self.catch_up(conn)
+                except sqlite3.Error as problem:
+                    log.error("peers: cannot store how far peers were heard: %s; retrying", problem)
+                except Exception:
+                    log.exception("peers: catch-up error; carrying on")
                 if self._stopping.is_set():
+                    with contextlib.suppress(sqlite3.Error):
+                        self._save_floors(conn)
                     return
         finally:
             conn.close()
+
+    def _sleep(self) -> float | None:
+        """How long uplink-peers may sleep unless woken: until the next ask or floor save."""
+        due = [] if self.catchup is None else [self.catchup.next_due()]
+        if self.catchup is not None and self.catchup.dirty():
+            due.append(self._floors_saved_at + FLOOR_SAVE_S)
+        due = [t for t in due if t is not None]
+        return max(0.0, min(due) - time.monotonic()) if due else None
 
     def take(self, conn: sqlite3.Connection) -> int:
         """Check and store one batch from the queue (uplink-peers); returns how many were new.
@@ -211,28 +265,61 @@ class PeerIntake:
         while self._queue and len(batch) < BATCH:
             batch.append(self._queue.popleft())
         rows = []
+        now = time.monotonic()
         for topic, payload in batch:
-            row, why = check_event(payload, device=self.topics.peer(topic) or "", site_id=self.site_id)
+            device, kind = self.topics.site_message(topic) or ("", "")
+            if kind == "status":
+                if payload == b"online":
+                    self.catchup.online(device, now=now)
+                continue
+            event, why = check_event(payload, device=device, site_id=self.site_id)
+            if event is None:
+                self._ignore(why, topic, payload)
+                continue
+            self.catchup.seen(device, event["seq"], now=now)
+            row = peer_row(event)
             if row is not None:
                 rows.append(row)
-            elif why:
-                self._ignore(why, topic, payload)
         if not rows:
             return 0
-        now = iso(datetime.now(UTC))
+        ts = iso(datetime.now(UTC))
+        floors = self.catchup.dirty()
         try:
             new, conflicts = peers.store(
-                conn, rows, device_id=self.device_id, received_ts=now, split_packs=self.split_packs
+                conn, rows, device_id=self.device_id, received_ts=ts, split_packs=self.split_packs, floors=floors
             )
         except sqlite3.Error:
             self._queue.extendleft(reversed(batch))
             raise
+        self.catchup.saved(floors)
         self.stored += new
         if new:
-            self.last_stored_ts = now
+            self.last_stored_ts = ts
         for conflict in conflicts:
             self._raise(conflict)
         return new
+
+    def catch_up(self, conn: sqlite3.Connection) -> None:
+        """Mark the peers at a (re)connection, ask for what is due, and save floors due (uplink-peers)."""
+        now = time.monotonic()
+        connected_at = self._connected_at
+        if connected_at is not None and connected_at != self._marked_at:
+            self._marked_at = connected_at
+            self.catchup.connected(now=now)
+        if self.catchup.dirty() and now >= self._floors_saved_at + FLOOR_SAVE_S:
+            self._save_floors(conn)
+        if not self.connected_now():
+            return  # asked again after the reconnection (every peer is marked then)
+        for device, first, last in self.catchup.due(now=now):
+            log.info("peers: asking %s to send events %d..%d again", device, first, last)
+            self.publish(self.topics.peer_command(device, "resend"), {"from_seq": first, "to_seq": last})
+
+    def _save_floors(self, conn: sqlite3.Connection) -> None:
+        floors = self.catchup.dirty() if self.catchup is not None else {}
+        self._floors_saved_at = time.monotonic()
+        if floors:
+            peers.store(conn, [], device_id=self.device_id, received_ts=iso(datetime.now(UTC)), floors=floors)
+            self.catchup.saved(floors)
 
     def _raise(self, conflict: peers.Conflict) -> None:
         self.conflicts += 1

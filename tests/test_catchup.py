@@ -1,0 +1,94 @@
+"""The catch-up's bookkeeping (agent.sinks.uplink.catchup): floors, gaps, probes, pace.
+
+Times are monotonic seconds given by the test; what goes on the wire is in test_site.py.
+"""
+
+from agent.sinks.uplink import catchup
+from agent.sinks.uplink.catchup import ASK_WAIT_S, CHUNK, GRACE_S, HISTORY, CatchUp
+
+
+def test_events_in_any_order_raise_the_floor_to_the_highest_contiguous_seq():
+    c = CatchUp()
+    for seq in (1, 3, 2, 2, 5):
+        c.seen("k2", seq, now=0.0)
+    assert c.floor("k2") == 3
+    c.seen("k2", 4, now=0.1)
+    assert c.floor("k2") == 5 and c.dirty() == {"k2": 5}
+    c.saved({"k2": 5})
+    assert c.dirty() == {}
+    assert c.due(now=100.0) == []  # no gap, no mark: nothing to ask
+
+
+def test_a_gap_is_asked_for_after_the_grace_then_again_with_backoff_until_it_fills():
+    c = CatchUp({"k2": 10})
+    c.seen("k2", 14, now=0.0)
+    assert c.due(now=GRACE_S - 0.1) == []
+    assert c.due(now=GRACE_S) == [("k2", 11, 13)]
+    assert c.due(now=GRACE_S + ASK_WAIT_S - 0.1) == []
+    assert c.due(now=GRACE_S + ASK_WAIT_S) == [("k2", 11, 13)]
+    assert c.due(now=GRACE_S + 2 * ASK_WAIT_S) == []  # the wait doubled
+    assert c.due(now=GRACE_S + 3 * ASK_WAIT_S) == [("k2", 11, 13)]
+    for seq in (11, 12, 13):
+        c.seen("k2", seq, now=20.0)
+    assert c.floor("k2") == 14 and c.stats()["gaps_open"] == 0 and c.stats()["asked"] == 3
+    assert c.next_due() is None
+
+
+def test_a_long_gap_is_asked_for_a_chunk_at_a_time():
+    c = CatchUp({"k2": 0})
+    c.seen("k2", 3 * CHUNK, now=0.0)
+    assert c.due(now=GRACE_S) == [("k2", 1, CHUNK)]
+    for seq in range(1, CHUNK + 1):
+        c.seen("k2", seq, now=3.0)
+    assert c.due(now=3.0 + GRACE_S) == [("k2", CHUNK + 1, 2 * CHUNK)]  # at once, no backoff
+
+
+def test_a_peer_not_heard_since_the_station_reconnected_is_probed_once_and_a_full_chunk_asks_on():
+    c = CatchUp({"quiet": 7, "talking": 3})
+    c.connected(now=0.0)
+    c.seen("talking", 4, now=0.5)
+    assert c.due(now=GRACE_S) == [("quiet", 8, 7 + CHUNK)]
+    assert c.due(now=GRACE_S + 60) == []  # a probe that brings nothing back is not repeated
+    for seq in range(8, 8 + CHUNK):  # it came back whole: there may be more
+        c.seen("quiet", seq, now=GRACE_S + 1)
+    assert c.due(now=GRACE_S + 1) == [("quiet", 8 + CHUNK, 7 + 2 * CHUNK)]
+    c.seen("quiet", 8 + CHUNK, now=GRACE_S + 2)  # a short answer: the peer has no more
+    assert c.due(now=GRACE_S + 100) == []
+    assert c.stats()["probes"] == 2
+
+
+def test_a_peer_saying_online_is_probed_unless_heard_meanwhile():
+    c = CatchUp({"k2": 5, "k3": 9})
+    c.online("k2", now=0.0)
+    c.online("k3", now=0.0)
+    c.online("stranger", now=0.0)  # never heard: no floor to ask from
+    c.seen("k3", 10, now=1.0)
+    assert c.due(now=GRACE_S) == [("k2", 6, 5 + CHUNK)]
+
+
+def test_a_peer_first_heard_late_in_its_life_is_asked_back_only_so_far():
+    c = CatchUp()
+    c.seen("old", HISTORY + 50, now=0.0)
+    assert c.floor("old") == 49
+    assert c.due(now=GRACE_S) == [("old", 50, 49 + CHUNK)]
+
+
+def test_asks_are_paced_across_the_site(monkeypatch):
+    monkeypatch.setattr(catchup, "ASKS_PER_S", 4.0)
+    c = CatchUp({f"k{n}": 0 for n in range(10)})
+    for n in range(10):
+        c.seen(f"k{n}", 2, now=0.0)
+    first = c.due(now=GRACE_S)
+    assert len(first) == 4
+    assert c.due(now=GRACE_S) == []
+    assert len(c.due(now=GRACE_S + 0.25)) == 1
+    assert c.next_due() >= GRACE_S + 0.5
+
+
+def test_too_many_seqs_waiting_above_a_gap_give_it_up(monkeypatch):
+    monkeypatch.setattr(catchup, "MAX_ABOVE", 3)
+    c = CatchUp({"k2": 0})
+    for seq in (5, 6, 7, 9):
+        c.seen("k2", seq, now=0.0)
+    assert c.floor("k2") == 7 and c.stats()["given_up"] == 4
+    assert c.due(now=GRACE_S) == [("k2", 8, 8)]  # the gap above it is still asked for
