@@ -797,14 +797,55 @@ def _receiving(t: Table) -> ReceivingConfig:
     return receiving
 
 
+#: What a device or site id may not hold with MQTT on, and why: each is one topic level
+#: (``{prefix}/{site}/{device}/...``) on whichever broker (docs/brokers.md).
+_NOT_IN_TOPIC_LEVEL = {
+    "/": "it splits the topic level in two",
+    "+": "it is an MQTT wildcard",
+    "#": "it is an MQTT wildcard",
+    ".": "NATS drops a publisher whose topic has one, and RabbitMQ turns it into '/'",
+    "*": "it is a NATS wildcard",
+    ">": "it is a NATS wildcard",
+    "\0": "MQTT forbids it in a topic",
+}
+
+
+def topic_level_problem(value: str) -> str | None:
+    """Why ``value`` cannot be one MQTT topic level on every broker, or None if it can.
+
+    >>> topic_level_problem("kiosk-0001") is None
+    True
+    >>> topic_level_problem("kiosk.1")
+    "'.' is not allowed: NATS drops a publisher whose topic has one, and RabbitMQ turns it into '/'"
+    >>> topic_level_problem("counter 1")
+    'whitespace is not allowed: NATS refuses a topic with a space'
+    >>> topic_level_problem("")
+    'must not be empty'
+    """
+    if not value:
+        return "must not be empty"
+    for char, why in _NOT_IN_TOPIC_LEVEL.items():
+        if char in value:
+            return f"{char!r} is not allowed: {why}"
+    if any(c.isspace() for c in value):
+        return "whitespace is not allowed: NATS refuses a topic with a space"
+    if not value.isprintable():
+        return "control characters are not allowed"
+    return None
+
+
 def _check_topic_ids(config: Config) -> None:
     """Device and site ids become MQTT topic levels when the uplink is on."""
     if not config.mqtt.enabled:
         return
     for key in ("device_id", "site_id"):
         value = getattr(config.station, key)
-        if any(c in value for c in "/+#\0"):
-            raise ConfigError(f"[station] {key}: {value!r} is not allowed with [mqtt] on; no '/', '+' or '#'")
+        problem = topic_level_problem(value)
+        if problem is not None:
+            raise ConfigError(
+                f"[station] {key}: {value!r} is not allowed with [mqtt] on ({problem}); it is a topic level:"
+                " use letters, digits, '-' and '_', e.g. kiosk-0001"
+            )
 
 
 def _check_ack_pin(config: Config) -> None:

@@ -95,6 +95,43 @@ def test_device_id_must_be_one_topic_level_when_mqtt_is_on():
     assert parse_toml('[station]\ndevice_id = "a/b"\n').station.device_id == "a/b"
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("device_id", "kiosk.1", "'.' is not allowed: NATS drops a publisher"),
+        ("site_id", "site.01", "RabbitMQ turns it into '/'"),
+        ("device_id", "kiosk+1", "'+' is not allowed: it is an MQTT wildcard"),
+        ("site_id", "site#1", "'#' is not allowed"),
+        ("device_id", "k/1", "'/' is not allowed: it splits the topic level"),
+        ("site_id", "site*", "'*' is not allowed: it is a NATS wildcard"),
+        ("device_id", "kiosk>", "'>' is not allowed"),
+        ("device_id", "counter 1", "whitespace is not allowed"),
+        ("site_id", "site\\u0001", "control characters are not allowed"),
+    ],
+)
+def test_ids_that_break_a_topic_on_some_broker_are_refused_naming_the_field(key, value, why):
+    text = f'[station]\n{key} = "{value}"\n[mqtt]\nenabled = true\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_toml(text)
+    message = str(caught.value)
+    assert message.startswith(f"[station] {key}: ") and "is not allowed with [mqtt] on" in message
+    assert why in message and "use letters, digits, '-' and '_'" in message
+    # Without MQTT the id is no topic: kept as written.
+    assert getattr(parse_toml(text.replace("true", "false")).station, key) == value.replace("\\u0001", "\x01")
+
+
+@pytest.mark.parametrize("key", ["device_id", "site_id"])
+def test_an_empty_id_is_refused_naming_the_field(key):
+    for value in ("", "  "):
+        with pytest.raises(ConfigError, match=rf"\[station\] {key}: must not be empty"):
+            parse_toml(f'[station]\n{key} = "{value}"\n[mqtt]\nenabled = true\n')
+
+
+def test_ids_of_letters_digits_dash_and_underscore_pass():
+    config = parse_toml('[station]\ndevice_id = "Kiosk_07-b"\nsite_id = "SITE-01_x"\n[mqtt]\nenabled = true\n')
+    assert (config.station.device_id, config.station.site_id) == ("Kiosk_07-b", "SITE-01_x")
+
+
 def test_receipts_are_off_by_default_and_read_with_their_timeout():
     assert (MqttConfig().receipts, MqttConfig().receipt_timeout_s) == (False, 60.0)
     mqtt = parse_toml("[mqtt]\nreceipts = true\nreceipt_timeout_s = 5\n").mqtt
