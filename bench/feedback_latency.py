@@ -14,12 +14,17 @@ test suite's socat pty pair (one process hop more, which a real scanner does not
 The ready blip on green is turned off so that only the accept pattern changes pins.
 ``--api-clients N`` adds the local API as a sink after the feedback, as the runner does,
 with N stream clients reading every event (bench/api_stream.py has the client).
+``--segments`` also stamps each step on the way (the pipeline taking the read, the parse,
+each SQL statement, the row hash, the commit, the sinks) and prints each step's p50/p99:
+a microsecond or two of stamping per step is added to every figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
+import json
 import os
 import statistics
 import sys
@@ -62,15 +67,96 @@ class StampedPin(MockPWMPin):
         return changed
 
 
+class Segments:
+    """Per-scan ``(label, monotonic time)`` stamps along the path, for ``--segments``.
+
+    Wraps the calls it stamps in place (the pipeline's ``handle``, the parse, the
+    ledger connection's ``execute``, the row hash), so the agent's code is unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.scans: list[list[tuple[str, float]]] = []
+        self.current: list[tuple[str, float]] = []
+
+    def start(self, t0: float) -> None:
+        self.current = [("entry", t0)]
+        self.scans.append(self.current)
+
+    def stamp(self, label: str) -> None:
+        self.current.append((label, time.monotonic()))
+
+    def wrap(self, owner: object, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+        stamp = self.stamp
+
+        def stamped(*args, **kwargs):
+            stamp(label + " >")
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                stamp(label + " <")
+
+        setattr(owner, name, stamped)
+
+    def install(self, pipeline: Pipeline, ledger: Ledger) -> None:
+        import agent.codes
+        import agent.ledger.store
+
+        self.wrap(pipeline, "submit", "submit")
+        self.wrap(pipeline, "handle", "pipeline.handle")
+        self.wrap(agent.codes, "parse", "parse")
+        self.wrap(agent.ledger.store, "row_hash", "row hash")
+        ledger.conn = _StampedConnection(ledger.conn, self.stamp)
+
+    def report(self, skip: int = 0) -> None:
+        """Each step between two stamps (in the order of the first scan), p50 / p99 in ms."""
+        scans = [sorted(s, key=lambda stamp: stamp[1]) for s in self.scans[skip:] if s]
+        if not scans:
+            return
+        order = [label for label, _ in scans[0]]
+        gaps: dict[str, list[float]] = {}
+        for scan in scans:
+            if [label for label, _ in scan] != order:
+                continue  # another path (a checkpoint's stamps, an odd scan): not comparable
+            for (a, ta), (b, tb) in itertools.pairwise(scan):
+                gaps.setdefault(f"{a} -> {b}", []).append((tb - ta) * 1000)
+        print(f"segments ({len(next(iter(gaps.values()), []))} scans on the common path), ms:")
+        for name, values in gaps.items():
+            print(f"  {name:>58} {pct(values, 50):7.3f} {pct(values, 99):7.3f}")
+
+
+class _StampedConnection:
+    """A sqlite3 connection whose ``execute`` stamps its start and end (the rest passes through)."""
+
+    def __init__(self, conn, stamp: Callable[[str], None]) -> None:
+        self._conn = conn
+        self._stamp = stamp
+
+    def execute(self, sql: str, *args):
+        words = sql.split()
+        label = "sql " + " ".join(words[:1] + [w for prev, w in itertools.pairwise(words) if prev in ("FROM", "INTO")])
+        self._stamp(label + " >")
+        try:
+            return self._conn.execute(sql, *args)
+        finally:
+            self._stamp(label + " <")
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+
 class Committed:
     """A sink placed before the feedback: when the pipeline came back from the commit."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.reads: list[float] = []  # when the source had the terminator (Read.t_last)
+        self.segments: Segments | None = None
 
     def decided(self, decision) -> None:
         self.times.append(time.monotonic())
+        if self.segments is not None:
+            self.segments.stamp("first sink")
         self.reads.append(decision.read.t_last)
 
 
@@ -134,7 +220,12 @@ ENTRIES: dict[str, Callable[[Path], Callable[[Pipeline, bytes], float]]] = {
 
 
 def first_on_after(t0: float, pins: set, timeout: float = 5.0) -> float:
-    """Time of the first change to "on" of one of ``pins`` at or after ``t0``."""
+    """Time of the first change to "on" of one of ``pins`` at or after ``t0``.
+
+    The caller clears ``StampedPin.changes`` before each scan: a list grown over the whole
+    run took this thread longer and longer to walk, holding the GIL while the serial
+    source and the pipeline waited for it (0.13 ms more at the 1,000th scan than the first).
+    """
     deadline = time.monotonic() + timeout
     with StampedPin.changed:
         while True:
@@ -174,6 +265,8 @@ def main() -> None:
     ap.add_argument("--entry", choices=tuple(ENTRIES), default="pty")
     ap.add_argument("--dir", default="/var/tmp", help="where the temporary ledger file goes (a real disk)")
     ap.add_argument("--api-clients", type=int, default=None, help="the local API on, with this many stream clients")
+    ap.add_argument("--segments", action="store_true", help="stamp and print each step on the way")
+    ap.add_argument("--dump", help="also write every scan's figures (ms) to this JSON file")
     args = ap.parse_args()
 
     factory = MockFactory(pin_class=StampedPin)
@@ -185,6 +278,10 @@ def main() -> None:
         ledger = Ledger.open(Path(tmp) / "ledger.db", device_id="bench", site_id="bench", double_read_window_s=0)
         committed = Committed()
         pipeline = Pipeline(ledger, sinks=[committed, feedback])
+        segments = None
+        if args.segments:
+            segments = committed.segments = Segments()
+            segments.install(pipeline, ledger)
         api, clients = None, []
         if args.api_clients is not None:
             from bench.api_stream import StreamClient, start_api
@@ -196,8 +293,15 @@ def main() -> None:
         total, commit, after, read = [], [], [], []
         for n in range(args.scans):
             raw = b"8%019d" % (1_000_000_000 + n)
+            with StampedPin.changed:
+                StampedPin.changes.clear()
+            if segments is not None:
+                segments.start(time.monotonic())
             t0 = enter(pipeline, raw)
             t_pin = first_on_after(t0, pins)
+            if segments is not None:
+                segments.current[0] = ("entry", t0)
+                segments.current.append(("first pin change", t_pin))
             while len(committed.times) < n + 1:
                 time.sleep(0.0005)
             t_commit = committed.times[n]
@@ -233,9 +337,17 @@ def main() -> None:
     ):
         ms = [v * 1000 for v in values]
         print(f"{name:>28} {pct(ms, 50):7.3f} {pct(ms, 99):7.3f} {max(ms):7.3f}")
+    if segments is not None:
+        for scan, t_read in zip(segments.scans, committed.reads, strict=False):
+            scan.insert(1, ("terminator read", t_read))
+        segments.report()
     for name, values in (("fsync probe before", fsync_before), ("fsync probe after", fsync_after)):
         ms = [v * 1000 for v in values]
         print(f"{name:>28} {pct(ms, 50):7.3f} {pct(ms, 99):7.3f} {max(ms):7.3f}   (32 KiB write + fdatasync)")
+    if args.dump:
+        series = {"read": read, "commit": commit, "after": after, "total": total}
+        series |= {"fsync_before": fsync_before, "fsync_after": fsync_after}
+        Path(args.dump).write_text(json.dumps({k: [v * 1000 for v in vs] for k, vs in series.items()}))
     fsync_p99 = max(pct(fsync_before, 99), pct(fsync_after, 99))
     print(f"target p99 <= 2 ms entry -> first pin change: {'met' if pct(total, 99) <= 0.002 else 'NOT met'}")
     print(
