@@ -98,10 +98,32 @@ def test_broker_wiring_from_the_mqtt_table(tmp_path, broker):
         '[station]\ndevice_id = "kiosk-0042"\nsite_id = "site-07"\n'
         f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "region7"\n'
     )
-    check = doctor.check_mqtt_from_config(doctor.config_mod.load(path), timeout=10)
+    [check] = doctor.check_mqtt_from_config(doctor.config_mod.load(path), timeout=10)
     # The device's own topic, as the uplink builds it: prefix/site/device.
     assert check.status == "ok" and "region7/site-07/kiosk-0042/doctor" in check.detail, check
-    assert doctor.check_mqtt_from_config(doctor.config_mod.Config()).status == "skip"
+    assert [c.status for c in doctor.check_mqtt_from_config(doctor.config_mod.Config())] == ["skip"]
+
+
+def test_every_host_is_checked_and_one_stopped_of_two_is_a_warning_naming_it(tmp_path):
+    up, down = Mosquitto(tmp_path / "up"), Mosquitto(tmp_path / "down")
+    up.start()
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f'[mqtt]\nenabled = true\nprotocol = "3.1.1"\nhosts = ["127.0.0.1:{down.port}", "127.0.0.1:{up.port}"]\n'
+    )
+    try:
+        by_name = {c.name: c for c in doctor.run_checks(path, broker_timeout=5)}
+        first, second = by_name["broker 1 of 2"], by_name["broker 2 of 2"]
+        # The first host is down: named, reported, not failed (the agent fails over to the second).
+        assert first.status == "warn" and f"cannot reach 127.0.0.1:{down.port}" in first.detail
+        assert "other hosts" in first.fix
+        assert second.status == "ok" and f"127.0.0.1:{up.port}" in second.detail, second
+        up.stop()
+        both_down = doctor.check_mqtt_from_config(doctor.config_mod.load(path), timeout=5)
+        assert [c.status for c in both_down] == ["fail", "fail"]
+        assert f"127.0.0.1:{up.port}" in both_down[1].detail
+    finally:
+        up.stop()
 
 
 def test_broker_check_follows_the_uplink_config_and_a_bad_config_is_not_guessed(tmp_path, broker):
@@ -163,7 +185,7 @@ def test_tls_broker_passes_with_a_provisioned_device(tmp_path, tls_broker):
     signed = tmp_path / "signed.crt"
     signed.write_bytes(ca.sign_csr(made.stdout))
     assert run_agent("provision", "--install-cert", str(signed), "--dir", str(etc)).returncode == 0
-    check = doctor.check_mqtt_from_config(doctor.config_mod.load(etc / "agent.toml"), timeout=10)
+    [check] = doctor.check_mqtt_from_config(doctor.config_mod.load(etc / "agent.toml"), timeout=10)
     assert check.status == "ok", check
     assert "TLS" in check.detail
 

@@ -352,17 +352,21 @@ def check_broker(
     username: str | None = None,
     password: str | None = None,
     timeout: float = 10.0,
+    protocol: str = "5",
+    name: str = "broker",
 ) -> Check:
-    """Connect (TLS handshake when ``tls``), publish one QoS 1 message on ``topic``
-    and wait for its PUBACK. The check passes only on a successful PUBACK."""
+    """Connect (TLS handshake when ``tls``) with MQTT ``protocol`` (``"5"`` or ``"3.1.1"``),
+    publish one QoS 1 message on ``topic`` and wait for its PUBACK. The check passes only on
+    a successful PUBACK."""
     import paho.mqtt.client as mqtt
 
-    name = "broker"
     where = f"{host}:{port}"
     # Not the device id: connecting as the device would take over the running
     # agent's session on the broker.
     client_id = f"scan-agent-doctor-{uuid.uuid4().hex[:8]}"
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    # The agent's own protocol: NATS and RabbitMQ refuse an MQTT 5 CONNECT (docs/brokers.md).
+    version = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version)
     if username:
         client.username_pw_set(username, password)
     if tls:
@@ -383,7 +387,7 @@ def check_broker(
         )
     except (OSError, ValueError) as problem:
         return Check(
-            name, "fail", f"cannot reach {where}: {problem}", "check the network, [mqtt] host/port and firewall"
+            name, "fail", f"{_UNREACHABLE[0]}{where}: {problem}", "check the network, [mqtt] host/port and firewall"
         )
     client.loop_start()
     try:
@@ -407,10 +411,14 @@ def check_broker(
             )
         return Check(name, "ok", f"{where}{' TLS' if tls else ''}, QoS 1 publish on {topic} acknowledged")
     except TimeoutError:
-        return Check(name, "fail", f"no answer from {where} within {timeout:.0f} s", "check the broker is running")
+        return Check(name, "fail", f"{_UNREACHABLE[1]}{where} within {timeout:.0f} s", "check the broker is running")
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+#: How a broker check's detail starts when the host gave no answer at all.
+_UNREACHABLE = ("cannot reach ", "no answer from ")
 
 
 def _next_event(events: queue.Queue, timeout: float) -> tuple[str, Any]:
@@ -426,32 +434,53 @@ def _auth_fix(tls: bool) -> str:
     return "check [mqtt] username/password"
 
 
-def check_mqtt_from_config(cfg: config_mod.Config, timeout: float = 10.0) -> Check:
-    """The broker check with the agent's own ``[mqtt]`` settings (:class:`MqttConfig`),
-    publishing on the device's own topics (``{prefix}/{site}/{device}/doctor``), where a
-    per-device ACL such as ``pattern write trace/v1/+/%u/#`` lets the device write."""
+def check_mqtt_from_config(cfg: config_mod.Config, timeout: float = 10.0) -> list[Check]:
+    """The broker check with the agent's own ``[mqtt]`` settings (:class:`MqttConfig`), for
+    every one of ``[mqtt] hosts`` (or ``host``/``port`` alone), publishing on the device's
+    own topics (``{prefix}/{site}/{device}/doctor``), where a per-device ACL such as
+    ``pattern write trace/v1/+/%u/#`` lets the device write.
+
+    With several hosts each gets a line (``broker 1 of 3``, ...). A host that cannot be
+    reached while another passes is a warning: the agent fails over to the others. One
+    that answers and refuses (credentials, TLS, ACL) fails: it would refuse the agent too.
+    """
     from agent.sinks.uplink import Topics  # paho only when the broker is checked
 
     mqtt = cfg.mqtt
     if not mqtt.enabled:
-        return Check("broker", "skip", "[mqtt] enabled = false: events stay in the ledger")
+        return [Check("broker", "skip", "[mqtt] enabled = false: events stay in the ledger")]
     try:
         password = mqtt.password()
     except OSError as problem:
-        return Check("broker", "fail", f"password_file: {problem}", "check [mqtt] password_file")
+        return [Check("broker", "fail", f"password_file: {problem}", "check [mqtt] password_file")]
     topics = Topics(mqtt.topic_prefix, cfg.station.site_id, cfg.station.device_id)
-    return check_broker(
-        mqtt.host,
-        mqtt.port,
-        topic=f"{topics.base}/doctor",
-        tls=mqtt.tls,
-        ca_file=mqtt.ca_file or None,
-        cert_file=mqtt.cert_file or None,
-        key_file=mqtt.key_file or None,
-        username=mqtt.username or None,
-        password=password,
-        timeout=timeout,
-    )
+    endpoints = mqtt.endpoints()
+    checks = [
+        check_broker(
+            host,
+            port,
+            topic=f"{topics.base}/doctor",
+            tls=mqtt.tls,
+            ca_file=mqtt.ca_file or None,
+            cert_file=mqtt.cert_file or None,
+            key_file=mqtt.key_file or None,
+            username=mqtt.username or None,
+            password=password,
+            timeout=timeout,
+            protocol=mqtt.protocol,
+            name="broker" if len(endpoints) == 1 else f"broker {n} of {len(endpoints)}",
+        )
+        for n, (host, port) in enumerate(endpoints, 1)
+    ]
+    if any(c.status == "ok" for c in checks):
+        checks = [_failover(c) if c.failed and c.detail.startswith(_UNREACHABLE) else c for c in checks]
+    return checks
+
+
+def _failover(check: Check) -> Check:
+    """An unreachable host of several, while another works: reported, not failed."""
+    fix = "the agent uses the other hosts meanwhile; bring this one back or take it out of [mqtt] hosts"
+    return Check(check.name, "warn", check.detail, fix)
 
 
 # -- interactive -------------------------------------------------------------
@@ -539,7 +568,7 @@ def run_checks(
     if cfg is None:
         checks.append(Check("broker", "skip", "not checked: the config is not valid (see above)"))
     else:
-        checks.append(check_mqtt_from_config(cfg, broker_timeout))
+        checks += check_mqtt_from_config(cfg, broker_timeout)
     if interactive:
         checks.append(check_scan_now(effective, scan_timeout))
         checks.append(check_feedback_selftest(effective))
