@@ -9,7 +9,7 @@ import pytest
 
 from agent import codes
 from agent.events import encode, event_from_row
-from agent.ledger import Ledger, connect, verify
+from agent.ledger import Ledger, connect, peers, verify
 from agent.read import Read
 from tests.support.agent import agent_config, start_agent
 from tests.support.backlog import code
@@ -214,6 +214,48 @@ def test_a_station_whose_session_was_lost_asks_the_peer_again_and_refuses_the_du
     finally:
         proxy.stop()
         broker.stop()
+
+
+def test_an_alarm_whose_publish_a_crash_lost_is_published_at_the_next_start_and_only_once(tmp_path, broker):
+    """The conflict is in the ledger (raised in the transaction that stored the peer's row)
+    but the station died before publishing it: the next start publishes it, records the
+    broker's PUBACK, and the start after that sends nothing again."""
+    ledger = Ledger.open(tmp_path / "kiosk-a.db", device_id="kiosk-a", site_id="site-1", lifecycle="off")
+    read = Read(code(9), "stdin", "stdin")
+    mine = ledger.decide_and_record(read, "dispense", codes.parse(read.raw))
+    theirs = {
+        "event_id": "kiosk-b-0001",
+        "device_id": "kiosk-b",
+        "site_id": "site-1",
+        "seq": 1,
+        "ts": "2026-11-30T07:00:00.000Z",
+        "movement": "dispense",
+        "verdict": "accepted",
+        "code": code(9).decode(),
+        "product_id": mine.parsed.product_id,
+        "hash": "ab" * 32,
+    }
+    _, (conflict,) = peers.store(ledger.conn, [theirs], device_id="kiosk-a", received_ts="2026-11-30T07:00:01.000Z")
+    ledger.close()
+    alarms = Subscriber(broker.port, f"{SITE}/+/alarms", persistent=False).start()
+    station = Station(tmp_path, "kiosk-a", broker.port)
+    try:
+        station.start()
+        (message,) = wait_until(lambda: alarms.on("/alarms"), timeout=30, what="the alarm published")
+        body = json.loads(message.payload)
+        assert message.topic == f"{SITE}/kiosk-a/alarms"
+        assert (body["schema"], body["kind"], body["alarm_id"]) == ("alarm/1", "conflict", conflict.alarm_id)
+        assert (body["local"]["event_id"], body["peer"]["event_id"]) == (mine.event_id, "kiosk-b-0001")
+        assert body["code"] == code(9).decode() and body["detail"] == conflict.detail()
+        wait_until(lambda: station.query("SELECT alarm_id FROM alarm_deliveries") == [(conflict.alarm_id,)])
+        station.stop()
+        station.start()
+        online(broker.port, "kiosk-a")
+        time.sleep(3)  # a round of the alarm sender runs at connect: it finds nothing to send
+        assert len(alarms.on("/alarms")) == 1
+    finally:
+        station.stop()
+        alarms.stop()
 
 
 def test_bad_peer_events_are_logged_counted_and_ignored(tmp_path, broker, stations):

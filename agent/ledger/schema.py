@@ -33,11 +33,12 @@ log = logging.getLogger(__name__)
 #: 6: ``receipts``, what the back end confirmed it stored (the uplink writes it);
 #: 7: ``peer_events``, the site's other stations' movements (the uplink writes it), and
 #: ``alarms.record`` (what a ``conflict`` alarm names, as JSON); 8: ``peer_floors``, how far
-#: each peer's seq has been heard without a gap (the uplink's peer catch-up writes it).
+#: each peer's seq has been heard without a gap (the uplink's peer catch-up writes it), and
+#: ``alarm_deliveries``, the alarms the broker acknowledged on ``{p}/alarms``.
 SCHEMA_VERSION = 8
 
 #: Tables whose rows are never updated or deleted (triggers refuse it).
-APPEND_ONLY = ("scans", "deliveries", "alarms", "manifest_codes", "receipts", "peer_events")
+APPEND_ONLY = ("scans", "deliveries", "alarms", "manifest_codes", "receipts", "peer_events", "alarm_deliveries")
 
 _SCANS = """
 CREATE TABLE IF NOT EXISTS "scans" (
@@ -139,6 +140,16 @@ CREATE TABLE IF NOT EXISTS "peer_floors" (
 ) WITHOUT ROWID
 """
 
+# The alarms published on ``{p}/alarms`` that the broker acknowledged (a PUBACK with a
+# success code), one row each, written by the uplink. An alarm without a row is published
+# again (``agent.sinks.uplink.alarms``): a publish lost in a crash is not lost for good.
+_ALARM_DELIVERIES = """
+CREATE TABLE IF NOT EXISTS "alarm_deliveries" (
+   "alarm_id" INTEGER PRIMARY KEY REFERENCES "alarms"("id"),
+   "ts" TEXT NOT NULL
+)
+"""
+
 # A manifest's codes, as imported; its ``manifest`` entry row in ``scans`` holds the bill
 # (lines, supplier) and the digest of these rows, which ``verify`` recomputes. Keyed by
 # code first: a receive looks a scanned code up here; a code may come again in a later
@@ -212,6 +223,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(_RECEIPTS)
         conn.execute(_PEER_EVENTS)
         conn.execute(_PEER_FLOORS)
+        conn.execute(_ALARM_DELIVERIES)
         if seed_floors:
             _migrate_to_8(conn)
         for index in _INDEXES:

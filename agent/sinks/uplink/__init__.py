@@ -13,7 +13,8 @@ Three threads, none of them the pipeline's, each with its own module:
   reconnect with exponential backoff and jitter, send what the window holds;
 - ``uplink`` (this module) owns the uplink's own ledger connection: it makes
   events ready (:mod:`.window`), answers commands (:mod:`.commands`), sends
-  health (:mod:`.health`) and, with ``[mqtt] receipts = true``, records the back
+  health (:mod:`.health`), publishes alarms until acknowledged (:mod:`.alarms`)
+  and, with ``[mqtt] receipts = true``, records the back
   end's receipts and sends unconfirmed events again (:mod:`.receipts`);
 - ``uplink-record`` (:mod:`.recorder`) records deliveries on a connection of its own;
 - ``uplink-peers`` (:mod:`.peers`), with ``[site] peers = true``, stores the site's
@@ -43,6 +44,7 @@ from agent.config import MqttConfig
 from agent.domain import Decision
 from agent.ledger.outbox import Outbox
 
+from .alarms import AlarmSender
 from .commands import CommandError, Commands
 from .connection import Connection
 from .health import Counters, Health
@@ -142,6 +144,15 @@ class Uplink:
             on_command=self.commands.received,
             on_receipt=None if self.receipts is None else self.receipts.received,
         )
+        #: Alarms out on {p}/alarms, from the ledger, until acknowledged.
+        self.alarms = AlarmSender(
+            self.topics,
+            device_id=device_id,
+            site_id=site_id,
+            send=self.connection.send_tracked,
+            wake=self._wake.set,
+        )
+        self.connection.on_tracked_ack = self.alarms.acknowledged
         #: The site's other stations' events (``[site] peers``), or None.
         self.peers = None
         if peers:
@@ -152,6 +163,7 @@ class Uplink:
                 publish=self._send,
                 split_packs=split_packs,
                 on_conflict=on_conflict,
+                on_alarm=self.alarms.poke,
                 connected_now=lambda: self.connection.connected,
             )
             self.connection.on_peer_event = self.peers.received
@@ -257,7 +269,7 @@ class Uplink:
             # refusal, a connection, room in the window; or one of its timers.
             due = [next_states] if self.reporter.on_state is not None else []
             if self.connected:
-                due += [next_health, self.window.next_due()]
+                due += [next_health, self.window.next_due(), self.alarms.next_due()]
                 if self.receipts is not None:
                     due.append(self.receipts.next_due())
             self._wake.wait(max(0.0, min(due) - time.monotonic()) if due else None)
@@ -272,7 +284,9 @@ class Uplink:
                 self.commands.answer_waiting()
                 if self.receipts is not None:
                     self.receipts.settle(outbox)
+                self.alarms.settle(outbox)
                 if self.connected:
+                    self.alarms.send_due(outbox)
                     if self.window.prepare(outbox):
                         self.connection.wake()
                     if self.receipts is not None and time.monotonic() >= self.receipts.next_due():
@@ -295,7 +309,7 @@ class Uplink:
             self.receipts.connected()
         if self.peers is not None:
             self.peers.connected()
-        self._wake.set()
+        self.alarms.poke()
 
     def _resend_unconfirmed(self, outbox: Outbox) -> None:
         """Send a round of unconfirmed events again, if one is due (uplink thread)."""

@@ -14,6 +14,7 @@ keepalive needs it, instead of polling.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
@@ -50,6 +51,8 @@ PUMP_S = 0.05
 #: ... and this often while it has room in the window but the uplink thread is
 #: still reading the backlog, rather than waking for every batch it reads.
 STARVED_PUMP_S = 0.002
+#: :meth:`Connection.send_tracked` messages awaiting a PUBACK kept at most (the oldest forgotten).
+MAX_TRACKED = 10_000
 #: With nothing in flight or ready, uplink-net sleeps this long unless woken:
 #: paho's keepalive needs it (``loop_misc()`` pings a quiet broker and notices
 #: a silent one). paho's own ``loop_forever()`` wakes as often.
@@ -86,7 +89,7 @@ class Connection:
     which call ``on_ready()`` (connected and subscribed), ``on_command(message)``,
     ``on_receipt(message)`` (a message on ``{p}/receipt``, subscribed only when
     ``on_receipt`` is given) and the window's uplink-net methods. :meth:`wake`, :meth:`send`,
-    :meth:`say_offline`, :meth:`stop` and :attr:`connected` may be used from
+    :meth:`send_tracked`, :meth:`say_offline`, :meth:`stop` and :attr:`connected` may be used from
     any thread: paho queues what they publish, and uplink-net writes it.
 
         connection = Connection(config, client_id="kiosk-7", topics=topics, window=window)
@@ -99,6 +102,8 @@ class Connection:
     #: (``{prefix}/{site}/+/events``, ``+/documents``, ``+/status``, subscribed only when this
     #: is set before :meth:`run`: ``[site] peers``); uplink-net.
     on_peer_event: Callable[[mqtt.MQTTMessage], None] | None = None
+    #: ``on_tracked_ack(token, reason_code)``: the PUBACK of a :meth:`send_tracked` message; uplink-net.
+    on_tracked_ack: Callable[[object, mqtt.ReasonCode], None] | None = None
 
     def __init__(
         self,
@@ -131,6 +136,10 @@ class Connection:
         self._thread: int | None = None  # uplink-net's ident, once it runs
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
+        # send_tracked(): queued by any thread, published by uplink-net, which alone keeps
+        # the mids, so a PUBACK (handled on uplink-net too) never comes before its mid is known.
+        self._tracked_out: collections.deque[tuple[str, bytes, object]] = collections.deque()
+        self._tracked: collections.OrderedDict[int, object] = collections.OrderedDict()
         self.client = self._make_client()
         # The window picks each event's topic: {p}/events or {p}/documents.
         self._publish_event = functools.partial(self.client.publish, qos=1)
@@ -157,6 +166,12 @@ class Connection:
         """Publish ``body`` as JSON with QoS 1 (health, replies)."""
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
         self.client.publish(topic, payload, qos=1, properties=properties)
+
+    def send_tracked(self, topic: str, payload: bytes, token: object) -> None:
+        """Publish ``payload`` with QoS 1 once connected, and tell ``on_tracked_ack(token, reason)``
+        its PUBACK (alarms). Nothing is promised on a connection lost: the caller sends again."""
+        self._tracked_out.append((topic, payload, token))
+        self.wake()
 
     def say_offline(self, timeout: float) -> None:
         """Publish the retained ``offline`` status and wait up to ``timeout`` for its PUBACK."""
@@ -266,6 +281,8 @@ class Connection:
         while not self._stopping.is_set():
             starved = False
             if self._connected.is_set():
+                if self._tracked_out:
+                    self._publish_tracked()
                 starved = self.window.fill(self._publish_event)
             if starved:
                 timeout = STARVED_PUMP_S
@@ -275,6 +292,16 @@ class Connection:
                 timeout = IDLE_S
             if self._turn(timeout) != mqtt.MQTT_ERR_SUCCESS:
                 break
+
+    def _publish_tracked(self) -> None:
+        while self._tracked_out:
+            topic, payload, token = self._tracked_out.popleft()
+            info = self.client.publish(topic, payload, qos=1)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                continue  # the caller sends it again when no PUBACK comes
+            self._tracked[info.mid] = token
+            while len(self._tracked) > MAX_TRACKED:
+                self._tracked.popitem(last=False)  # long unanswered: sent again by the caller anyway
 
     def _turn(self, timeout: float) -> mqtt.MQTTErrorCode:
         """One turn of paho's own ``loop()``, with our wake-up socket beside paho's."""
@@ -345,7 +372,12 @@ class Connection:
         self._connected.clear()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if not self.window.acknowledged(mid, reason_code) and reason_code.is_failure:
+        if self.window.acknowledged(mid, reason_code):
+            return
+        token = self._tracked.pop(mid, None)
+        if token is not None and self.on_tracked_ack is not None:
+            self.on_tracked_ack(token, reason_code)
+        elif reason_code.is_failure:
             # A status, health or reply message refused by the broker's ACL, say:
             # surfaced like a refused event.
             self.counters.refused_publishes += 1

@@ -15,7 +15,8 @@ Bad input (not JSON, not an event, another site, a hash that does not match) is 
 A peer's accepted scan that the site's count makes a duplicate of one accepted here (the
 two stations did not hear each other: a partition, or the same second) raises a
 ``conflict``: an alarm in the ledger (in the same transaction as the peer row, so a crash
-loses neither and a redelivery raises none), an event on ``{p}/alarms`` naming both scans,
+loses neither and a redelivery raises none), an event on ``{p}/alarms`` naming both scans
+(published from the ledger by :mod:`.alarms` until acknowledged: ``on_alarm()`` pokes it),
 health's ``alarms``, and ``on_conflict`` (the feedback's amber, and the lock if
 ``[documents] lock_on`` has ``conflict``; the lock itself is recorded on the pipeline thread).
 
@@ -71,8 +72,6 @@ LOG_EVERY_S = 10.0
 #: Floors raised by events that stored no row are written at most this often (a floor
 #: behind on disk only means a few events asked for again after a crash).
 FLOOR_SAVE_S = 5.0
-#: The schema of an alarm event on ``{p}/alarms``.
-ALARM_SCHEMA = "alarm/1"
 
 
 def check_event(payload: bytes, *, device: str, site_id: str) -> tuple[dict | None, str]:
@@ -122,7 +121,7 @@ class PeerIntake:
 
     Threads: :meth:`received` and :meth:`connected` on uplink-net (paho's callbacks);
     :meth:`run` is ``uplink-peers`` and calls ``publish(topic, body)`` (any-thread safe),
-    ``connected_now()`` and ``on_conflict(conflict)``; :meth:`start`, :meth:`stop` on the
+    ``connected_now()``, ``on_alarm()`` and ``on_conflict(conflict)``; :meth:`start`, :meth:`stop` on the
     uplink's owner; :meth:`stats` and the counters on any thread.
 
         intake = PeerIntake(db_path, topics=topics, site_id="site-01", publish=connection.send)
@@ -141,6 +140,7 @@ class PeerIntake:
         publish: Callable[[str, dict], None],
         split_packs: Mapping[str, int] | None = None,
         on_conflict: Callable[[peers.Conflict], None] | None = None,
+        on_alarm: Callable[[], None] = lambda: None,
         connected_now: Callable[[], bool] = lambda: True,
         max_queue: int = MAX_QUEUE,
     ) -> None:
@@ -151,6 +151,7 @@ class PeerIntake:
         self.publish = publish
         self.split_packs = dict(split_packs or {})
         self.on_conflict = on_conflict
+        self.on_alarm = on_alarm
         self.connected_now = connected_now
         self.max_queue = max_queue
         self._queue: collections.deque[tuple[str, bytes]] = collections.deque()
@@ -324,7 +325,7 @@ class PeerIntake:
     def _raise(self, conflict: peers.Conflict) -> None:
         self.conflicts += 1
         log.error("ALARM conflict: %s", conflict.detail())
-        self.publish(self.topics.alarms, alarm_event(conflict, device_id=self.device_id, site_id=self.site_id))
+        self.on_alarm()  # the uplink publishes it from the ledger (.alarms), again until acknowledged
         if self.on_conflict is not None:
             try:
                 self.on_conflict(conflict)
@@ -343,19 +344,3 @@ class PeerIntake:
                 payload[:200],
                 sum(self.ignored.values()),
             )
-
-
-def alarm_event(conflict: peers.Conflict, *, device_id: str, site_id: str) -> dict:
-    """The ``alarm/1`` event published on ``{p}/alarms`` for a conflict (docs/events.md)."""
-    return {
-        "schema": ALARM_SCHEMA,
-        "kind": "conflict",
-        "alarm_id": conflict.alarm_id,
-        "ts": conflict.ts,
-        "device_id": device_id,
-        "site_id": site_id,
-        "code": conflict.code,
-        "detail": conflict.detail(),
-        "local": conflict.local,
-        "peer": conflict.peer,
-    }
