@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import codes, ledger
-from agent.ledger import APPEND_ONLY, HASHED, Ledger, LedgerError, checkpoint, peers, row_hash, store, verify
+from agent.ledger import APPEND_ONLY, HASHED, Ledger, LedgerError, alarms, checkpoint, peers, row_hash, store, verify
 from agent.ledger.chain import canonical
 from agent.ledger.outbox import Outbox
 from agent.read import Read
@@ -213,13 +213,16 @@ def test_tables_are_append_only(db, scanner, table):
     db.conn.execute("INSERT INTO manifest_codes (code, bill_code, level) VALUES (?, 'DN1', 'unit')", (A,))
     Outbox(db.conn).record_receipt(1, "mqtt")
     peer = dict.fromkeys(peers.COLUMNS, "x") | {"code": B, "movement": "dispense", "verdict": "accepted", "seq": 1}
-    peers.store(db.conn, [peer], device_id="kiosk-1", received_ts="2026-01-01T00:00:00.000Z")
+    peers.store(db.conn, [peer | {"pack_codes": [A]}], device_id="kiosk-1", received_ts="2026-01-01T00:00:00.000Z")
+    alarms.mark_delivered(db.conn, [alarm], ts="2026-01-01T00:00:00.000Z")
     key, row = {
         "scans": ("id", d.scan_id),
         "alarms": ("id", alarm),
         "manifest_codes": ("code", A),
         "receipts": ("stored_through_seq", 1),
         "peer_events": ("seq", 1),
+        "alarm_deliveries": ("alarm_id", alarm),
+        "peer_packs": ("code", A),
     }.get(table, ("scan_id", d.scan_id))
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         db.conn.execute(f"UPDATE {table} SET {key} = 99 WHERE {key} = ?", (row,))

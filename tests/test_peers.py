@@ -217,3 +217,54 @@ def test_a_floor_is_stored_with_the_rows_and_only_rises(db):
         peers.store(db.conn, [peer(B, n=4), bad], device_id="kiosk-1", received_ts=TS, floors={"kiosk-2": 5})
     assert peers.floors(db.conn)["kiosk-2"] == 3
     assert db.conn.execute("SELECT COUNT(*) FROM peer_events").fetchone()[0] == 1
+
+
+def test_the_codes_inside_a_case_a_peer_received_count_here_and_its_void_gives_them_back(tmp_path):
+    """The dock (kiosk-2) receives a case against its manifest; its real event, checked as the
+    intake checks it, tells the counter (kiosk-1, which has no manifest) every unit inside."""
+    from agent.events import encode, event_from_row
+    from agent.ledger.manifests import read_manifest
+    from agent.sinks.uplink.peers import check_event, peer_row
+    from tests.support.manifests import make_manifest
+
+    manifest = make_manifest("DN-P1", cases=1, units_per_case=6, middle_per_case=2)
+    case = next(c["code"] for c in manifest["codes"] if c["level"] == "case")
+    middles = sorted(c["code"] for c in manifest["codes"] if c["level"] == "middle")
+    units = sorted(c["code"] for c in manifest["codes"] if c["level"] == "unit")
+    dock = Ledger.open(tmp_path / "dock.db", device_id="kiosk-2", site_id="site-3", lifecycle="strict")
+    counter = Ledger.open(tmp_path / "counter.db", device_id="kiosk-1", site_id="site-3", lifecycle="strict")
+    try:
+        dock.import_manifest(read_manifest(manifest), read=Read(b"", "cli", "cli"))
+        received = Scanner(dock).scan(case, "receive")
+        assert received.verdict == "accepted"
+        event = event_from_row(dock.conn.execute("SELECT * FROM scans WHERE id = ?", (received.scan_id,)).fetchone())
+        checked, why = check_event(encode(event), device="kiosk-2", site_id="site-3")
+        assert why == "" and checked is not None
+        row = peer_row(checked)
+        assert sorted(row["pack_codes"]) == sorted([*middles, *units])
+
+        scanner = Scanner(counter)
+        assert scanner.scan(units[0]).reason == "never_received"  # before the dock's event arrives
+        assert scanner.scan(units[5], "receive").verdict == "accepted"  # received here on its own
+        new, conflicts = peers.store(counter.conn, [row], device_id="kiosk-1", received_ts=TS)
+        assert new == 1
+        # The unit received twice (here alone, at the dock in the case) is a conflict naming it.
+        assert [c.code for c in conflicts] == [units[5]]
+        assert conflicts[0].peer["event_id"] == received.event_id
+
+        sold = scanner.scan(units[0])
+        assert sold.verdict == "accepted"  # received at the dock inside the case: sellable here
+        again = scanner.scan(units[1], "receive")
+        assert (again.verdict, again.reason) == ("duplicate", "already_received")
+        assert (again.earlier.device_id, again.earlier.event_id) == ("kiosk-2", received.event_id)
+        assert scanner.scan(middles[1], "receive").reason == "already_received"
+
+        # The dock voids the case's receive: its units are no longer held at the site.
+        void = peer(case, "receive", n=received.seq + 1, verdict="void") | {"product_id": event["product_id"]}
+        peers.store(counter.conn, [void], device_id="kiosk-1", received_ts=TS)
+        assert scanner.scan(units[2], "receive").verdict == "accepted"
+        assert peers.tally(counter.conn, units[3]).held == 0 and peers.tally(counter.conn, units[0]).out == 0
+        assert verify(counter.conn).ok
+    finally:
+        dock.close()
+        counter.close()

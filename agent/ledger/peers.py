@@ -165,12 +165,10 @@ def local_part(after: State, local: State, tally: Tally) -> State:
 
 
 def tally(conn: sqlite3.Connection, code: str, *, before: int | None = None) -> Tally:
-    """The peers' tally of ``code`` (one probe of the ``peer_events_code`` index), or only
-    of the rows before id ``before``."""
-    if before is None:
-        rows = conn.execute(_TALLY, (code,)).fetchall()
-    else:
-        rows = conn.execute(_TALLY_BEFORE, (code, before)).fetchall()
+    """The peers' tally of ``code`` (a probe of the ``peer_events_code`` index and one of
+    ``peer_packs``), or only of the rows before id ``before``. A code inside a pack a peer
+    received counts that pack's rows too: received with it, voided or returned with it."""
+    rows = conn.execute(_TALLY, {"code": code, "before": _NO_LIMIT if before is None else before}).fetchall()
     return fold(tuple(r) for r in rows) if rows else NONE
 
 
@@ -245,7 +243,10 @@ def store(
                 continue  # stored already: a redelivery, a resend
             new += 1
             prev = chain
-            conflict = _conflict(conn, cursor.lastrowid, values, device_id, received_ts, split_packs)
+            inner = tuple(peer.get("pack_codes") or ())
+            if inner:
+                conn.executemany(_PACK, [(code, values["code"]) for code in inner])
+            conflict = _conflict(conn, cursor.lastrowid, values, device_id, received_ts, split_packs, inner)
             if conflict is not None:
                 conflicts.append(conflict)
         if floors:
@@ -259,18 +260,42 @@ def store(
 
 
 def _conflict(
-    conn: sqlite3.Connection, peer_id: int, peer: Mapping, device_id: str, ts: str, split_packs: Mapping[str, int]
+    conn: sqlite3.Connection,
+    peer_id: int,
+    peer: Mapping,
+    device_id: str,
+    ts: str,
+    split_packs: Mapping[str, int],
+    inner: tuple[str, ...] = (),
 ) -> Conflict | None:
-    """A ``conflict`` alarm if the peer's accepted dispense (use) or receive finds the code
-    already out (held) at the site, with this station's own accepted scan counted in it."""
+    """A ``conflict`` alarm if the peer's accepted dispense (use) or receive finds the code,
+    or for a pack one of the codes inside it, already out (held) at the site, with this
+    station's own accepted scan counted in it (the first such code: one alarm a peer row)."""
     movement = peer["movement"]
     if peer["verdict"] != "accepted" or movement not in ("dispense", "use", "receive"):
         return None
-    found = conn.execute(_LOCAL_STATE, (peer["code"],)).fetchone()
+    for code in (peer["code"], *inner):
+        conflict = _conflict_of(conn, peer_id, peer, code, device_id, ts, split_packs)
+        if conflict is not None:
+            return conflict
+    return None
+
+
+def _conflict_of(
+    conn: sqlite3.Connection,
+    peer_id: int,
+    peer: Mapping,
+    code: str,
+    device_id: str,
+    ts: str,
+    split_packs: Mapping[str, int],
+) -> Conflict | None:
+    movement = peer["movement"]
+    found = conn.execute(_LOCAL_STATE, (code,)).fetchone()
     if found is None:
         return None
     local = State(*found)
-    site = combine(local, tally(conn, peer["code"], before=peer_id))
+    site = combine(local, tally(conn, code, before=peer_id))
     if movement == "receive":
         ours = local.in_id if local.in_held > 0 and site.in_held >= 1 else None
     else:
@@ -286,7 +311,7 @@ def _conflict(
     conflict = Conflict(
         alarm_id=0,
         ts=ts,
-        code=peer["code"],
+        code=code,
         local=dict(scan),
         peer={k: peer[k] for k in ("event_id", "seq", "ts", "device_id", "movement")},
     )
@@ -334,8 +359,14 @@ def check(conn: sqlite3.Connection) -> list[str]:
     return problems
 
 
-_TALLY = "SELECT id, movement, verdict FROM peer_events WHERE code = ? ORDER BY id"
-_TALLY_BEFORE = "SELECT id, movement, verdict FROM peer_events WHERE code = ? AND id < ? ORDER BY id"
+# A code's own peer rows, and those of every pack a peer received it in (``peer_packs``).
+_TALLY = (
+    "SELECT id, movement, verdict FROM peer_events WHERE code = :code AND id < :before"
+    " UNION SELECT e.id, e.movement, e.verdict FROM peer_packs AS k JOIN peer_events AS e ON e.code = k.pack_code"
+    " WHERE k.code = :code AND e.id < :before ORDER BY id"
+)
+_NO_LIMIT = 2**63 - 1
+_PACK = "INSERT OR IGNORE INTO peer_packs (code, pack_code) VALUES (?, ?)"
 _LOCAL_STATE = "SELECT out_count, out_id, in_held, in_id, destroyed_id FROM code_state WHERE code = ?"
 # A floor only rises: a late copy of an older batch never lowers it.
 _FLOOR = (

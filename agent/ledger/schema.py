@@ -34,11 +34,21 @@ log = logging.getLogger(__name__)
 #: 7: ``peer_events``, the site's other stations' movements (the uplink writes it), and
 #: ``alarms.record`` (what a ``conflict`` alarm names, as JSON); 8: ``peer_floors``, how far
 #: each peer's seq has been heard without a gap (the uplink's peer catch-up writes it), and
-#: ``alarm_deliveries``, the alarms the broker acknowledged on ``{p}/alarms``.
+#: ``alarm_deliveries``, the alarms the broker acknowledged on ``{p}/alarms``, and
+#: ``peer_packs``, the codes inside the packs (cases, middle packs) a peer received.
 SCHEMA_VERSION = 8
 
 #: Tables whose rows are never updated or deleted (triggers refuse it).
-APPEND_ONLY = ("scans", "deliveries", "alarms", "manifest_codes", "receipts", "peer_events", "alarm_deliveries")
+APPEND_ONLY = (
+    "scans",
+    "deliveries",
+    "alarms",
+    "manifest_codes",
+    "receipts",
+    "peer_events",
+    "alarm_deliveries",
+    "peer_packs",
+)
 
 _SCANS = """
 CREATE TABLE IF NOT EXISTS "scans" (
@@ -140,6 +150,19 @@ CREATE TABLE IF NOT EXISTS "peer_floors" (
 ) WITHOUT ROWID
 """
 
+# The codes inside a pack a peer received (its event's ``record.pack``: the units and the
+# middle packs between): each counts every peer row of the pack's code as its own
+# (``agent.ledger.peers.tally``), so a unit of a case received at the dock is held at the
+# counter, and a void of the case there gives them all back. Keyed by the inner code: a
+# decision probes it once, a miss for a code in no peer's pack. Written by the intake.
+_PEER_PACKS = """
+CREATE TABLE IF NOT EXISTS "peer_packs" (
+   "code" TEXT NOT NULL,
+   "pack_code" TEXT NOT NULL,
+   PRIMARY KEY ("code", "pack_code")
+) WITHOUT ROWID
+"""
+
 # The alarms published on ``{p}/alarms`` that the broker acknowledged (a PUBACK with a
 # success code), one row each, written by the uplink. An alarm without a row is published
 # again (``agent.sinks.uplink.alarms``): a publish lost in a crash is not lost for good.
@@ -224,6 +247,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(_PEER_EVENTS)
         conn.execute(_PEER_FLOORS)
         conn.execute(_ALARM_DELIVERIES)
+        conn.execute(_PEER_PACKS)
         if seed_floors:
             _migrate_to_8(conn)
         for index in _INDEXES:

@@ -65,8 +65,12 @@ log = logging.getLogger(__name__)
 MAX_QUEUE = 20_000
 #: At most this many messages per transaction.
 BATCH = 500
-#: A message bigger than this is not read (an event is about 1 KB).
-MAX_EVENT_BYTES = 64 * 1024
+#: A message bigger than this is not read (an event is about 1 KB; a case received carries
+#: its units, ~23 bytes each: 600 units is ~14 KB). Not read means its seq stays a gap.
+MAX_EVENT_BYTES = 1024 * 1024
+#: At most this many codes inside one pack are taken from a peer's event (a case of 600
+#: units with middle packs is well under it; more are cut, not refused).
+MAX_PACK_CODES = 20_000
 #: The same kind of bad message is logged at most this often.
 LOG_EVERY_S = 10.0
 #: Floors raised by events that stored no row are written at most this often (a floor
@@ -112,7 +116,15 @@ def peer_row(event: Mapping) -> dict | None:
     """
     if event.get("schema") != SCHEMA or not peers.kept(event):
         return None
-    return {c: event.get(c) for c in peers.COLUMNS}
+    row = {c: event.get(c) for c in peers.COLUMNS}
+    # A pack received (a case, a middle pack): what is inside it, as the peer's ledger recorded
+    # it in the event's hash-checked record. Those codes count the pack's rows as their own.
+    record = event.get("record")
+    pack = record.get("pack") if isinstance(record, dict) and event.get("verdict") == "accepted" else None
+    if isinstance(pack, dict):
+        inner = [c for c in (*(pack.get("middles") or ()), *(pack.get("units") or ())) if isinstance(c, str) and c]
+        row["pack_codes"] = inner[:MAX_PACK_CODES]
+    return row
 
 
 class PeerIntake:
