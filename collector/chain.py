@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 GENESIS = "0" * 64
 
 
-@dataclass(frozen=True)
-class Link:
-    """What the chain check needs of one stored event."""
+class Link(NamedTuple):
+    """What the chain check needs of one stored event (a tuple: the writer makes one per event)."""
 
     seq: int
     ledger_id: int

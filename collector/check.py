@@ -51,6 +51,7 @@ COLUMNS = (
     "body",
 )
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 
@@ -78,34 +79,35 @@ class Event:
 
     def row(self) -> tuple:
         """The ``events`` row, in :data:`COLUMNS` order."""
-        return self._values()
+        return _row(self.event, self.text)
 
     def copy_line(self) -> bytes:
         """The row as a line of ``COPY ... FROM STDIN`` text format (:func:`check` makes it,
         on the checking thread, so that the writer only sends it)."""
         return self.line or copy_line(self.row())
 
-    def _values(self) -> tuple:
-        e = self.event
-        document = e.get("document")
-        return (
-            e["event_id"],
-            e["ts"],
-            e["device_id"],
-            e["site_id"],
-            e["seq"],
-            e["ledger_id"],
-            e["schema"],
-            e.get("movement"),
-            e["verdict"],
-            e.get("reason"),
-            e.get("code"),
-            e.get("product_id"),
-            document.get("id") if isinstance(document, dict) else None,
-            e["hash"],
-            e["prev_hash"],
-            self.text,
-        )
+
+def _row(e: dict, text: str) -> tuple:
+    """The ``events`` row of event ``e`` received as ``text``, in :data:`COLUMNS` order."""
+    document = e.get("document")
+    return (
+        e["event_id"],
+        e["ts"],
+        e["device_id"],
+        e["site_id"],
+        e["seq"],
+        e["ledger_id"],
+        e["schema"],
+        e.get("movement"),
+        e["verdict"],
+        e.get("reason"),
+        e.get("code"),
+        e.get("product_id"),
+        document.get("id") if isinstance(document, dict) else None,
+        e["hash"],
+        e["prev_hash"],
+        text,
+    )
 
 
 def copy_line(row: tuple) -> bytes:
@@ -113,17 +115,23 @@ def copy_line(row: tuple) -> bytes:
 
     >>> copy_line((None, 7, 'a\tb\\c\n'))
     b'\\N\t7\ta\\tb\\\\c\\n\n'
+    >>> copy_line(("plain", None))
+    b'plain\t\\N\n'
     """
-    out = []
-    for value in row:
-        if value is None:
-            out.append("\\N")
-            continue
-        text = value if type(value) is str else str(value)
-        if _COPY_SPECIAL.search(text):
-            text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-        out.append(text)
-    return ("\t".join(out) + "\n").encode()
+    texts = ["" if value is None else value if type(value) is str else str(value) for value in row]
+    line = "\t".join(texts)
+    # One look at the whole line: most rows hold nothing to escape (tabs only as separators).
+    if line.count("\t") != len(texts) - 1 or _COPY_SPECIAL.search(line):
+        texts = [_escape(text) for text in texts]
+    if None in row:
+        texts = ["\\N" if value is None else text for value, text in zip(row, texts, strict=True)]
+    return ("\t".join(texts) + "\n").encode()
+
+
+def _escape(text: str) -> str:
+    if _COPY_SPECIAL.search(text):
+        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
 
 
 @dataclass(frozen=True)
@@ -186,8 +194,7 @@ def check(topic: str, payload: bytes, *, prefix: str, max_bytes: int = MAX_PAYLO
     # PostgreSQL's text and jsonb cannot hold NUL; say so here rather than fail the batch.
     if "\\u0000" in text:
         return reject("unstorable", "a string holds U+0000, which PostgreSQL text cannot store")
-    event = Event(topic, body, text)
-    return Event(topic, body, text, copy_line(event.row()))
+    return Event(topic, body, text, copy_line(_row(body, text)))
 
 
 def _malformed(event: dict, schema: str) -> str:
@@ -201,10 +208,11 @@ def _malformed(event: dict, schema: str) -> str:
     for key in ("event_id", "seq", "ledger_id", "device_id", "site_id", "ts", "hash", "prev_hash", "verdict"):
         if key not in event:
             return f"{key}: missing"
-    try:
-        uuid.UUID(event["event_id"])
-    except (ValueError, TypeError, AttributeError):
-        return f"event_id: {event['event_id']!r} is not a UUID"
+    if not (type(event["event_id"]) is str and _UUID.match(event["event_id"])):
+        try:  # the other spellings PostgreSQL's uuid takes too (upper case, braces, no hyphens)
+            uuid.UUID(event["event_id"])
+        except (ValueError, TypeError, AttributeError):
+            return f"event_id: {event['event_id']!r} is not a UUID"
     for key in ("seq", "ledger_id"):
         value = event[key]
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**63:

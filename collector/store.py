@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from . import chain
-from .check import COLUMNS, Event, Rejected, Report
+from .check import COLUMNS, Event, Rejected, Report, copy_line
 from .schema import ensure_month
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,10 @@ class Store:
         self.dsn = dsn
         self.conn: psycopg.Connection | None = None
         self._months: set[str] = set()
+        # Per device, the last row this store committed at the end of its stored run, and
+        # those of the transaction under way (kept only once it commits).
+        self._last: dict[str, chain.Link] = {}
+        self._pending: dict[str, chain.Link] = {}
         self.reconnect()
 
     def reconnect(self) -> None:
@@ -100,9 +104,12 @@ class Store:
                 self._months.add(month)
             except psycopg.DataError:
                 pass  # a month PostgreSQL cannot hold: its events are refused below, one by one
+        self._pending = {}
         try:
             with self.conn.transaction():
-                return self._write(events, rejected, reports)
+                stored = self._write(events, rejected, reports)
+            self._last.update(self._pending)
+            return stored
         except psycopg.DataError as problem:
             if len(events) <= 1:
                 if not events:
@@ -129,56 +136,143 @@ class Store:
         if not events:
             return stored
         new = _insert(self.conn, cur, events)
-        new_per_device: dict[str, int] = {}
-        new_seqs: dict[str, list[int]] = {}
-        for event in new:
-            new_per_device[event.device] = new_per_device.get(event.device, 0) + 1
-            new_seqs.setdefault(event.device, []).append(event.seq)
         stored.inserted = len(new)
         stored.duplicates = len(events) - len(new)
-        seen: dict[str, list] = {}  # device: [site, max seq, received]
-        batch_seqs: dict[str, set[int]] = {}
-        for event in events:
-            batch_seqs.setdefault(event.device, set()).add(event.seq)
-            entry = seen.setdefault(event.device, [event.site, 0, 0])
-            entry[0], entry[1], entry[2] = event.site, max(entry[1], event.seq), entry[2] + 1
-        devices = sorted(seen)
+        per = _per_device(events, new)
+        devices = sorted(per)
         cur.execute(
             "INSERT INTO devices AS d (device_id, site_id, max_seq, stored, duplicates)"
             " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) ORDER BY 1"
             " ON CONFLICT (device_id) DO UPDATE SET site_id = excluded.site_id,"
             " max_seq = GREATEST(d.max_seq, excluded.max_seq), stored = d.stored + excluded.stored,"
             " duplicates = d.duplicates + excluded.duplicates, last_seen = clock_timestamp()"
-            " RETURNING device_id, stored_through_seq",
+            " RETURNING device_id, stored_through_seq, stored",
             (
                 devices,
-                [seen[d][0] for d in devices],
-                [seen[d][1] for d in devices],
-                [new_per_device.get(d, 0) for d in devices],
-                [seen[d][2] - new_per_device.get(d, 0) for d in devices],
+                [per[d].site for d in devices],
+                [per[d].max_seq for d in devices],
+                [len(per[d].new) for d in devices],
+                [per[d].received - len(per[d].new) for d in devices],
             ),
         )
-        for device, through in sorted(cur.fetchall()):
-            state = Device(seen[device][0], through)
-            state.resent = device not in new_per_device
-            # A new event at or below the stored run is a seq some other event already holds.
-            reused = [seq for seq in new_seqs.get(device, ()) if seq <= through]
-            if reused:
-                stored.breaks += _reused_seqs(cur, device, reused)
-            new_through = _advance(cur, device, through, batch_seqs[device])
+        progress = sorted(cur.fetchall())
+        # Usually a device's new events simply continue its stored run (nothing stored beyond
+        # it, one event a seq): its new links are then in this batch, checked here in memory,
+        # against the row at the run's end (remembered from our last commit, or read).
+        ahead: dict[str, list[Event]] = {}
+        for device, through, count in progress:
+            run = per[device].run_after(through, count)
+            if run is not None:
+                ahead[device] = run
+        before = self._rows_at({d: ahead[d][0].seq - 1 for d in ahead if ahead[d] and ahead[d][0].seq > 1})
+        moved: dict[str, int] = {}
+        for device, through, _ in progress:
+            batch = per[device]
+            state = Device(batch.site, through, resent=not batch.new)
+            if device in ahead:
+                run = ahead[device]
+                new_through = run[-1].seq if run else through
+                if run:
+                    links = [
+                        chain.Link(
+                            e.seq, e.event["ledger_id"], e.event["hash"], e.event["prev_hash"], e.event["event_id"]
+                        )
+                        for e in run
+                    ]
+                    found = chain.breaks(links, before.get(device))
+                    stored.breaks += _record_breaks(cur, device, found)
+                    self._pending[device] = links[-1]
+            else:
+                # Anything else (out of order, a gap closing, a seq held twice): read it back.
+                reused = [e.seq for e in batch.new if e.seq <= through]
+                if reused:
+                    stored.breaks += _reused_seqs(cur, device, reused)
+                new_through = _advance(cur, device, through, batch.seqs)
+                if new_through > through:
+                    stored.breaks += _check_chain(cur, device, through, new_through)
             if new_through > through:
-                stored.breaks += _check_chain(cur, device, through, new_through)
-                cur.execute(
-                    "UPDATE devices SET stored_through_seq = %s, progress_at = clock_timestamp() WHERE device_id = %s",
-                    (new_through, device),
-                )
+                moved[device] = new_through
                 state.through, state.advanced = new_through, True
             elif state.resent:
-                cur.execute("UPDATE devices SET progress_at = clock_timestamp() WHERE device_id = %s", (device,))
+                moved[device] = through  # progress_at only: a receipt is due again
             stored.devices[device] = state
+        if moved:
+            cur.execute(
+                "UPDATE devices AS d SET stored_through_seq = GREATEST(d.stored_through_seq, m.through),"
+                " progress_at = clock_timestamp() FROM unnest(%s::text[], %s::bigint[]) AS m(device_id, through)"
+                " WHERE d.device_id = m.device_id",
+                (list(moved), list(moved.values())),
+            )
         if new:
             stored.conflicts += _conflicts(cur, new)
         return stored
+
+    def _rows_at(self, wanted: dict[str, int]) -> dict[str, chain.Link]:
+        """The stored row at seq ``wanted[device]`` of each device (the first received of it):
+        from what this store last committed when it is that row, else read in one query."""
+        found = {d: link for d, link in ((d, self._last.get(d)) for d in wanted) if link and link.seq == wanted[d]}
+        rest = [d for d in wanted if d not in found]
+        if rest:
+            rows = self.conn.execute(
+                "SELECT DISTINCT ON (e.device_id)"
+                " e.device_id, e.seq, e.ledger_id, e.hash, e.prev_hash, e.event_id::text"
+                " FROM events e JOIN unnest(%s::text[], %s::bigint[]) AS w(device_id, seq)"
+                " ON e.device_id = w.device_id AND e.seq = w.seq ORDER BY e.device_id, e.received_at",
+                (rest, [wanted[d] for d in rest]),
+            ).fetchall()
+            for device, *link in rows:
+                found[device] = chain.Link(*link)
+        return found
+
+
+@dataclass
+class _Batch:
+    """One device's part of a batch: what the writer tallies before it touches ``devices``."""
+
+    site: str
+    max_seq: int = 0
+    received: int = 0
+    seqs: set[int] = field(default_factory=set)  # every event's, copies included
+    new: list[Event] = field(default_factory=list)  # the events stored now
+
+    def run_after(self, through: int, stored: int) -> list[Event] | None:
+        """The new events that extend the stored run 1..``through``, in seq order, when they are
+        all the device's rows beyond it: ``stored`` (its row count, this batch's included) says
+        nothing else was stored beyond ``through``, and no seq comes twice. Else None.
+
+        >>> from collector.check import Event
+        >>> b = _Batch("s", new=[Event("t", {"seq": s}, "") for s in (5, 4, 7)])
+        >>> [e.seq for e in b.run_after(3, 6)], b.run_after(3, 7), b.run_after(4, 7)
+        ([4, 5], None, None)
+        """
+        if stored - len(self.new) != through:
+            return None
+        by_seq = {e.seq: e for e in self.new}
+        if len(by_seq) != len(self.new) or (by_seq and min(by_seq) <= through):
+            return None
+        run, seq = [], through + 1
+        while seq in by_seq:
+            run.append(by_seq[seq])
+            seq += 1
+        return run
+
+
+def _per_device(events: list[Event], new: list[Event]) -> dict[str, _Batch]:
+    per: dict[str, _Batch] = {}
+    for event in events:
+        e = event.event
+        batch = per.get(e["device_id"])
+        if batch is None:
+            batch = per[e["device_id"]] = _Batch(e["site_id"])
+        batch.site = e["site_id"]
+        seq = e["seq"]
+        batch.seqs.add(seq)
+        batch.received += 1
+        if seq > batch.max_seq:
+            batch.max_seq = seq
+    for event in new:
+        per[event.event["device_id"]].new.append(event)
+    return per
 
 
 def _add(total: Stored, part: Stored) -> None:
@@ -246,14 +340,18 @@ def _check_chain(cur: psycopg.Cursor, device: str, through: int, new_through: in
     before = None
     if through >= 1 and links and links[0].seq == through:
         before, links = links[0], links[1:]
-    found = chain.breaks(links, before)
+    found = _record_breaks(cur, device, chain.breaks(links, before))
+    return found + (_reused_seqs(cur, device, reused) if reused else 0)
+
+
+def _record_breaks(cur: psycopg.Cursor, device: str, found: list[chain.Break]) -> int:
     for b in found:
         cur.execute(
             "INSERT INTO chain_breaks (device_id, seq, event_id, ledger_id, prev_hash, expected, problem)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (device, b.seq, b.event_id, b.ledger_id, b.prev_hash, b.expected, b.problem),
         )
-    return len(found) + (_reused_seqs(cur, device, reused) if reused else 0)
+    return len(found)
 
 
 def _reused_seqs(cur: psycopg.Cursor, device: str, reused: list[int]) -> int:
@@ -279,8 +377,7 @@ def _insert(conn: psycopg.Connection, cur: psycopg.Cursor, events: list[Event]) 
     """
     try:
         with conn.transaction(), cur.copy(f"COPY events ({_COLS}) FROM STDIN") as copy:
-            for event in events:
-                copy.write_row(event.row())
+            copy.write(b"".join(event.copy_line() for event in events))
         return events
     except psycopg.errors.UniqueViolation:
         pass
@@ -304,8 +401,7 @@ def _conflicts(cur: psycopg.Cursor, new: list[Event]) -> int:
     if not dispensed:
         return 0
     with cur.copy("COPY dispensed (code, event_id, device_id) FROM STDIN") as copy:
-        for e in dispensed:
-            copy.write_row((e["code"], e["event_id"], e["device_id"]))
+        copy.write(b"".join(copy_line((e["code"], e["event_id"], e["device_id"])) for e in dispensed))
     cur.execute(
         "INSERT INTO conflicts (code, event_id, device_id, other_event_id, other_device_id)"
         " SELECT n.code, LEAST(n.event_id, e.event_id),"

@@ -69,6 +69,24 @@ def test_a_double_read_hole_is_not_a_break_but_an_altered_link_is(tmp_path, pg, 
     assert breaks == [("kiosk-2", 3, "prev_hash does not match the hash of the row before")]
 
 
+def test_a_broken_link_at_a_batch_boundary_is_found_by_this_store_and_by_another(tmp_path, pg, db):
+    """The row before a batch's first new link comes from the last commit, or is read back."""
+    from agent.events import hashed_row
+    from agent.ledger import row_hash
+
+    events = ledger_events(tmp_path / "l.db", 6)
+    forged = [dict(events[2], prev_hash="e" * 64), dict(events[4], prev_hash="d" * 64)]
+    for event in forged:
+        event["hash"] = row_hash(hashed_row(event))
+    store = Store(pg.dsn)
+    store.store(checked(events[:2]))
+    store.store(checked([forged[0], events[3]]))  # the row before seq 3: this store's last commit
+    Store(pg.dsn).store(checked([forged[1], events[5]]))  # the row before seq 5: read back
+    breaks = db.execute("SELECT seq, expected FROM chain_breaks ORDER BY seq").fetchall()
+    assert breaks == [(3, events[1]["hash"]), (4, forged[0]["hash"]), (5, events[3]["hash"]), (6, forged[1]["hash"])]
+    assert db.execute("SELECT stored_through_seq FROM devices").fetchone()[0] == 6
+
+
 def test_the_same_code_dispensed_on_two_devices_is_a_conflict(tmp_path, pg, db):
     a = ledger_events(tmp_path / "a.db", 3, device_id="kiosk-a")
     b = ledger_events(tmp_path / "b.db", 3, device_id="kiosk-b", start=2)  # code 2 on both
