@@ -38,9 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dsn", required=True, help="PostgreSQL connection string")
     run.add_argument("--prefix", default="trace/v1", help="topic prefix (the agents' [mqtt] topic_prefix)")
     run.add_argument("--client-id", help="MQTT client id: keep it across restarts (default: collector-HOST-PID)")
-    run.add_argument("--share", default="collectors", help="shared subscription group (MQTT v5)")
-    run.add_argument("--no-share", action="store_true", help="subscribe alone, not in a shared group")
-    run.add_argument("--mqtt311", action="store_true", help="MQTT 3.1.1 (no shared subscriptions)")
+    run.add_argument("--share", default="collectors", help="shared subscription group")
+    run.add_argument(
+        "--shared",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="subscribe as $share/GROUP/...: auto = with MQTT 5 unless the CONNACK says the broker"
+        " has no shared subscriptions; always (mosquitto shares under 3.1.1 too); never",
+    )
+    run.add_argument("--no-share", action="store_true", help="the same as --shared never")
+    run.add_argument(
+        "--mqtt311", action="store_true", help="MQTT 3.1.1 (NATS, RabbitMQ): subscribes plainly unless --shared always"
+    )
     run.add_argument("--tls", action="store_true")
     run.add_argument("--ca-file", default="")
     run.add_argument("--cert-file", default="", help="client certificate (with --key-file)")
@@ -118,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         dsn=args.dsn,
         broker=broker,
         prefix=args.prefix,
-        share=None if args.no_share else args.share,
+        share=args.share,
+        shared="never" if args.no_share else args.shared,
         batch_max=args.batch_max,
         max_payload_bytes=args.max_payload_bytes or MAX_PAYLOAD_BYTES,
         gap_grace_s=args.gap_grace_s,

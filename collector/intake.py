@@ -3,9 +3,15 @@
 Messages are acknowledged by hand (paho's ``manual_ack``), and only once the batch
 that holds them is committed: a collector killed before its commit has acknowledged
 nothing, so the broker sends those messages again (its session outlives the
-connection by :data:`SESSION_EXPIRY_S`). With MQTT v5 the subscriptions are shared
-(``$share/<group>/...``) unless the broker says it has no shared subscriptions:
-collectors of one group then split the messages between them.
+connection by :data:`SESSION_EXPIRY_S`).
+
+Shared subscriptions (``$share/<group>/...``: collectors of one group split the messages
+between them) only where the broker is known to have them: connected with MQTT v5, and
+the CONNACK's "Shared Subscription Available" does not say 0. NATS 2.9 and RabbitMQ 3.10
+speak MQTT 3.1.1 only, and grant a ``$share`` subscription and then deliver nothing on
+it (docs/brokers.md): there the collector subscribes plainly, alone. ``shared="always"``
+or ``"never"`` overrides the choice (mosquitto also shares under 3.1.1); the log says
+which was made (:func:`choose_share`).
 
     intake = Intake(Broker("127.0.0.1", 1883), client_id="collector-1")
     intake.start()
@@ -36,6 +42,39 @@ SESSION_EXPIRY_S = 24 * 3600
 #: Messages the broker may have sent and not had acknowledged (MQTT v5 Receive Maximum):
 #: what one collector may hold between receiving and committing.
 RECEIVE_MAXIMUM = 20_000
+#: How a collector subscribes: shared where the broker says it can ("auto"), or as told.
+SHARED_MODES = ("auto", "always", "never")
+
+
+def choose_share(mode: str, group: str | None, *, v5: bool, available: int | None) -> tuple[str | None, str]:
+    """The shared-subscription group to subscribe in (None: plainly), and why, for the log.
+
+    ``available``: the CONNACK's Shared Subscription Available (None: not sent, which
+    in MQTT v5 means available).
+
+    >>> choose_share("auto", "collectors", v5=True, available=None)
+    ('collectors', 'MQTT 5 and the broker did not say it has no shared subscriptions')
+    >>> choose_share("auto", "collectors", v5=True, available=0)
+    (None, 'the broker says Shared Subscription Available = 0')
+    >>> choose_share("auto", "collectors", v5=False, available=None)[0] is None
+    True
+    >>> choose_share("always", "collectors", v5=False, available=None)
+    ('collectors', 'shared subscriptions forced (--shared always)')
+    """
+    if mode not in SHARED_MODES:
+        raise ValueError(f"shared must be one of {', '.join(SHARED_MODES)}, not {mode!r}")
+    if not group or mode == "never":
+        return None, "shared subscriptions turned off"
+    if mode == "always":
+        return group, "shared subscriptions forced (--shared always)"
+    if not v5:
+        return (
+            None,
+            "MQTT 3.1.1: no way to know the broker shares (NATS and RabbitMQ grant $share, then deliver nothing)",
+        )
+    if available == 0:
+        return None, "the broker says Shared Subscription Available = 0"
+    return group, "MQTT 5 and the broker did not say it has no shared subscriptions"
 
 
 @dataclass(frozen=True)
@@ -83,6 +122,7 @@ class Intake:
         client_id: str,
         prefix: str = "trace/v1",
         share: str | None = "collectors",
+        shared: str = "auto",
         receive_maximum: int = RECEIVE_MAXIMUM,
         on_connect: Callable[[], None] = lambda: None,
         check: Callable[[str, bytes], object] = lambda topic, payload: None,
@@ -90,7 +130,11 @@ class Intake:
         self.broker = broker
         self.client_id = client_id
         self.prefix = prefix
-        self.share = share if broker.v5 else None
+        choose_share(shared, share, v5=broker.v5, available=None)  # a bad mode fails here, not on paho's thread
+        self.share = share
+        self.shared = shared
+        #: The group subscribed in at the last connection (None: plainly); set on paho's thread.
+        self.group: str | None = None
         self.on_connect = on_connect
         self.check = check
         self.receive_maximum = receive_maximum
@@ -150,16 +194,22 @@ class Intake:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("MQTT broker %s:%d refused the connection: %s", self.broker.host, self.broker.port, reason_code)
+            hint = ""
+            if self.broker.v5 and "protocol version" in str(reason_code).lower():
+                hint = " (NATS and RabbitMQ speak MQTT 3.1.1 only: run with --mqtt311)"
+            log.warning(
+                "MQTT broker %s:%d refused the connection: %s%s", self.broker.host, self.broker.port, reason_code, hint
+            )
             return
         with self._lock:
             self._connection += 1
-        share = self.share
-        # A v5 broker without shared subscriptions says so in its CONNACK.
-        if share and properties is not None and getattr(properties, "SharedSubscriptionAvailable", 1) == 0:
-            log.warning("the broker has no shared subscriptions: subscribing alone")
-            share = None
-        client.subscribe([(t, 1) for t in subscriptions(self.prefix, share)])
+        available = getattr(properties, "SharedSubscriptionAvailable", None) if self.broker.v5 else None
+        self.group, why = choose_share(self.shared, self.share, v5=self.broker.v5, available=available)
+        if self.group:
+            log.info("subscribing shared, in group %r: %s", self.group, why)
+        else:
+            log.info("subscribing plainly, alone: %s", why)
+        client.subscribe([(t, 1) for t in subscriptions(self.prefix, self.group)])
         log.info("connected to %s:%d (session present: %s)", self.broker.host, self.broker.port, flags.session_present)
         self.connected.set()
         self.on_connect()

@@ -53,6 +53,7 @@ class Settings:
     broker: Broker = field(default_factory=Broker)
     prefix: str = "trace/v1"
     share: str | None = "collectors"
+    shared: str = "auto"  # collector.intake.SHARED_MODES
     client_id: str = field(default_factory=lambda: f"collector-{socket.gethostname()}-{os.getpid()}")
     batch_max: int = 5000
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
@@ -76,6 +77,7 @@ class Collector:
             client_id=settings.client_id,
             prefix=settings.prefix,
             share=settings.share,
+            shared=settings.shared,
             on_connect=self._on_connect,
             check=self._check,
         )

@@ -49,3 +49,5 @@ def test_every_scan_is_stored_once_and_receipts_move_forward(tmp_path, broker, p
     receipts.stop()
     assert db.execute("SELECT count(*) FROM chain_breaks").fetchone()[0] == 0
     assert db.execute("SELECT status FROM devices").fetchone()[0] in ("online", "offline")
+    # mosquitto with MQTT 5 has shared subscriptions: the collector chose them, and said so.
+    assert "subscribing shared, in group 'collectors'" in collector.text()

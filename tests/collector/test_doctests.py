@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["topics", "check", "chain", "schema", "gaps", "receipts", "report", "cli", "store"]
+MODULES = ["topics", "check", "chain", "schema", "gaps", "receipts", "report", "cli", "store", "intake"]
 
 
 @pytest.mark.parametrize("name", MODULES)
