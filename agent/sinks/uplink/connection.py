@@ -349,8 +349,10 @@ class Connection:
             topics.append((self.topics.receipt, 1))
         if self.on_peer_event is not None:
             # Documents too: their seqs count, or every document would look like a gap.
-            # Status: a peer's ``online`` is when to ask it for what this station missed.
-            topics += [(self.topics.site_events, 1), (self.topics.site_documents, 1), (self.topics.site_status, 1)]
+            # Status: a peer's ``online`` is when to ask it for what this station missed; a
+            # hint (retained, and the asks back it up), so QoS 0: on NATS each QoS 1
+            # subscription is a JetStream consumer, the broker's dearest part.
+            topics += [(self.topics.site_events, 1), (self.topics.site_documents, 1), (self.topics.site_status, 0)]
         client.subscribe(topics)
         client.publish(self.topics.status, "online", qos=1, retain=True)
         self.window.restart()
@@ -359,7 +361,11 @@ class Connection:
         # Drain only once the broker has answered status and subscription: a
         # broker that drops us on a refused publish then still sends its
         # refusal (mosquitto 2.0 discards replies it had queued when it does).
-        names = (self.topics.commands, self.topics.receipt)
+        names = [self.topics.commands]
+        if self.on_receipt is not None:
+            names.append(self.topics.receipt)
+        if self.on_peer_event is not None:
+            names += [self.topics.site_events, self.topics.site_documents, self.topics.site_status]
         for name, reason in zip(names, reason_codes, strict=False):
             if reason.is_failure:
                 log.error("broker refused the subscription %s: %s", name, reason)
