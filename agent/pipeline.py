@@ -42,11 +42,19 @@ log = logging.getLogger(__name__)
 #: without progress (``agent.runner.PIPELINE_STALL_S``), so this stays well under that.
 IDLE_REFRESH_S = 2.5
 
+#: Source kinds whose reader thread decides its own read when the pipeline is idle
+#: (see :meth:`Pipeline.submit`), saving the wake-up of the pipeline's thread. The kernel
+#: keeps what the device sends meanwhile (a tty buffers 4 KiB: seconds of scans).
+#: Keyboard-wedge scanners are not among them: evdev keeps a few dozen key events, which a
+#: disk stall during a commit could overflow while the next scan is typed.
+DECIDE_ON_SOURCE_THREAD = frozenset({"serial"})
+
 
 class Sink(Protocol):
     """Anything told about each decision after it is committed (feedback, uplink, printers).
 
-    ``decided`` must return quickly: it runs on the pipeline thread.
+    ``decided`` must return quickly: it runs on the pipeline thread (see :class:`Pipeline`:
+    one decision at a time, in order).
     """
 
     def decided(self, decision: Decision) -> None: ...
@@ -71,8 +79,23 @@ class _Call(NamedTuple):
     future: Future
 
 
+class _Failed(NamedTuple):
+    """A read decided on a source's thread raised: the pipeline's own thread raises it in turn,
+    as if it had been its own, and stops (the watchdog sees no more progress)."""
+
+    problem: BaseException
+
+
 class Pipeline:
-    """Owns the ledger's write connection and the order of decisions."""
+    """Owns the ledger's write connection and the order of decisions.
+
+    Threads: :meth:`submit`, :meth:`set_context`, :meth:`call` and :meth:`stop` are for any
+    thread. Everything else, the ledger's writes and the sinks' ``decided`` included, runs on
+    *the pipeline thread*: the pipeline's own thread or, for a read from a source kind in
+    :data:`DECIDE_ON_SOURCE_THREAD` while nothing is queued, that source's thread in its place.
+    Either holds the pipeline's turn (a lock) meanwhile, so there is one at a time, in the
+    order things were handed over.
+    """
 
     def __init__(
         self,
@@ -96,6 +119,11 @@ class Pipeline:
         #: An open document with no scan for this long closes as it stands (0: never).
         self.idle_close_s = idle_close_s
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        #: Held by whichever thread is the pipeline thread now (see the class docstring).
+        self._turn = threading.Lock()
+        #: Items put on the queue and not yet handled: a source decides its own read only at 0.
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self.last_progress = time.monotonic()
         self.faulted = False
         self._thread: threading.Thread | None = None
@@ -104,14 +132,47 @@ class Pipeline:
         self._document_active = time.monotonic()
 
     def submit(self, read: Read) -> None:
-        """Queue a read; safe from any thread."""
-        self.queue.put(read)
+        """Hand over a read; safe from any thread.
+
+        A read from a source kind in :data:`DECIDE_ON_SOURCE_THREAD`, while the pipeline
+        runs with nothing queued or in hand, is decided on the calling thread: this returns
+        after its commit and its sinks. Any other read is queued behind what came before it.
+        """
+        if read.source_kind in DECIDE_ON_SOURCE_THREAD and self._decide_here(read):
+            return
+        self._put(read)
 
     def set_context(self, **changes: str) -> None:
         """Change movement, operator or bill for the reads queued after this call."""
         if "movement" in changes:
             check_movement(changes["movement"])
-        self.queue.put(changes)
+        self._put(changes)
+
+    def _put(self, item: object) -> None:
+        with self._waiting_lock:
+            self._waiting += 1
+        self.queue.put(item)
+
+    def _decide_here(self, read: Read) -> bool:
+        """Handle ``read`` on this thread if the pipeline is running and idle; False if not (then queue it)."""
+        thread = self._thread
+        if thread is None or self._stopping or not self._turn.acquire(blocking=False):
+            return False
+        try:
+            # Something queued (or in the pipeline thread's hand) came first: this read waits its turn.
+            if self._waiting or not thread.is_alive():
+                return False
+            try:
+                self.handle(read)
+            except BaseException as problem:
+                # Not on this source's thread (its reader would take it for a port failure):
+                # the pipeline's own thread raises it and stops, as it would have.
+                self._put(_Failed(problem))
+                return True
+            self.last_progress = time.monotonic()
+            return True
+        finally:
+            self._turn.release()
 
     def call(self, verb: Callable[[], list[Decision]]) -> Future:
         """Run ``verb`` on the pipeline thread, between reads; safe from any thread.
@@ -124,7 +185,7 @@ class Pipeline:
         if self._stopping:
             future.set_exception(StationBusy("the agent is stopping; nothing was recorded"))
             return future
-        self.queue.put(_Call(verb, future))
+        self._put(_Call(verb, future))
         return future
 
     def start(self) -> None:
@@ -133,7 +194,7 @@ class Pipeline:
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish every read queued so far, then stop."""
-        self.queue.put(_STOP)
+        self._put(_STOP)
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -142,20 +203,27 @@ class Pipeline:
             try:
                 item = self.queue.get(timeout=IDLE_REFRESH_S)
             except queue.Empty:
+                with self._turn:
+                    self.close_if_idle()
+                    self.last_progress = time.monotonic()
+                continue
+            with self._turn:
+                if item is _STOP:
+                    self._refuse_calls_left()
+                    return
+                if isinstance(item, dict):
+                    self.context = replace(self.context, **item)
+                elif isinstance(item, _Call):
+                    self.run_call(item)
+                elif isinstance(item, _Failed):
+                    raise item.problem
+                else:
+                    self.handle(item)
                 self.close_if_idle()
                 self.last_progress = time.monotonic()
-                continue
-            if item is _STOP:
-                self._refuse_calls_left()
-                return
-            if isinstance(item, dict):
-                self.context = replace(self.context, **item)
-            elif isinstance(item, _Call):
-                self.run_call(item)
-            else:
-                self.handle(item)
-            self.close_if_idle()
-            self.last_progress = time.monotonic()
+                # Last: until now a source's read must not overtake this item.
+                with self._waiting_lock:
+                    self._waiting -= 1
 
     def _refuse_calls_left(self) -> None:
         """Stopping: a command queued after the stop is answered, not left waiting."""

@@ -1,6 +1,8 @@
 """The pipeline: sinks hear a decision only after it is on disk, in order, and survive faults."""
 
+import queue
 import sqlite3
+import threading
 
 from agent.ledger import Ledger
 from agent.pipeline import Context, Pipeline
@@ -104,3 +106,96 @@ def test_stop_finishes_everything_queued(tmp_path):
         p.submit(read(f"812345678901234{i:05d}", source=f"s{i}"))
     p.stop()
     assert lg.conn.execute("SELECT COUNT(*) FROM scans WHERE verdict = 'accepted'").fetchone()[0] == 200
+
+
+def serial_read(text: str, source: str = "tty:counter") -> Read:
+    return Read(text.encode() + b"\r", "serial", source)
+
+
+class Threads:
+    """A sink noting the thread each decision was announced on."""
+
+    def __init__(self):
+        self.seen = []
+
+    def decided(self, decision):
+        self.seen.append((decision.verdict, threading.current_thread().name))
+
+
+def test_a_serial_read_is_decided_on_its_own_thread_while_the_pipeline_is_idle(tmp_path):
+    lg = Ledger.open(tmp_path / "l.db", device_id="k", site_id="s")
+    threads = Threads()
+    p = Pipeline(lg, sinks=[threads])
+    p.start()
+    p.submit(serial_read(A))
+    # Recorded and announced before submit returned, on this thread: no hand-off to wake up for.
+    assert threads.seen == [("accepted", threading.current_thread().name)]
+    p.submit(read(B))  # any other source is queued for the pipeline's own thread
+    p.stop()
+    assert threads.seen[1] == ("accepted", "pipeline")
+    assert lg.conn.execute("SELECT COUNT(*) FROM scans").fetchone()[0] == 2
+
+
+class GatedQueue(queue.SimpleQueue):
+    """The pipeline's queue, whose ``get`` waits until ``gate`` is set: items stay queued."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+
+    def get(self, block=True, timeout=None):
+        self.gate.wait()
+        return super().get(block, timeout)
+
+
+def test_a_serial_read_never_overtakes_what_was_queued_before_it(tmp_path):
+    lg = Ledger.open(tmp_path / "l.db", device_id="k", site_id="s")
+    p = Pipeline(lg, context=Context(movement="dispense"))
+    p.queue = gated = GatedQueue()
+    p.start()
+    p.set_context(movement="receive")  # queued: the pipeline's thread has not taken it yet
+    p.submit(serial_read(A))
+    assert lg.conn.execute("SELECT COUNT(*) FROM scans").fetchone()[0] == 0  # queued behind it, not decided
+    gated.gate.set()
+    p.stop()
+    assert [tuple(r) for r in lg.conn.execute("SELECT code, movement FROM scans")] == [(A, "receive")]
+
+
+def test_a_serial_read_waits_while_the_pipeline_thread_is_busy(tmp_path):
+    lg = Ledger.open(tmp_path / "l.db", device_id="k", site_id="s")
+    busy, release = threading.Event(), threading.Event()
+    threads = Threads()
+
+    class Slow:
+        def decided(self, decision):
+            if decision.text == A:
+                busy.set()
+                release.wait(5)
+
+    p = Pipeline(lg, sinks=[Slow(), threads])
+    p.start()
+    p.submit(read(A))
+    assert busy.wait(5)
+    p.submit(serial_read(B))  # the pipeline thread is in a sink: this is queued, and returns at once
+    release.set()
+    p.stop()
+    assert threads.seen == [("accepted", "pipeline"), ("accepted", "pipeline")]
+
+
+def test_a_bug_met_on_a_source_thread_stops_the_pipeline_as_on_its_own(tmp_path, monkeypatch):
+    lg = Ledger.open(tmp_path / "l.db", device_id="k", site_id="s")
+    p = Pipeline(lg)
+    raised = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append((args.exc_type, args.thread.name)))
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug in the ledger")
+
+    monkeypatch.setattr(lg, "decide_and_record", bug)
+    p.start()
+    p.submit(serial_read(A))  # returns: the source's reader goes on
+    p._thread.join(5)
+    assert not p._thread.is_alive()
+    assert raised == [(ZeroDivisionError, "pipeline")]
+    stalled = p.last_progress
+    p.submit(serial_read(B))  # queued for a pipeline that is gone: nothing decides it on this thread
+    assert p.last_progress == stalled
