@@ -195,9 +195,18 @@ class SerialSource:
                         self._submit(frame, submit)
                     continue
                 try:
-                    data = port.read(4096)
-                except (serial.SerialException, OSError) as problem:
+                    # The descriptor itself, not pyserial's read(): that selects again and
+                    # builds a timeout first, 20-40 us more before a scan is handed over.
+                    data = os.read(fd, 4096)
+                except BlockingIOError:
+                    continue  # woken with nothing to read after all (pyserial ignores it too)
+                except OSError as problem:
                     self._problem(f"port lost: {problem}", level=logging.WARNING)
+                    break
+                if not data:
+                    # Ready, yet nothing: an unplugged tty reads as end of file (pyserial says
+                    # "device reports readiness to read but returned no data").
+                    self._problem("port lost: ready to read but no data (device disconnected?)", level=logging.WARNING)
                     break
                 for frame in framer.feed(data, now):
                     self._submit(frame, submit)
