@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import operator
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -62,10 +63,10 @@ class LedgerError(Exception):
 
 
 class Ledger:
-    """The agent's SQLite ledger. Only one thread (the pipeline) calls
-    :meth:`decide_and_record` and the document methods (:meth:`open_document`,
-    :meth:`close_document`, :meth:`void`, :meth:`add_exception`, :meth:`acknowledge`);
-    others open their own :func:`connect`.
+    """The agent's SQLite ledger. Only the pipeline thread (one at a time: see
+    :class:`agent.pipeline.Pipeline`) calls :meth:`decide_and_record` and the document
+    methods (:meth:`open_document`, :meth:`close_document`, :meth:`void`,
+    :meth:`add_exception`, :meth:`acknowledge`); others open their own :func:`connect`.
 
     ``split_packs`` maps a product id to how many times one of its codes may be
     dispensed; ``double_read_window_s`` is how soon the same text from the same
@@ -751,22 +752,22 @@ class Ledger:
         # wall clock reads earlier than a scan already recorded (it was set back):
         # such a ts is kept as read, but flagged as not trustworthy.
         clock_synced = self.clock.synchronised() and (self._latest_ts is None or ts >= self._latest_ts)
-        row = dict.fromkeys(_COLUMNS)
-        row.update(
-            id=last_id + 1,
-            seq=last_seq + 1 if with_seq else None,
-            event_id=str(self._ids.next(int(now.timestamp() * 1000))),
-            device_id=self.device_id,
-            site_id=self.site_id,
-            ts=ts,
-            clock_synced=int(clock_synced),
-            prev_hash=last_hash,
-        )
-        row.update(fields)
+        row = {
+            **_BLANK_ROW,
+            "id": last_id + 1,
+            "seq": last_seq + 1 if with_seq else None,
+            "event_id": str(self._ids.next(int(now.timestamp() * 1000))),
+            "device_id": self.device_id,
+            "site_id": self.site_id,
+            "ts": ts,
+            "clock_synced": int(clock_synced),
+            "prev_hash": last_hash,
+            **fields,
+        }
         if row["record"] is not None:
             row["record"] = record_text(row["record"])
         row["hash"] = row_hash(row)
-        self.conn.execute(_INSERT_ROW, row)
+        self.conn.execute(_INSERT_ROW, _row_values(row))
         self._tail = (row["id"], row["hash"], row["seq"] or last_seq)
         if self._latest_ts is None or ts > self._latest_ts:
             self._latest_ts = ts
@@ -990,4 +991,7 @@ _WRITE_STATE = (
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _COLUMNS = (*HASHED, "hash", *HASHED_WHEN_SET)
-_INSERT_ROW = f"INSERT INTO scans ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)})"
+_BLANK_ROW = dict.fromkeys(_COLUMNS)
+# Positional: sqlite3 binds ``?`` from a tuple without looking each ``:name`` up in a dict.
+_INSERT_ROW = f"INSERT INTO scans ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+_row_values = operator.itemgetter(*_COLUMNS)
