@@ -140,7 +140,7 @@ class Feedback:
                 # A decision was committed, so the ledger writes again.
                 self.set_state("fault", False, cause=LEDGER)
             name = pattern_for(decision)
-            if name in ALL_CLEAR and self.is_on("fault"):
+            if name in ALL_CLEAR and self._causes["fault"]:  # is_on("fault"), without building every state
                 # On disk, but the station needs help: the operator must not hear "all good".
                 name = "fault"
             self.play(name, decision)
@@ -198,11 +198,19 @@ class Feedback:
     def show_states(self, states: frozenset[str]) -> None:
         """Show the device states beneath the patterns."""
 
-    def self_test(self, pause_s: float = 2.5) -> None:
-        """Play every pattern once, in order, for a technician to see and hear (``doctor``)."""
+    def self_test(self, gap_s: float = 0.8) -> None:
+        """Play every pattern once, in order, for a technician to see and hear (``doctor``).
+
+        Each pattern plays whole, then ``gap_s`` of dark before the next, so a long
+        one (``conflict``) is never cut and a short one keeps nobody waiting.
+        """
         for name in SELF_TEST:
             self.play(name)
-            time.sleep(pause_s)
+            time.sleep(self.pattern_duration(name) + gap_s)
+
+    def pattern_duration(self, name: str) -> float:
+        """How long pattern ``name`` takes to play here, in seconds (0 where it shows at once)."""
+        return 0.0
 
     def close(self) -> None:
         """Release devices; nothing shows afterwards."""

@@ -32,7 +32,7 @@ from gpiozero.tones import Tone
 from agent.config import FeedbackConfig
 from agent.domain import Decision
 from agent.sinks.feedback import Feedback
-from agent.sinks.patterns import DEFAULT_TONE_HZ, LEDS, STATES, Step, tones
+from agent.sinks.patterns import DEFAULT_TONE_HZ, LEDS, STATES, Pattern, Step, tones
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,15 @@ class GpioFeedback(Feedback):
         self._busy_until = dict.fromkeys(LEDS, 0.0)  # monotonic end of the LED's pattern track
         self._showing: dict[str, Step | None] = dict.fromkeys(LEDS)
         self._agenda = _Agenda()
+        self._edges_of: dict[str, tuple[Pattern, list[tuple[float, float | None]]]] = {}
         with self.lock:
             self.show_states(self.states())
 
     # Patterns ------------------------------------------------------------------
+
+    def pattern_duration(self, name: str) -> float:
+        pattern = self.patterns.get(name)
+        return pattern.duration if pattern is not None else 0.0
 
     def play(self, name: str, decision: Decision | None = None) -> None:
         pattern = self.patterns.get(name)
@@ -82,7 +87,7 @@ class GpioFeedback(Feedback):
             actions: list[tuple[float, Callable[[], None]]] = []
             # The buzzer first: its first edge is a plain pin write on this thread.
             self._silence()
-            for offset, tone in _buzzer_edges(pattern.buzzer):
+            for offset, tone in self._edges(name, pattern):
                 if offset == 0.0:
                     self._sound(tone)
                 else:
@@ -99,6 +104,13 @@ class GpioFeedback(Feedback):
                 elif self._busy_until[led_name] > now:
                     self._end_track(led_name)  # cut short: the old pattern's track on this LED
             self._agenda.replace(actions)
+
+    def _edges(self, name: str, pattern: Pattern) -> list[tuple[float, float | None]]:
+        """:func:`_buzzer_edges` of ``pattern``, worked out once per pattern (it is on the way to the first edge)."""
+        cached = self._edges_of.get(name)
+        if cached is None or cached[0] is not pattern:
+            cached = self._edges_of[name] = (pattern, _buzzer_edges(pattern.buzzer))
+        return cached[1]
 
     def _when_current(self, generation: int, action: Callable, *args) -> Callable[[], None]:
         """``action(*args)``, unless a newer pattern has started since."""
