@@ -4,7 +4,7 @@ Times are monotonic seconds given by the test; what goes on the wire is in test_
 """
 
 from agent.sinks.uplink import catchup
-from agent.sinks.uplink.catchup import ASK_WAIT_S, CHUNK, GRACE_S, HISTORY, CatchUp
+from agent.sinks.uplink.catchup import ASK_WAIT_S, CHUNK, GRACE_S, HISTORY, QUIET_S, CatchUp
 
 
 def test_events_in_any_order_raise_the_floor_to_the_highest_contiguous_seq():
@@ -16,7 +16,7 @@ def test_events_in_any_order_raise_the_floor_to_the_highest_contiguous_seq():
     assert c.floor("k2") == 5 and c.dirty() == {"k2": 5}
     c.saved({"k2": 5})
     assert c.dirty() == {}
-    assert c.due(now=100.0) == []  # no gap, no mark: nothing to ask
+    assert c.due(now=QUIET_S) == []  # no gap, no mark, not quiet long enough: nothing to ask
 
 
 def test_a_gap_is_asked_for_after_the_grace_then_again_with_backoff_until_it_fills():
@@ -31,7 +31,7 @@ def test_a_gap_is_asked_for_after_the_grace_then_again_with_backoff_until_it_fil
     for seq in (11, 12, 13):
         c.seen("k2", seq, now=20.0)
     assert c.floor("k2") == 14 and c.stats()["gaps_open"] == 0 and c.stats()["asked"] == 3
-    assert c.next_due() is None
+    assert c.next_due() == 20.0 + QUIET_S  # only the quiet probe is left
 
 
 def test_a_long_gap_is_asked_for_a_chunk_at_a_time():
@@ -48,13 +48,26 @@ def test_a_peer_not_heard_since_the_station_reconnected_is_probed_once_and_a_ful
     c.connected(now=0.0)
     c.seen("talking", 4, now=0.5)
     assert c.due(now=GRACE_S) == [("quiet", 8, 7 + CHUNK)]
-    assert c.due(now=GRACE_S + 60) == []  # a probe that brings nothing back is not repeated
+    assert c.due(now=GRACE_S + 20) == []  # a probe that brings nothing back is not repeated
     for seq in range(8, 8 + CHUNK):  # it came back whole: there may be more
         c.seen("quiet", seq, now=GRACE_S + 1)
     assert c.due(now=GRACE_S + 1) == [("quiet", 8 + CHUNK, 7 + 2 * CHUNK)]
     c.seen("quiet", 8 + CHUNK, now=GRACE_S + 2)  # a short answer: the peer has no more
-    assert c.due(now=GRACE_S + 100) == []
+    assert c.due(now=GRACE_S + 20) == []
     assert c.stats()["probes"] == 2
+
+
+def test_a_peer_gone_quiet_is_probed_once_unless_it_said_offline():
+    c = CatchUp()
+    c.seen("k2", 1, now=0.0)
+    c.seen("k3", 1, now=0.0)
+    c.seen("k2", 2, now=10.0)  # each event puts the quiet probe off
+    c.offline("k3")
+    assert c.due(now=QUIET_S + 9) == []
+    assert c.due(now=QUIET_S + 10) == [("k2", 3, 2 + CHUNK)]  # its last event may have been lost
+    assert c.due(now=10 * QUIET_S) == []  # once a quiet spell
+    c.online("k3", now=400.0)  # back: marked, probed if not heard within the grace
+    assert c.due(now=400.0 + GRACE_S) == [("k3", 2, 1 + CHUNK)]
 
 
 def test_a_peer_saying_online_is_probed_unless_heard_meanwhile():

@@ -17,6 +17,9 @@ publishes them on its own topics, to every subscriber, with their ``event_id``):
   has those events nowhere else, and if it then falls quiet no gap ever shows them. So
   :data:`GRACE_S` after the mark, a peer not heard meanwhile is *probed*: asked for
   :data:`CHUNK` seqs above its floor; a chunk that comes back whole is followed by the next.
+- **a peer gone quiet**: :data:`QUIET_S` after a peer's last event it is probed once (unless
+  it said ``offline``): a last event lost on a live connection shows no gap, there is no
+  next event to show it. One probe a quiet spell, found empty when nothing was lost.
 
 Bounded and paced: at most :data:`CHUNK` seqs an ask; the same peer asked again only after
 :data:`ASK_WAIT_S`, doubling up to :data:`MAX_WAIT_S` while its gap stays open; at most
@@ -59,6 +62,8 @@ ASK_WAIT_S = 2.0
 MAX_WAIT_S = 300.0
 #: At most this many asks a second across the site's peers.
 ASKS_PER_S = 10.0
+#: A peer not heard for this long after an event is probed once (its last event may be lost).
+QUIET_S = 30.0
 #: A peer first heard at seq ``s`` is asked back as far as ``s - HISTORY``, no further:
 #: a new station does not pull a long-running peer's whole history through the broker.
 HISTORY = 10_000
@@ -77,6 +82,8 @@ class _Peer:
     heard: bool = True
     #: when (monotonic) to probe the peer if it is not heard by then, or None
     probe_at: float | None = None
+    #: when (monotonic) to probe the peer if it stays quiet, or None (probed, or offline)
+    quiet_at: float | None = None
     #: a probe asked through this seq: if the floor reaches it, ask the next chunk
     probe_to: int | None = None
     #: not before this (monotonic) is the peer asked again, unless its floor moves
@@ -110,6 +117,7 @@ class CatchUp:
         if peer is None:
             peer = self._peers[device] = _Peer(max(0, seq - 1 - HISTORY))
         peer.heard = True
+        peer.quiet_at = now + QUIET_S
         if seq <= peer.floor or seq in peer.above:
             return
         if seq != peer.floor + 1:
@@ -131,6 +139,12 @@ class CatchUp:
         peer = self._peers.get(device)
         if peer is not None:  # a peer never heard has no floor to ask from; its events will come
             self._mark(peer, now)
+
+    def offline(self, device: str) -> None:
+        """Peer ``device`` said ``offline``: no quiet probe (its ``online`` marks it again)."""
+        peer = self._peers.get(device)
+        if peer is not None:
+            peer.quiet_at = None
 
     # -- the asks -----------------------------------------------------------------------
 
@@ -162,6 +176,8 @@ class CatchUp:
                 times.append(max(peer.gap_at + GRACE_S, peer.next_ask))
             if peer.probe_at is not None:
                 times.append(peer.probe_at)
+            if peer.quiet_at is not None:
+                times.append(peer.quiet_at)
             if peer.probe_to is not None and peer.floor >= peer.probe_to:
                 times.append(0.0)  # the last probe came back whole: ask on at once
         return max(min(times), self._next_any) if times else None
@@ -177,12 +193,18 @@ class CatchUp:
             return first, peer.probe_to
         if peer.probe_at is not None and now >= peer.probe_at:
             peer.probe_at = None
-            if peer.heard or peer.above:
-                return None  # heard since the mark: a gap, if any, is asked for as a gap
-            peer.probe_to = peer.floor + CHUNK
-            self.probes += 1
-            return first, peer.probe_to
+            if not peer.heard and not peer.above:  # heard since the mark: a gap is asked as a gap
+                return self._probe(peer)
+        if peer.quiet_at is not None and now >= peer.quiet_at:
+            peer.quiet_at = None
+            if not peer.above:
+                return self._probe(peer)
         return None
+
+    def _probe(self, peer: _Peer) -> tuple[int, int]:
+        peer.probe_to = peer.floor + CHUNK
+        self.probes += 1
+        return peer.floor + 1, peer.probe_to
 
     # -- the floors ---------------------------------------------------------------------
 

@@ -284,6 +284,8 @@ class PeerIntake:
             if kind == "status":
                 if payload == b"online":
                     self.catchup.online(device, now=now)
+                elif payload == b"offline":
+                    self.catchup.offline(device)
                 continue
             event, why = check_event(payload, device=device, site_id=self.site_id)
             if event is None:
