@@ -65,6 +65,7 @@ class GpioFeedback(Feedback):
         self._showing: dict[str, Step | None] = dict.fromkeys(LEDS)
         self._agenda = _Agenda()
         self._edges_of: dict[str, tuple[Pattern, list[tuple[float, float | None]]]] = {}
+        self._sounding = False  # whether the buzzer was last told to sound (under the lock)
         with self.lock:
             self.show_states(self.states())
 
@@ -129,14 +130,21 @@ class GpioFeedback(Feedback):
             self._silence()
         elif isinstance(self.buzzer, TonalBuzzer):
             self.buzzer.play(Tone.from_frequency(tone))
+            self._sounding = True
         else:
             self.buzzer.on()
+            self._sounding = True
 
     def _silence(self) -> None:
+        # A buzzer this class left silent is not written again: a pattern's first edge
+        # would otherwise wait for a pin write that changes nothing.
+        if not self._sounding:
+            return
         if isinstance(self.buzzer, TonalBuzzer):
             self.buzzer.stop()
         elif self.buzzer is not None:
             self.buzzer.off()
+        self._sounding = False
 
     def _end_track(self, led_name: str) -> None:
         self._busy_until[led_name] = 0.0
