@@ -57,15 +57,22 @@ def test_a_peer_not_heard_since_the_station_reconnected_is_probed_once_and_a_ful
     assert c.stats()["probes"] == 2
 
 
-def test_a_peer_gone_quiet_is_probed_once_unless_it_said_offline():
+def test_a_peer_gone_quiet_is_probed_once_unless_it_said_offline_once_a_gap_was_seen():
     c = CatchUp()
     c.seen("k2", 1, now=0.0)
     c.seen("k3", 1, now=0.0)
+    assert c.due(now=QUIET_S + 1) == [] and c.next_due() is None  # no loss seen: quiet costs nothing
+    c.seen("k4", 5, now=0.0)  # k4's first seqs were lost on the way: this broker loses messages
+    c.seen("k4", 1, now=0.0)
     c.seen("k2", 2, now=10.0)  # each event puts the quiet probe off
     c.offline("k3")
+    c.seen("k4", 2, now=QUIET_S + 9)
+    c.seen("k4", 3, now=QUIET_S + 9)
+    c.seen("k4", 4, now=QUIET_S + 9)
     assert c.due(now=QUIET_S + 9) == []
     assert c.due(now=QUIET_S + 10) == [("k2", 3, 2 + CHUNK)]  # its last event may have been lost
-    assert c.due(now=10 * QUIET_S) == []  # once a quiet spell
+    assert c.due(now=10 * QUIET_S) == [("k4", 6, 5 + CHUNK)]  # k4's own quiet spell; k2 not again
+    assert c.due(now=20 * QUIET_S) == []  # once a quiet spell
     c.online("k3", now=400.0)  # back: marked, probed if not heard within the grace
     assert c.due(now=400.0 + GRACE_S) == [("k3", 2, 1 + CHUNK)]
 

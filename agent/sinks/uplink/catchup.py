@@ -17,9 +17,12 @@ publishes them on its own topics, to every subscriber, with their ``event_id``):
   has those events nowhere else, and if it then falls quiet no gap ever shows them. So
   :data:`GRACE_S` after the mark, a peer not heard meanwhile is *probed*: asked for
   :data:`CHUNK` seqs above its floor; a chunk that comes back whole is followed by the next.
-- **a peer gone quiet**: :data:`QUIET_S` after a peer's last event it is probed once (unless
-  it said ``offline``): a last event lost on a live connection shows no gap, there is no
-  next event to show it. One probe a quiet spell, found empty when nothing was lost.
+- **a peer gone quiet**, once the broker has shown it loses messages (a gap seen since
+  start): :data:`QUIET_S` after a peer's last event it is probed once (unless it said
+  ``offline``): a last event lost on a live connection shows no gap, there is no next
+  event to show it. One probe a quiet spell, found empty when nothing was lost; on a
+  broker that has lost nothing (mosquitto) no such probe is made, so a quiet site costs
+  nothing.
 
 Bounded and paced: at most :data:`CHUNK` seqs an ask; the same peer asked again only after
 :data:`ASK_WAIT_S`, doubling up to :data:`MAX_WAIT_S` while its gap stays open; at most
@@ -108,6 +111,8 @@ class CatchUp:
         self.asked_seqs = 0
         self.probes = 0
         self.given_up = 0
+        #: gaps noticed since start: the broker loses messages, so quiet peers are probed too
+        self.gaps_seen = 0
 
     # -- news ---------------------------------------------------------------------------
 
@@ -124,6 +129,7 @@ class CatchUp:
             peer.above.add(seq)
             if peer.gap_at is None:
                 peer.gap_at = now
+                self.gaps_seen += 1
             if len(peer.above) > MAX_ABOVE:
                 self._give_up(device, peer, now)
             return
@@ -176,7 +182,7 @@ class CatchUp:
                 times.append(max(peer.gap_at + GRACE_S, peer.next_ask))
             if peer.probe_at is not None:
                 times.append(peer.probe_at)
-            if peer.quiet_at is not None:
+            if peer.quiet_at is not None and self.gaps_seen:
                 times.append(peer.quiet_at)
             if peer.probe_to is not None and peer.floor >= peer.probe_to:
                 times.append(0.0)  # the last probe came back whole: ask on at once
@@ -195,7 +201,7 @@ class CatchUp:
             peer.probe_at = None
             if not peer.heard and not peer.above:  # heard since the mark: a gap is asked as a gap
                 return self._probe(peer)
-        if peer.quiet_at is not None and now >= peer.quiet_at:
+        if peer.quiet_at is not None and self.gaps_seen and now >= peer.quiet_at:
             peer.quiet_at = None
             if not peer.above:
                 return self._probe(peer)
@@ -230,6 +236,7 @@ class CatchUp:
             "asked_seqs": self.asked_seqs,
             "probes": self.probes,
             "given_up": self.given_up,
+            "gaps_seen": self.gaps_seen,
             "gaps_open": sum(1 for p in peers if p.above),
             "peers": len(peers),
         }
