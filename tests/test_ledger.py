@@ -3,6 +3,7 @@
 import itertools
 import json
 import sqlite3
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -404,6 +405,53 @@ def test_the_checkpointer_outlives_a_ledger_it_cannot_open_at_first(tmp_path, ca
         s.scan(f"8123456789012{i:07d}")
     checkpointer.wrote()
     wait_until(lambda: path.stat().st_size > before + 50_000, timeout=10, what="a checkpoint after the failures")
+    checkpointer.stop()
+    lg.close()
+
+
+def test_the_checkpointer_waits_for_a_batch_of_commits(tmp_path):
+    """Each checkpoint makes the next commit restart the WAL, which flushes the disk twice:
+    announced commits are checkpointed in batches, not every second."""
+    from tests.support.net import wait_until
+
+    path = tmp_path / "l.db"
+    lg = Ledger(ledger.connect(path), device_id="k", site_id="s")
+    lg.conn.execute("PRAGMA wal_autocheckpoint=0")
+    checkpointer = checkpoint.Checkpointer(path, interval_s=0.01, idle_s=0.05, batch=20, quiet_s=3600)
+    s = Scanner(lg)
+    s.scan("81234567890123450000")
+    size = path.stat().st_size
+    checkpointer.start()  # nothing announced yet: the idle wake checkpoints what is there
+    wait_until(lambda: path.stat().st_size > size, timeout=10, what="the first checkpoint")
+    size = path.stat().st_size
+    for i in range(1, 20):
+        s.scan(f"8123456789012{i:07d}")
+        checkpointer.wrote()
+    time.sleep(0.5)  # ten idle wakes: announced commits, not quiet, not a batch
+    assert path.stat().st_size == size
+    s.scan("81234567890123459999")
+    checkpointer.wrote()  # the 20th
+    wait_until(lambda: path.stat().st_size > size, timeout=10, what="the batch checkpointed")
+    checkpointer.stop()
+    lg.close()
+
+
+def test_the_checkpointer_checkpoints_once_commits_go_quiet(tmp_path):
+    from tests.support.net import wait_until
+
+    path = tmp_path / "l.db"
+    lg = Ledger(ledger.connect(path), device_id="k", site_id="s")
+    lg.conn.execute("PRAGMA wal_autocheckpoint=0")
+    checkpointer = checkpoint.Checkpointer(path, interval_s=0.01, idle_s=0.05, batch=1000, quiet_s=0.5)
+    s = Scanner(lg)
+    for i in range(30):
+        s.scan(f"8123456789012{i:07d}")
+        checkpointer.wrote()
+    size = path.stat().st_size
+    checkpointer.start()
+    quiet_from = time.monotonic()
+    wait_until(lambda: path.stat().st_size > size, timeout=10, what="a checkpoint after the quiet spell")
+    assert time.monotonic() - quiet_from >= 0.4
     checkpointer.stop()
     lg.close()
 
