@@ -1,6 +1,6 @@
 """The scans fed to ``scan-agent run`` on stdin in the power-cut VM: a steady stream.
 
-    python -m tests.powercut.feed CYCLE [--seed N] [--interval S] [--scenario plain|documents|cases]
+    python -m tests.powercut.feed CYCLE [--seed N] [--interval S] [--scenario plain|documents|cases|receipts]
 
 Each cycle has a scenario (:func:`scenario`). ``plain``: new trace codes
 (distinct in every cycle: the cycle number is part of them), codes dispensed
@@ -11,7 +11,9 @@ opened by their barcode, most of them closed by the close code, so that the
 power often goes while one is open. ``cases`` (:func:`case_lines`): a receiving
 dock scanning the 600-unit cases of the cycle's manifest (:func:`cases_manifest`,
 imported before the agent starts), with units, repeats and wrong codes between
-them, inside a delivery in every other such cycle.
+them, inside a delivery in every other such cycle. ``receipts``: the plain scans, the
+agent's outbox draining over MQTT to a back end on the host that sends receipts
+(:mod:`tests.powercut.uplink`).
 """
 
 from __future__ import annotations
@@ -22,17 +24,21 @@ import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 
 #: The scenarios, in the order the cycles take them up (:func:`scenario`).
-SCENARIOS = ("plain", "documents", "cases")
+SCENARIOS = ("plain", "documents", "cases", "receipts")
 
 
-def scenario(cycle: int) -> str:
-    """Every third cycle scans cases (3, 6, 9...); of the others, odd cycles dispense loose
-    scans and even ones scan inside documents. Cycles 1-3 cover all three."""
-    if cycle % 3 == 0:
-        return "cases"
-    return "documents" if cycle % 2 == 0 else "plain"
+def scenario(cycle: int, rotation: Sequence[str] = SCENARIOS) -> str:
+    """The scenarios of ``rotation`` in turn, from cycle 1: cycles 1-4 cover all four.
+
+    >>> [scenario(c) for c in range(1, 6)]
+    ['plain', 'documents', 'cases', 'receipts', 'plain']
+    >>> [scenario(c, ("receipts",)) for c in range(1, 3)]
+    ['receipts', 'receipts']
+    """
+    return rotation[(cycle - 1) % len(rotation)]
 
 
 def code(cycle: int, i: int) -> bytes:
@@ -98,8 +104,13 @@ def bill_code(cycle: int) -> str:
 
 
 def delivery(cycle: int) -> bool:
-    """Whether a cases cycle scans inside a delivery (opened by its bill code): every other one, from cycle 3."""
-    return (cycle // 3) % 2 == 1
+    """Whether a cases cycle scans inside a delivery (opened by its bill code): every other
+    one, from the first (cycle 3).
+
+    >>> [delivery(c) for c in (3, 7, 11, 15)]
+    [True, False, True, False]
+    """
+    return ((cycle + 1) // len(SCENARIOS)) % 2 == 1
 
 
 def cases_manifest(cycle: int) -> dict:
@@ -192,7 +203,8 @@ def case_lines(cycle: int, seed: int):
             yield line + b"\n"
 
 
-FEEDS = {"plain": lines, "documents": document_lines, "cases": case_lines}
+#: The lines each scenario feeds; ``receipts`` scans as ``plain`` does, the uplink on.
+FEEDS = {"plain": lines, "documents": document_lines, "cases": case_lines, "receipts": lines}
 
 
 def main(argv: list[str] | None = None) -> int:

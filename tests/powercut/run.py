@@ -8,14 +8,18 @@ reach this machine's disk) and one virtio serial port per role whose host end
 is a file that qemu writes as the guest prints. ``real`` runs ``scan-agent``
 as shipped; ``control`` runs it with the test-only switch that opens the
 ledger with ``synchronous=OFF``. Both run in the same boots, so one cut hits
-both. Each cycle has a scenario (:func:`tests.powercut.feed.scenario`): every
-third cycle a receiving dock scans 600-unit cases of a manifest imported just
-before the agent starts (inside a delivery every other time); of the others,
-odd cycles feed loose scans and even ones scans inside prescriptions. 3-15 s
-(random) after every agent has printed its first decision, qemu is SIGKILLed:
-a power cut. A decision in the port file was printed before the
-cut, since qemu wrote it there. Then, per role, on a copy of the image:
-``e2fsck -fy``, ``debugfs dump`` of the ledger and its WAL, and the checks:
+both. Each cycle has a scenario (:func:`tests.powercut.feed.scenario`), the four
+in turn: loose scans (plain dispensing); scans inside prescriptions; a receiving
+dock scanning 600-unit cases of a manifest imported just before the agent starts
+(inside a delivery every other time); loose scans with the agent's outbox
+draining over MQTT to a back end on this machine that sends receipts
+(:mod:`tests.powercut.uplink`: mosquitto, PostgreSQL and ``scan-collector run``,
+started once for the run; the VM gets qemu's user network). 3-15 s (random)
+after every agent has printed its first decision (in a receipts cycle: after
+the collector has stored its first event too), qemu is SIGKILLed: a power cut.
+A decision in the port file was printed before the cut, since qemu wrote it
+there. Then, per role, on a copy of the image: ``e2fsck -fy``, ``debugfs dump``
+of the ledger and its WAL, and the checks:
 
 - every decision received (accepted, duplicate, rejected, double read) is in
   the ledger with the same verdict and seq (otherwise it is **lost**);
@@ -25,21 +29,29 @@ cut, since qemu wrote it there. Then, per role, on a copy of the image:
 - every case or middle pack is whole or absent (:func:`check_packs`): a pack row
   lists what the manifest puts in it and has every code under it received with
   ``in_id`` = that row; every received code's ``in_id`` is a row that covers it
-  (otherwise the pack is **torn**, and the ledger broken).
+  (otherwise the pack is **torn**, and the ledger broken);
+- the uplink's delivered state (``deliveries``) and receipted state
+  (``receipts.stored_through_seq``) never run ahead of the ledger's scans, and
+  every event the collector received (stored or quarantined) is in the ledger
+  with the same event id and hash (:func:`tests.powercut.uplink.check_uplink`;
+  otherwise the uplink is **ahead**). On every cycle once a back end runs: what
+  an earlier receipts cycle delivered must stay in the ledger through later cuts.
 
 Rows committed but never received are counted (allowed: the cut came between
 commit and print). The image is used again at the next boot, so the agent
 restarts on a ledger that has just lost power; only a role whose check failed
 gets a new image. Recovery = qemu started to that role's first decision.
 
-Exit status: 0 when ``real`` lost nothing and was never broken and the control
-showed loss or breakage (it must: that is how the suite shows it can fail); 1
+Exit status: 0 when ``real`` lost nothing, was never broken nor ahead, and got
+receipts back in its receipts cycles, and the control showed loss, breakage or
+an uplink ahead (it must: that is how the suite shows it can fail); 1
 otherwise; 77 when the VM did not come up at the first boot.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -55,6 +67,7 @@ from itertools import islice
 from pathlib import Path
 
 from tests.powercut.feed import FEEDS, SCENARIOS, cases_manifest, delivery, pack_contents, scenario
+from tests.powercut.uplink import Backend, check_uplink
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_MIB = 256
@@ -65,7 +78,11 @@ FAULT = {
     ("control", "documents"): "power cut, control, documents",
     ("real", "cases"): "power cut, receiving 600-unit cases (a delivery open every other cycle)",
     ("control", "cases"): "power cut, control, cases",
+    ("real", "receipts"): "power cut, outbox draining over MQTT to scan-collector, receipts on",
+    ("control", "receipts"): "power cut, control, receipts",
 }
+#: In a receipts cycle, the cut waits this long at most for the collector's first event of each agent.
+FIRST_STORED_S = 120.0
 #: Verdicts the agent records (documents add entry rows); ``fault`` (ledger unwritable)
 #: says it was not recorded.
 RECORDED = {
@@ -88,6 +105,13 @@ class Role:
     partial: bytes = b""
     first_at: float | None = None
     this_boot: list[dict] = field(default_factory=list)
+    generation: int = 1  # of its disk image: a new image is a new device to the collector
+    uplink_before: tuple[int, int] = (0, 0)  # deliveries and receipted-through seq at the last check
+    stored_at: float | None = None  # receipts cycles: the collector's first event of this boot
+
+    @property
+    def device(self) -> str:
+        return f"powercut-{self.name}-{self.generation}"
 
 
 def make_image(path: Path) -> None:
@@ -360,6 +384,11 @@ def summary_rows(roles: list[Role]) -> list[dict]:
                     "torn": sum(c.get("torn", 0) for c in results),
                     "pack_next": sum(bool(c.get("pack_next")) for c in results),
                     "pack_next_committed": sum(c.get("pack_next") == "committed" for c in results),
+                    "delivered": sum(c.get("delivered_this_boot", 0) for c in results),
+                    "collector_received": max((c.get("collector_received", 0) for c in results), default=0),
+                    "receipted_cycles": sum(c.get("receipted_this_boot", 0) > 0 for c in results),
+                    "ahead": sum(c.get("ahead", 0) for c in results),
+                    "cycles_ahead": sum(c.get("ahead", 0) > 0 for c in results),
                     "max_recovery_s": round(max(recovery), 1) if recovery else None,
                     "note": "",
                 }
@@ -385,6 +414,12 @@ def table(rows: list[dict]) -> str:
                 f"{row['pack_next']} of {row['cycles']} cuts with a pack next in line "
                 f"({row['pack_next_committed']} of those committed, never printed)"
             )
+        if row.get("scenario") == "receipts":
+            fault += (
+                f"; {row['delivered']:,} events delivered, receipts came back in {row['receipted_cycles']} of "
+                f"{row['cycles']} cycles; ahead of the ledger: {row['ahead']:,}"
+                + (f" (in {row['cycles_ahead']} cycles)" if row["ahead"] else "")
+            )
         lines.append(
             f"| {fault} | {row['cycles']} | {row['sent']:,} | {lost} | {row['unprinted']:,} "
             f"| {row['broken']} | {recovery} |"
@@ -392,15 +427,21 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def boot(args, cycle: int, roles: list[Role], rng: random.Random) -> tuple[str, float]:
-    """One boot: launch, wait for every role's first decision, run 3-15 s, cut. ('cut'|'no-vm'|'failed', cut_after)."""
+def boot(args, cycle: int, roles: list[Role], rng: random.Random, backend: Backend | None) -> tuple[str, float]:
+    """One boot: launch, wait for every role's first decision (and in a receipts cycle for the
+    collector's first event of each), run 3-15 s, cut. ('cut'|'no-vm'|'failed', cut_after)."""
+    name = scenario(cycle, args.scenarios)
+    uplink = name == "receipts" and backend is not None
     for r in roles:
         r.port.write_bytes(b"")
-        r.offset, r.partial, r.first_at, r.this_boot = 0, b"", None, []
-    inner = f"tests/powercut/in-vm {cycle} {scenario(cycle)} {' '.join(r.name for r in roles)}"
+        r.offset, r.partial, r.first_at, r.this_boot, r.stored_at = 0, b"", None, [], None
+    stored_before = {r.name: backend.stored(r.device) for r in roles} if uplink else {}
+    broker = backend.port if uplink else "-"
+    inner = f"tests/powercut/in-vm {cycle} {name} {broker} {' '.join(f'{r.name}={r.device}' for r in roles)}"
     cmd = [
         "vng", "--run", args.kernel, *([] if args.kvm else ["--disable-kvm"]), "--user", "root",
-        "--cpus", "2", "--memory", "1G", f"--qemu-opts={qemu_opts(roles)}", "--exec", inner,
+        "--cpus", "2", "--memory", "1G", *(["--network", "user", "--no-dhcp"] if uplink else []),
+        f"--qemu-opts={qemu_opts(roles)}", "--exec", inner,
     ]  # fmt: skip
     env = dict(os.environ, PATH=f"{ROOT / '.venv-vm' / 'bin'}:{os.environ['PATH']}")
     launched = time.monotonic()
@@ -411,6 +452,7 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random) -> tuple[str, 
     console = Console(proc, args.out / f"cycle-{cycle}.console", launched)
     cut_at = None
     outcome = "failed"
+    polled = 0.0
     try:
         while True:
             now = time.monotonic()
@@ -418,7 +460,15 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random) -> tuple[str, 
                 read_port(r)
                 if r.first_at is None and any(d.get("verdict") != "manifest" for d in r.this_boot):
                     r.first_at = now - launched
-            if cut_at is None and all(r.first_at is not None for r in roles):
+            if uplink and cut_at is None and now - polled >= 0.5:
+                polled = now
+                for r in roles:
+                    if r.stored_at is None and backend.stored(r.device) > stored_before[r.name]:
+                        r.stored_at = now - launched
+            started = all(r.first_at is not None for r in roles)
+            if started and uplink and any(r.stored_at is None for r in roles):
+                started = now - launched - max(r.first_at for r in roles) > FIRST_STORED_S
+            if cut_at is None and started:
                 cut_at = now + rng.uniform(3, 15)
             if cut_at is not None and now >= cut_at:
                 power_cut(proc.pid)
@@ -432,7 +482,7 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random) -> tuple[str, 
                 power_cut(proc.pid)
                 break
             time.sleep(0.05)
-        after = (time.monotonic() - launched) - max(r.first_at or 0 for r in roles)
+        after = (time.monotonic() - launched) - max(max(r.first_at or 0, r.stored_at or 0) for r in roles)
     finally:
         if outcome != "cut":  # also when this script is interrupted: no VM left behind
             power_cut(proc.pid)
@@ -450,7 +500,13 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random) -> tuple[str, 
     print(
         f"boot {cycle}: guest up {up if up is None else round(up, 1)} s after launch; "
         + ", ".join(f"{r.name} first decision {r.first_at and round(r.first_at, 1)} s" for r in roles)
-        + (f"; power cut {after:.1f} s after the last first decision" if outcome == "cut" else ""),
+        + (
+            ", the collector's first event: "
+            + ", ".join(f"{r.name} {r.stored_at and round(r.stored_at, 1)} s" for r in roles)
+            if uplink
+            else ""
+        )
+        + (f"; power cut {after:.1f} s after that" if outcome == "cut" else ""),
         flush=True,
     )
     return outcome, after
@@ -480,19 +536,25 @@ def rows_of(db: Path | None, code: str) -> int:
         return 0
 
 
-def check_role(args, cycle: int, r: Role, cut_after: float, contents: Contents) -> dict:
+def check_role(args, cycle: int, r: Role, cut_after: float, contents: Contents, backend: Backend | None) -> dict:
     printed = [d for d in r.this_boot if d.get("verdict") in RECORDED]
     for d in printed:
         r.received[d["event_id"]] = (d["verdict"], d["seq"])
     fsck_rc, fsck_out, db = dump_ledger(r.image, args.out / "check" / r.name)
     result = check_ledger(db, r.received, r.unprinted, contents)
+    if backend is not None:  # every cycle: what was delivered once must stay behind the ledger
+        result.update(check_uplink(db, backend.received(r.device)))
+        result["delivered_this_boot"] = result["delivered"] - r.uplink_before[0]
+        result["receipted_this_boot"] = max(0, result["receipted_through"] - r.uplink_before[1])
+        result["collector_first_s"] = r.stored_at and round(r.stored_at, 2)
+        r.uplink_before = (result["delivered"], result["receipted_through"])
     pack_events = result.pop("pack_events", set())
     accepted_packs = [d for d in r.this_boot if d.get("verdict") == "accepted" and "pack" in (d.get("record") or {})]
     result["packs"] = len(accepted_packs)
     result["units"] = sum(len(d["record"]["pack"]["units"]) for d in accepted_packs)
     # Printed as accepted, yet no whole pack row: lost already, counted again here by name.
     result["packs_missing"] = sum(d["event_id"] not in pack_events for d in accepted_packs)
-    if scenario(cycle) == "cases":
+    if scenario(cycle, args.scenarios) == "cases":
         result["delivery"] = delivery(cycle)
         pack = next_in_line(cycle, r.this_boot, contents)
         if pack is not None:  # its first scan, unanswered: a row of it was committed, never printed
@@ -503,7 +565,7 @@ def check_role(args, cycle: int, r: Role, cut_after: float, contents: Contents) 
     result.update(
         role=r.name,
         cycle=cycle,
-        scenario=scenario(cycle),
+        scenario=scenario(cycle, args.scenarios),
         decisions=len(r.this_boot),
         verdicts=counts,
         recovery_s=None if r.first_at is None else round(r.first_at, 2),
@@ -541,11 +603,21 @@ def check_role(args, cycle: int, r: Role, cut_after: float, contents: Contents) 
         print(f"  {r.name:7} lost, e.g. {result['lost_examples']}", flush=True)
     if result.get("torn"):
         print(f"  {r.name:7} TORN packs, e.g. {result['torn_examples']}", flush=True)
+    if backend is not None and (result["scenario"] == "receipts" or result["ahead"]):
+        print(
+            f"  {r.name:7} uplink ({r.device}): {result['delivered_this_boot']} events delivered this boot "
+            f"({result['delivered']} in all), receipts through seq {result['receipted_through']} "
+            f"(+{result['receipted_this_boot']} this boot); the collector received {result['collector_received']}; "
+            f"ahead of the ledger: {result['ahead']}"
+            + (f", e.g. {result['ahead_examples']}" if result["ahead"] else ""),
+            flush=True,
+        )
     with open(args.out / "cycles.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(result) + "\n")
-    if result["lost"] or result["broken"]:
-        make_image(r.image)  # the next boot starts a new ledger
-        r.received, r.unprinted = {}, set()
+    if result["lost"] or result["broken"] or result.get("ahead"):
+        make_image(r.image)  # the next boot starts a new ledger, a new device to the collector
+        r.received, r.unprinted, r.uplink_before = {}, set(), (0, 0)
+        r.generation += 1
         print(f"  {r.name:7} the next boot gets a new disk image", flush=True)
     return result
 
@@ -559,7 +631,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boot-timeout", type=float, default=420, help="seconds from launch to every first decision")
     parser.add_argument("--kvm", action="store_true")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--scenarios",
+        type=lambda text: tuple(text.split(",")),
+        default=SCENARIOS,
+        help=f"the cycles take these in turn (default: {','.join(SCENARIOS)})",
+    )
     args = parser.parse_args(argv)
+    if not args.scenarios or set(args.scenarios) - set(SCENARIOS):
+        parser.error(f"--scenarios: a comma-separated list of {', '.join(SCENARIOS)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # through the finally that stops the VM
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     rng = random.Random(seed)
@@ -573,8 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         make_image(r.image)
     boots = max(args.cycles, args.control_cycles)
     print(
-        f"scripts/powercut-tests: {args.cycles} cycles (every third: receiving 600-unit cases; of the others, "
-        "odd: plain dispensing, even: inside documents), "
+        f"scripts/powercut-tests: {args.cycles} cycles (the scenarios in turn: {', '.join(args.scenarios)}), "
         f"{args.control_cycles} of the control "
         f"(synchronous=OFF), in {boots} boots of {args.kernel} ({'KVM' if args.kvm else 'no KVM'}); seed {seed}; "
         f"results in {args.out}",
@@ -583,20 +662,29 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     failed_boots = 0
     contents: Contents = {}  # every pack of the manifests imported so far (codes differ between cycles)
-    for cycle in range(1, boots + 1):
-        this = [r for r in roles if cycle <= r.cycles]
-        if scenario(cycle) == "cases":
-            contents.update(pack_contents(cases_manifest(cycle)))
-        outcome, after = boot(args, cycle, this, rng)
-        if outcome == "no-vm" and cycle == 1:
-            print("scripts/powercut-tests: SKIPPED the power-cut suite: the VM did not come up "
-                  f"(see {args.out}/cycle-1.console)", file=sys.stderr)  # fmt: skip
-            return 77
-        if outcome != "cut":
-            failed_boots += 1
-        for r in this:
-            if outcome == "cut" or r.this_boot:
-                check_role(args, cycle, r, after, contents)
+    with contextlib.ExitStack() as stack:
+        backend = None
+        if "receipts" in {scenario(c, args.scenarios) for c in range(1, boots + 1)}:
+            backend = stack.enter_context(Backend(args.out / "backend"))
+            print(
+                f"scripts/powercut-tests: the back end for the receipts cycles: mosquitto on port {backend.port}, "
+                f"scan-collector into PostgreSQL ({time.monotonic() - started:.1f} s to start)",
+                flush=True,
+            )
+        for cycle in range(1, boots + 1):
+            this = [r for r in roles if cycle <= r.cycles]
+            if scenario(cycle, args.scenarios) == "cases":
+                contents.update(pack_contents(cases_manifest(cycle)))
+            outcome, after = boot(args, cycle, this, rng, backend)
+            if outcome == "no-vm" and cycle == 1:
+                print("scripts/powercut-tests: SKIPPED the power-cut suite: the VM did not come up "
+                      f"(see {args.out}/cycle-1.console)", file=sys.stderr)  # fmt: skip
+                return 77
+            if outcome != "cut":
+                failed_boots += 1
+            for r in this:
+                if outcome == "cut" or r.this_boot:
+                    check_role(args, cycle, r, after, contents, backend)
     took = time.monotonic() - started
 
     rows = summary_rows(roles)
@@ -610,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
 
     md = (
         f"```\n{header()}\ncommand: POWERCUT_CYCLES={args.cycles} POWERCUT_CONTROL_CYCLES={args.control_cycles} "
-        f"scripts/powercut-tests\ntook:    {took / 60:.1f} min ({boots} boots, "
+        + (f"POWERCUT_SCENARIOS={','.join(args.scenarios)} " if args.scenarios != SCENARIOS else "")
+        + f"scripts/powercut-tests\ntook:    {took / 60:.1f} min ({boots} boots, "
         f"{'KVM' if args.kvm else 'no KVM'})\n```\n\n"
         f"{table(rows)}\n"
     )
@@ -634,7 +723,18 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"the real agent's ledger was BROKEN in {sum(c['broken'] for c in real.results)} cycles")
     if any(c["decisions"] == 0 for c in real.results):
         problems.append("a real cycle printed no decision")
-    shown = sum(c["lost"] > 0 or c["broken"] for c in control.results)
+    if any(c.get("ahead") for c in real.results):
+        problems.append(
+            f"the real agent's uplink was AHEAD of its ledger {sum(c['ahead'] for c in real.results)} times "
+            f"(in {sum(c['ahead'] > 0 for c in real.results)} cycles)"
+        )
+    receipts = [c for c in real.results if c["scenario"] == "receipts"]
+    silent = [c["cycle"] for c in receipts if c.get("collector_first_s") is None]
+    if silent:
+        problems.append(f"in receipts cycles {silent} no event of the real agent reached the collector")
+    if receipts and not any(c.get("receipted_this_boot") for c in receipts):
+        problems.append(f"no receipt came back to the real agent in {len(receipts)} receipts cycles")
+    shown = sum(c["lost"] > 0 or c["broken"] or c.get("ahead", 0) > 0 for c in control.results)
     if args.control_cycles:
         if shown:
             print(f"scripts/powercut-tests: the control (synchronous=OFF) showed loss or breakage in {shown} of "

@@ -173,11 +173,11 @@ lock_on = []
 """
 
 
-def test_the_scenarios_take_turns_and_three_cycles_cover_them_all():
-    assert [scenario(c) for c in range(1, 7)] == ["plain", "documents", "cases", "documents", "plain", "cases"]
+def test_the_scenarios_take_turns_and_four_cycles_cover_them_all():
+    assert [scenario(c) for c in range(1, 5)] == ["plain", "documents", "cases", "receipts"]
     twelve = [scenario(c) for c in range(1, 13)]
-    assert all(twelve.count(name) == 4 for name in SCENARIOS)
-    assert [delivery(c) for c in (3, 6, 9, 12)] == [True, False, True, False]
+    assert all(twelve.count(name) == 3 for name in SCENARIOS)
+    assert [delivery(c) for c in range(1, 13) if scenario(c) == "cases"] == [True, False, True]
 
 
 def test_the_cycle_manifest_is_the_same_everywhere_and_its_packs_are_known():
@@ -193,10 +193,11 @@ def test_the_cycle_manifest_is_the_same_everywhere_and_its_packs_are_known():
 
 
 def test_the_case_feed_scans_every_pack_among_units_and_repeats():
-    body = cases_manifest(6)
+    body = cases_manifest(7)
     contents = pack_contents(body)
-    fed = [line.strip().decode() for line in itertools.islice(case_lines(cycle=6, seed=6), 600)]
+    fed = [line.strip().decode() for line in itertools.islice(case_lines(cycle=7, seed=7), 600)]
     assert fed[0] == CLOSE.decode() and next(case_lines(cycle=3, seed=3)).strip() == b"DN00000003"
+    assert not delivery(7) and delivery(3)
     cases = {c["code"] for c in body["codes"] if c["level"] == "case"}
     first = [line for i, line in enumerate(fed) if line in contents and line not in fed[:i]]
     opened = [c for c in cases if c not in first]  # the case whose middle packs are scanned instead
@@ -254,8 +255,8 @@ def tamper(db: Path, sql: str, *args) -> None:
 
 
 def test_check_packs_finds_a_torn_case(tmp_path):
-    db, printed = received_cases(tmp_path, cycle=6, count=60)
-    contents = pack_contents(cases_manifest(6))
+    db, printed = received_cases(tmp_path, cycle=7, count=60)
+    contents = pack_contents(cases_manifest(7))
     received = {d["event_id"]: (d["verdict"], d["seq"]) for d in printed}
     case = next(d for d in printed if d.get("record") and d["record"]["pack"]["level"] == "case")
     unit = case["record"]["pack"]["units"][7]
@@ -298,3 +299,59 @@ def test_the_vm_imports_the_manifest_with_the_cli_and_prints_its_decision(tmp_pa
     assert (decision["verdict"], decision["seq"], decision["document"]["id"]) == ("manifest", 1, "DN00000009")
     ok = check_ledger(db, {decision["event_id"]: ("manifest", 1)}, contents=pack_contents(cases_manifest(9)))
     assert (ok["lost"], ok["unprinted"], ok["broken"], ok["packs_stored"]) == (0, 0, False, 0)
+
+
+# The receipts scenario: the outbox drains to mosquitto -> scan-collector -> PostgreSQL.
+
+
+def test_check_uplink_holds_a_real_agent_and_catches_an_uplink_ahead_of_its_ledger(tmp_path):
+    from tests.collector.procs import Kiosk
+    from tests.powercut.uplink import Backend, check_uplink
+    from tests.support.net import wait_until
+
+    device = "powercut-real-1"
+    with Backend(tmp_path / "backend") as backend:
+        kiosk = Kiosk(
+            tmp_path, backend.port, device=device, site="powercut-real", mqtt="receipts = true\nreceipt_timeout_s = 1\n"
+        )
+        try:
+            kiosk.scan(0, 30)
+            wait_until(lambda: kiosk.confirmed() >= 30, timeout=60, what="receipts through seq 30 in the ledger")
+        finally:
+            kiosk.stop()
+        received = backend.received(device)
+        assert len(received["events"]) == 30 and received["stored_through"] == 30
+        ok = check_uplink(kiosk.ledger, received)
+        assert (ok["delivered"], ok["receipted_through"], ok["collector_received"], ok["ahead"]) == (30, 30, 30, 0)
+
+        # The ledger as a cut without fsync would leave it: its last 5 scans gone, the
+        # uplink's rows and what the collector got from them still there.
+        torn = tmp_path / "torn.db"
+        torn.write_bytes(kiosk.ledger.read_bytes())
+        tamper(torn, "DELETE FROM scans WHERE seq > 25")
+        bad = check_uplink(torn, received)
+        assert (bad["delivered_ahead"], bad["received_ahead"], bad["stored_ahead"]) == (5, 5, 1)
+        assert bad["receipted_ahead"] >= 1 and bad["ahead"] == 11 + bad["receipted_ahead"]
+        assert "receipt through seq 30, the ledger's last seq is 25" in bad["ahead_examples"]
+
+        # Same event id, another hash: not the event the ledger holds.
+        other = dict(received, events=dict(received["events"]))
+        eid = next(iter(other["events"]))
+        other["events"][eid] = "0" * 64
+        assert check_uplink(kiosk.ledger, other)["received_ahead"] == 1
+
+
+def test_check_uplink_finds_a_receipt_beyond_a_hand_made_ledger(tmp_path):
+    from tests.powercut.uplink import check_uplink
+
+    db = tmp_path / "ledger.db"
+    printed = run_control(db, [code(5, i) for i in range(1, 4)])
+    assert [d["seq"] for d in printed] == [1, 2, 3]
+    assert check_uplink(db)["ahead"] == 0
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO receipts (ts, stored_through_seq, source) VALUES ('2026-11-30T00:00:00.000Z', 4, 'mqtt')")
+    conn.commit()
+    conn.close()
+    bad = check_uplink(db)
+    assert (bad["receipted_ahead"], bad["receipted_through"], bad["ahead"]) == (1, 4, 1)
+    assert check_ledger(db, {d["event_id"]: (d["verdict"], d["seq"]) for d in printed})["broken"] is False

@@ -158,6 +158,8 @@ def main(argv: list[str]) -> int:
     modules = ["agent.cli", "agent.ledger", "agent.runner", "agent.sources.stdin", "tests.powercut.agent_main"]
     if scenario == "cases":  # and what the manifest's making and import need
         modules += ["agent.control", "agent.ledger.manifests", "tests.powercut.feed", "tests.support.manifests"]
+    if scenario == "receipts":  # and the uplink, which `run` imports only with [mqtt] on
+        modules += ["agent.sinks.uplink", "paho.mqtt.client"]
     for module in modules:
         importlib.import_module(module)
 
