@@ -63,7 +63,10 @@ class StampedPin(MockPWMPin):
         if changed:
             with StampedPin.changed:
                 StampedPin.changes.append((now, self, value))
-                StampedPin.changed.notify_all()
+                if value:
+                    # Only an "on" wakes the bench's thread: woken by the buzzer's "off" just
+                    # before the accept beep, it took the GIL from the pipeline on its way to the pin.
+                    StampedPin.changed.notify_all()
         return changed
 
 
@@ -98,7 +101,7 @@ class Segments:
 
         setattr(owner, name, stamped)
 
-    def install(self, pipeline: Pipeline, ledger: Ledger) -> None:
+    def install(self, pipeline: Pipeline, ledger: Ledger, feedback: GpioFeedback) -> None:
         import agent.codes
         import agent.ledger.store
 
@@ -107,6 +110,8 @@ class Segments:
         self.wrap(agent.codes, "parse", "parse")
         self.wrap(agent.ledger.store, "row_hash", "row hash")
         ledger.conn = _StampedConnection(ledger.conn, self.stamp)
+        self.wrap(feedback, "decided", "feedback")
+        self.wrap(feedback, "play", "feedback.play")
 
     def report(self, skip: int = 0) -> None:
         """Each step between two stamps (in the order of the first scan), p50 / p99 in ms."""
@@ -281,7 +286,7 @@ def main() -> None:
         segments = None
         if args.segments:
             segments = committed.segments = Segments()
-            segments.install(pipeline, ledger)
+            segments.install(pipeline, ledger, feedback)
         api, clients = None, []
         if args.api_clients is not None:
             from bench.api_stream import StreamClient, start_api
