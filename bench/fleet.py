@@ -186,6 +186,11 @@ def worker(spec_file: Path) -> None:
     spec = json.loads(spec_file.read_text())
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
     out = Path(spec["out"])
+    if not spec["args"].get("catch_up", True):  # the before of the peer catch-up: it tracks, never asks
+        from agent.sinks.uplink.catchup import CatchUp
+
+        CatchUp.due = lambda self, now: []
+        CatchUp.next_due = lambda self: None
     kiosks = [Kiosk(k, out) for k in spec["kiosks"]]
     for kiosk in kiosks:
         kiosk.start()
@@ -217,7 +222,7 @@ def worker(spec_file: Path) -> None:
     while left and time.monotonic() < deadline:
         time.sleep(0.5)
         left = sum(k.depth() for k in kiosks)
-    time.sleep(2)  # the last peer events reach their stations
+    time.sleep(spec["args"].get("settle_s", 2))  # the last peer events (and catch-up asks) reach their stations
     result = {
         "outbox_left": left,
         "late_feeds": len([x for x in late if x > 0.1]),
@@ -360,6 +365,8 @@ def run(kind: str, args: argparse.Namespace) -> dict:
             "dock_seconds": args.dock_seconds,
             "dock_codes": args.dock_codes,
             "drain_s": 180,
+            "settle_s": args.settle_s,
+            "catch_up": not args.no_catch_up,
         }
         started = time.monotonic()
         for w in range(args.procs):
@@ -571,7 +578,8 @@ def report(kind: str, args: argparse.Namespace, v: dict) -> dict:
     for line in lost_detail:
         print(f"     lost: {line}")
     print(
-        f"   peer rows stored {peer_rows} of {expected_peer} expected (each event at every other station of its site)"
+        f"   peer rows stored {peer_rows} of {expected_peer} expected (each event at every other station of its site); "
+        f"catch-up {'on' if not args.no_catch_up else 'off'}, {args.settle_s:g} s settle"
     )
     print(
         f"   per kiosk: RSS {f['rss_per_kiosk_mb']:.1f} MB (workers {f['worker_rss_mb']:.0f} MB), "
@@ -607,6 +615,8 @@ def main() -> None:
     parser.add_argument("--dock-seconds", type=float, default=30.0)
     parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of the run at which NATS node 0 dies")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--settle-s", type=float, default=2.0, help="wait after the outboxes drain, for peer events")
+    parser.add_argument("--no-catch-up", action="store_true", help="stations never ask peers for missed events")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker)

@@ -112,3 +112,26 @@ def test_too_many_seqs_waiting_above_a_gap_give_it_up(monkeypatch):
         c.seen("k2", seq, now=0.0)
     assert c.floor("k2") == 7 and c.stats()["given_up"] == 4
     assert c.due(now=GRACE_S) == [("k2", 8, 8)]  # the gap above it is still asked for
+
+
+def test_the_intake_asks_nothing_and_sleeps_while_the_station_is_offline(tmp_path):
+    """A gap due while the broker is away must not spin uplink-peers: it sleeps until the
+    reconnection wakes it (and then every peer is marked and asked)."""
+    from agent.sinks.uplink.peers import PeerIntake
+    from agent.sinks.uplink.topics import Topics
+
+    online = [False]
+    sent = []
+    intake = PeerIntake(
+        tmp_path / "ledger.db",
+        topics=Topics("trace/v1", "site-1", "kiosk-1"),
+        site_id="site-1",
+        publish=lambda topic, body: sent.append((topic, body)),
+        connected_now=lambda: online[0],
+    )
+    intake.catchup = CatchUp({"kiosk-2": 3})
+    intake.catchup.seen("kiosk-2", 6, now=0.0)
+    intake.catchup.saved(intake.catchup.dirty())
+    assert intake._sleep() is None  # offline: no timer at all
+    online[0] = True
+    assert intake._sleep() == 0.0  # the gap is long overdue

@@ -262,8 +262,11 @@ class PeerIntake:
             conn.close()
 
     def _sleep(self) -> float | None:
-        """How long uplink-peers may sleep unless woken: until the next ask or floor save."""
-        due = [] if self.catchup is None else [self.catchup.next_due()]
+        """How long uplink-peers may sleep unless woken: until the next ask (while connected:
+        offline it asks nothing, and :meth:`connected` wakes it) or floor save."""
+        due = []
+        if self.catchup is not None and self.connected_now():
+            due.append(self.catchup.next_due())
         if self.catchup is not None and self.catchup.dirty():
             due.append(self._floors_saved_at + FLOOR_SAVE_S)
         due = [t for t in due if t is not None]
