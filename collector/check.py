@@ -52,7 +52,6 @@ COLUMNS = (
 )
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 
 
@@ -118,20 +117,17 @@ def copy_line(row: tuple) -> bytes:
     >>> copy_line(("plain", None))
     b'plain\t\\N\n'
     """
-    texts = ["" if value is None else value if type(value) is str else str(value) for value in row]
-    line = "\t".join(texts)
-    # One look at the whole line: most rows hold nothing to escape (tabs only as separators).
-    if line.count("\t") != len(texts) - 1 or _COPY_SPECIAL.search(line):
-        texts = [_escape(text) for text in texts]
-    if None in row:
-        texts = ["\\N" if value is None else text for value, text in zip(row, texts, strict=True)]
-    return ("\t".join(texts) + "\n").encode()
-
-
-def _escape(text: str) -> str:
-    if _COPY_SPECIAL.search(text):
-        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return text
+    out = []
+    for value in row:
+        if value is None:
+            out.append("\\N")
+            continue
+        text = value if type(value) is str else str(value)
+        # Four substring tests beat a regex here (about 2 us a row against 6).
+        if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+            text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        out.append(text)
+    return ("\t".join(out) + "\n").encode()
 
 
 @dataclass(frozen=True)
