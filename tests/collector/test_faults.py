@@ -65,12 +65,12 @@ def test_collector_sigkilled_and_restarted_loses_and_doubles_nothing(tmp_path, b
         collector.stop()
 
 
-def test_postgresql_restarted_and_killed_under_load_loses_nothing(tmp_path, broker, pg, db):
+def test_postgresql_restarted_and_killed_under_load_loses_nothing(tmp_path, broker, own_pg):
+    pg = own_pg  # a cluster of its own: it restarts and kills it
     total = 150 * (CYCLES + 1)
     collector = CollectorProc(tmp_path, broker.port, pg.dsn).start()
     kiosk = Kiosk(tmp_path, broker.port)
     feeder = Feeder(kiosk, total)
-    db.close()
     try:
         for cycle in range(1, CYCLES + 1):
             import psycopg
