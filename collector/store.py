@@ -14,6 +14,12 @@ row (``INSERT ... ON CONFLICT DO UPDATE``, in device order, so never a deadlock)
 before it looks for the next seq, so one of the two always sees the other's
 committed rows and moves the device forward.
 
+Conflicts have the same race: two collectors storing the same code from two devices at
+once would each look for the other's row before it is committed, and neither keep the
+pair. So the conflict check, the last step of a transaction, is taken one transaction at
+a time (an advisory lock held until the commit): the second looks after the first has
+committed, and sees its row. Only that last step waits, and only in a batch with dispenses.
+
 >>> Stored().advanced
 {}
 """
@@ -32,6 +38,9 @@ from .check import COLUMNS, Event, Rejected, Report, copy_line
 from .schema import ensure_month
 
 log = logging.getLogger(__name__)
+
+#: The advisory lock the conflict check is taken under (any fixed number, the same in every collector).
+CONFLICT_LOCK = 0x5CA1_0003
 
 _COLS = ", ".join(COLUMNS)
 _STAGING = f"CREATE TEMPORARY TABLE IF NOT EXISTS staging AS SELECT {_COLS} FROM events WITH NO DATA"
@@ -402,6 +411,9 @@ def _conflicts(cur: psycopg.Cursor, new: list[Event]) -> int:
         return 0
     with cur.copy("COPY dispensed (code, event_id, device_id) FROM STDIN") as copy:
         copy.write(b"".join(copy_line((e["code"], e["event_id"], e["device_id"])) for e in dispensed))
+    # Held until the commit: another collector's check waits for it, then (a new statement,
+    # a new snapshot) sees this batch's rows committed. The module's docstring says why.
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (CONFLICT_LOCK,))
     cur.execute(
         "INSERT INTO conflicts (code, event_id, device_id, other_event_id, other_device_id)"
         " SELECT n.code, LEAST(n.event_id, e.event_id),"

@@ -100,6 +100,40 @@ def test_the_same_code_dispensed_on_two_devices_is_a_conflict(tmp_path, pg, db):
     assert db.execute("SELECT count(*) FROM conflicts").fetchone()[0] == 1
 
 
+def test_two_collectors_storing_the_same_code_at_once_keep_the_conflict(tmp_path, pg, db):
+    """Both reach their conflict check before either commits: the second must look after the
+    first's commit, or each misses the other's row."""
+    import threading
+
+    import psycopg
+
+    from tests.support.net import wait_until
+
+    a = checked(ledger_events(tmp_path / "a.db", 3, device_id="kiosk-a"))
+    b = checked(ledger_events(tmp_path / "b.db", 3, device_id="kiosk-b", start=2))  # code 2 on both
+    stores = [Store(pg.dsn), Store(pg.dsn)]
+    # Hold both at the conflict step: a lock on conflicts that their INSERT waits for.
+    gate = psycopg.connect(pg.dsn)
+    gate.execute("LOCK TABLE conflicts IN SHARE MODE")
+    results = []
+    threads = [
+        threading.Thread(target=lambda s=store, e=events: results.append(s.store(e)))
+        for store, events in zip(stores, (a, b), strict=True)
+    ]
+    for t in threads:
+        t.start()
+    waiting = "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+    waiting += " WHERE NOT l.granted AND d.datname = current_database()"
+    wait_until(lambda: db.execute(waiting).fetchone()[0] == 2, timeout=20, what="both stores waiting")
+    gate.commit()
+    for t in threads:
+        t.join(20)
+    gate.close()
+    assert sum(r.conflicts for r in results) == 1
+    rows = db.execute("SELECT code, device_id, other_device_id FROM conflicts").fetchall()
+    assert [(r[0], sorted(r[1:])) for r in rows] == [("8" + "2".zfill(19), ["kiosk-a", "kiosk-b"])]
+
+
 def test_an_event_postgresql_refuses_is_quarantined_and_the_rest_stored(tmp_path, pg, db):
     events = checked(ledger_events(tmp_path / "l.db", 5))
     # A year PostgreSQL's timestamptz cannot hold, in an event check() let through.
