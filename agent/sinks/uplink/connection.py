@@ -51,6 +51,8 @@ PUMP_S = 0.05
 #: ... and this often while it has room in the window but the uplink thread is
 #: still reading the backlog, rather than waking for every batch it reads.
 STARVED_PUMP_S = 0.002
+#: A subscription the broker refused (NATS under load answers 0x80) is asked for again after this.
+RESUBSCRIBE_S = 5.0
 #: :meth:`Connection.send_tracked` messages awaiting a PUBACK kept at most (the oldest forgotten).
 MAX_TRACKED = 10_000
 #: With nothing in flight or ready, uplink-net sleeps this long unless woken:
@@ -140,6 +142,11 @@ class Connection:
         # the mids, so a PUBACK (handled on uplink-net too) never comes before its mid is known.
         self._tracked_out: collections.deque[tuple[str, bytes, object]] = collections.deque()
         self._tracked: collections.OrderedDict[int, object] = collections.OrderedDict()
+        # uplink-net only: the subscriptions asked for at connect, and any refused ones to ask again.
+        self._subscribed: list[tuple[str, int]] = []
+        self._connect_mid: int | None = None
+        self._refused: list[tuple[str, int]] = []
+        self._resubscribe_at: float | None = None
         self.client = self._make_client()
         # The window picks each event's topic: {p}/events or {p}/documents.
         self._publish_event = functools.partial(self.client.publish, qos=1)
@@ -283,6 +290,8 @@ class Connection:
             if self._connected.is_set():
                 if self._tracked_out:
                     self._publish_tracked()
+                if self._resubscribe_at is not None and time.monotonic() >= self._resubscribe_at:
+                    self._resubscribe()
                 starved = self.window.fill(self._publish_event)
             if starved:
                 timeout = STARVED_PUMP_S
@@ -290,6 +299,8 @@ class Connection:
                 timeout = PUMP_S
             else:
                 timeout = IDLE_S
+            if self._resubscribe_at is not None:
+                timeout = max(0.0, min(timeout, self._resubscribe_at - time.monotonic()))
             if self._turn(timeout) != mqtt.MQTT_ERR_SUCCESS:
                 break
 
@@ -353,7 +364,8 @@ class Connection:
             # hint (retained, and the asks back it up), so QoS 0: on NATS each QoS 1
             # subscription is a JetStream consumer, the broker's dearest part.
             topics += [(self.topics.site_events, 1), (self.topics.site_documents, 1), (self.topics.site_status, 0)]
-        client.subscribe(topics)
+        self._subscribed, self._refused, self._resubscribe_at = topics, [], None
+        self._connect_mid = client.subscribe(topics)[1]
         client.publish(self.topics.status, "online", qos=1, retain=True)
         self.window.restart()
 
@@ -361,16 +373,22 @@ class Connection:
         # Drain only once the broker has answered status and subscription: a
         # broker that drops us on a refused publish then still sends its
         # refusal (mosquitto 2.0 discards replies it had queued when it does).
-        names = [self.topics.commands]
-        if self.on_receipt is not None:
-            names.append(self.topics.receipt)
-        if self.on_peer_event is not None:
-            names += [self.topics.site_events, self.topics.site_documents, self.topics.site_status]
-        for name, reason in zip(names, reason_codes, strict=False):
-            if reason.is_failure:
-                log.error("broker refused the subscription %s: %s", name, reason)
-        self._connected.set()
-        self.on_ready()
+        first = mid == self._connect_mid
+        asked = self._subscribed if first else self._refused
+        refused = [topic for topic, reason in zip(asked, reason_codes, strict=False) if reason.is_failure]
+        for name, _ in refused:
+            log.error("broker refused the subscription %s; asking again in %.0f s", name, RESUBSCRIBE_S)
+        self._refused = refused
+        self._resubscribe_at = time.monotonic() + RESUBSCRIBE_S if refused else None
+        if first:
+            self._connected.set()
+            self.on_ready()
+
+    def _resubscribe(self) -> None:
+        """Ask again for the subscriptions the broker refused (uplink-net)."""
+        self._resubscribe_at = None
+        if self._refused:
+            self.client.subscribe(self._refused)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected.is_set() and not self._stopping.is_set():
