@@ -175,32 +175,26 @@ def escape(raw: bytes | str) -> str:
     as_bytes = isinstance(raw, bytes)
     if as_bytes:
         raw = raw.decode("latin-1")
-    # Only the characters outside printable ASCII are looked at one by one: the usual
-    # scan has none but its terminator.
-    return _NOT_PLAIN.sub(_escape_bytes if as_bytes else _escape_text, raw)
+    if _PLAIN.fullmatch(raw):  # the usual scan: printable ASCII, nothing to escape
+        return raw
+    if raw[-1:] == "\r" and _PLAIN.fullmatch(raw, 0, len(raw) - 1):
+        return raw[:-1] + "\\x0d"  # a serial scan: the same, and its CR (not a character loop)
+    out = []
+    for ch in raw:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable() and not (as_bytes and ord(ch) > 0x7E):
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return "".join(out)
 
 
-def _escaped(ch: str, as_bytes: bool) -> str:
-    if ch == "\\":
-        return "\\\\"
-    if ch.isprintable() and not (as_bytes and ord(ch) > 0x7E):
-        return ch
-    if ord(ch) < 0x100:
-        return f"\\x{ord(ch):02x}"
-    if ord(ch) < 0x10000:
-        return f"\\u{ord(ch):04x}"
-    return f"\\U{ord(ch):08x}"
-
-
-def _escape_bytes(match: re.Match) -> str:
-    return _escaped(match.group(), True)
-
-
-def _escape_text(match: re.Match) -> str:
-    return _escaped(match.group(), False)
-
-
-_NOT_PLAIN = re.compile(r"[^ -\[\]-~]")
+_PLAIN = re.compile(r"[ -\[\]-~]*")
 
 
 def gtin_check_digit(body: str) -> str:

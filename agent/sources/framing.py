@@ -18,7 +18,6 @@ A CR LF split across two reads is still one terminator, never an empty scan:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 #: Longest scan kept whole. A longer line becomes one read of ``MAX_LINE + 1``
@@ -29,7 +28,6 @@ MAX_LINE = 512
 TERMINATORS = ("cr", "lf", "crlf", "any")
 
 CR, LF = 0x0D, 0x0A
-_CR_OR_LF = re.compile(rb"[\r\n]")
 
 
 @dataclass(frozen=True)
@@ -76,65 +74,34 @@ class LineFramer:
         expired = self.expire(now)
         if expired is not None:
             frames.append(expired)
-        # Only CR and LF can end a scan: the bytes between them are taken as one run, not
-        # byte by byte (a scan's 20-odd bytes cost 20 turns of a Python loop otherwise).
-        pos = 0
-        for match in _CR_OR_LF.finditer(data):
-            at = match.start()
-            if at > pos:
-                self._run(data[pos:at], now, frames)
-            self._byte(data[at], now, frames)
-            pos = at + 1
-        if pos < len(data):
-            self._run(data[pos:], now, frames)
-        return frames
-
-    def _run(self, run: bytes, now: float, frames: list[Frame]) -> None:
-        """Bytes none of which is CR or LF: what :meth:`_byte` does with each, at once."""
-        self._after_cr = False
-        self._prev = run[-1]
-        if self._skipping:
-            self.dropped += len(run)
-            return
-        if not self._buf:
-            self._t_first = now
-        self._t_last = now
-        room = self.max_line + 1 - len(self._buf)  # the byte that makes the line overlong is kept
-        if len(run) < room:
-            self._buf += run
-            return
-        self._buf += run[:room]
-        frames.append(self._take(overlong=True))
-        self._skipping = True
-        self.dropped += len(run) - room
-
-    def _byte(self, byte: int, now: float, frames: list[Frame]) -> None:
-        if self._after_cr:
-            self._after_cr = False
-            if byte == LF:
-                return
-        end = self._ends_scan(byte)
-        self._prev = byte
-        if self._skipping:
+        for byte in data:
+            if self._after_cr:
+                self._after_cr = False
+                if byte == LF:
+                    continue
+            end = self._ends_scan(byte)
+            self._prev = byte
+            if self._skipping:
+                if end:
+                    self._skipping = False
+                    self._after_cr = byte == CR and self._lf_joins_cr
+                else:
+                    self.dropped += 1
+                continue
+            if not self._buf:
+                self._t_first = now
+            self._buf.append(byte)
+            self._t_last = now
             if end:
-                self._skipping = False
                 self._after_cr = byte == CR and self._lf_joins_cr
-            else:
-                self.dropped += 1
-            return
-        if not self._buf:
-            self._t_first = now
-        self._buf.append(byte)
-        self._t_last = now
-        if end:
-            self._after_cr = byte == CR and self._lf_joins_cr
-            if len(self._buf) > (2 if self.terminator == "crlf" else 1):
-                frames.append(self._take())
-            else:
-                self._buf.clear()  # a terminator alone: not a scan
-        elif len(self._buf) > self.max_line:
-            frames.append(self._take(overlong=True))
-            self._skipping = True
+                if len(self._buf) > (2 if self.terminator == "crlf" else 1):
+                    frames.append(self._take())
+                else:
+                    self._buf.clear()  # a terminator alone: not a scan
+            elif len(self._buf) > self.max_line:
+                frames.append(self._take(overlong=True))
+                self._skipping = True
+        return frames
 
     def expire(self, now: float) -> Frame | None:
         """The unfinished scan, if no byte came for longer than ``read_timeout``."""
