@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from statistics import median
 
 import pytest
 
@@ -198,7 +199,8 @@ def test_states_show_beneath_by_priority(make, factory):
     fb.set_state("backlog", True)  # outranks broker_offline
     time.sleep(0.5)
     blinks = [d for _, d in runs(amber)[:-1]]
-    assert len(blinks) >= 3 and all(abs(d - 0.1) <= 0.05 for d in blinks), runs(amber)
+    # The median, not every run: one run stretched by a loaded machine says nothing of the look.
+    assert len(blinks) >= 3 and abs(median(blinks) - 0.1) <= 0.025, runs(amber)
 
     amber.clear_states()
     fb.set_state("scanner_missing", True, cause="counter-1")
@@ -206,7 +208,7 @@ def test_states_show_beneath_by_priority(make, factory):
     fb.set_state("scanner_missing", False, cause="counter-1")  # counter-2 still missing
     time.sleep(0.4)
     fast = [d for _, d in runs(amber)[1:-1]]
-    assert fast and all(abs(d - 0.05) <= 0.04 for d in fast)
+    assert len(fast) >= 3 and abs(median(fast) - 0.05) <= 0.02, runs(amber)  # twice backlog's rate
 
     green.clear_states()
     fb.set_state("fault", True, cause="config")
