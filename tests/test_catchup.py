@@ -4,7 +4,7 @@ Times are monotonic seconds given by the test; what goes on the wire is in test_
 """
 
 from agent.sinks.uplink import catchup
-from agent.sinks.uplink.catchup import ASK_WAIT_S, CHUNK, GRACE_S, HISTORY, QUIET_S, CatchUp
+from agent.sinks.uplink.catchup import ASK_WAIT_S, CHUNK, GRACE_S, HISTORY, PROBE_GRACE_S, QUIET_S, CatchUp
 
 
 def test_events_in_any_order_raise_the_floor_to_the_highest_contiguous_seq():
@@ -47,13 +47,13 @@ def test_a_peer_not_heard_since_the_station_reconnected_is_probed_once_and_a_ful
     c = CatchUp({"quiet": 7, "talking": 3})
     c.connected(now=0.0)
     c.seen("talking", 4, now=0.5)
-    assert c.due(now=GRACE_S) == [("quiet", 8, 7 + CHUNK)]
-    assert c.due(now=GRACE_S + 20) == []  # a probe that brings nothing back is not repeated
+    assert c.due(now=PROBE_GRACE_S) == [("quiet", 8, 7 + CHUNK)]
+    assert c.due(now=PROBE_GRACE_S + 20) == []  # a probe that brings nothing back is not repeated
     for seq in range(8, 8 + CHUNK):  # it came back whole: there may be more
-        c.seen("quiet", seq, now=GRACE_S + 1)
-    assert c.due(now=GRACE_S + 1) == [("quiet", 8 + CHUNK, 7 + 2 * CHUNK)]
-    c.seen("quiet", 8 + CHUNK, now=GRACE_S + 2)  # a short answer: the peer has no more
-    assert c.due(now=GRACE_S + 20) == []
+        c.seen("quiet", seq, now=PROBE_GRACE_S + 1)
+    assert c.due(now=PROBE_GRACE_S + 1) == [("quiet", 8 + CHUNK, 7 + 2 * CHUNK)]
+    c.seen("quiet", 8 + CHUNK, now=PROBE_GRACE_S + 2)  # a short answer: the peer has no more
+    assert c.due(now=PROBE_GRACE_S + 20) == []
     assert c.stats()["probes"] == 2
 
 
@@ -74,7 +74,7 @@ def test_a_peer_gone_quiet_is_probed_once_unless_it_said_offline_once_a_gap_was_
     assert c.due(now=10 * QUIET_S) == [("k4", 6, 5 + CHUNK)]  # k4's own quiet spell; k2 not again
     assert c.due(now=20 * QUIET_S) == []  # once a quiet spell
     c.online("k3", now=400.0)  # back: marked, probed if not heard within the grace
-    assert c.due(now=400.0 + GRACE_S) == [("k3", 2, 1 + CHUNK)]
+    assert c.due(now=400.0 + PROBE_GRACE_S) == [("k3", 2, 1 + CHUNK)]
 
 
 def test_a_peer_saying_online_is_probed_unless_heard_meanwhile():
@@ -83,7 +83,7 @@ def test_a_peer_saying_online_is_probed_unless_heard_meanwhile():
     c.online("k3", now=0.0)
     c.online("stranger", now=0.0)  # never heard: no floor to ask from
     c.seen("k3", 10, now=1.0)
-    assert c.due(now=GRACE_S) == [("k2", 6, 5 + CHUNK)]
+    assert c.due(now=PROBE_GRACE_S) == [("k2", 6, 5 + CHUNK)]
 
 
 def test_a_peer_first_heard_late_in_its_life_is_asked_back_only_so_far():

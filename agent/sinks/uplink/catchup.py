@@ -15,7 +15,7 @@ publishes them on its own topics, to every subscriber, with their ``event_id``):
   ``online`` (its retained ``{p}/status``). A peer that published while this station's
   session was gone (a broker restarted empty, a failover to a node without the session)
   has those events nowhere else, and if it then falls quiet no gap ever shows them. So
-  :data:`GRACE_S` after the mark, a peer not heard meanwhile is *probed*: asked for
+  :data:`PROBE_GRACE_S` after the mark, a peer not heard meanwhile is *probed*: asked for
   :data:`CHUNK` seqs above its floor; a chunk that comes back whole is followed by the next.
 - **a peer gone quiet**, once the broker has shown it loses messages (a gap seen since
   start): :data:`QUIET_S` after a peer's last event it is probed once (unless it said
@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 #: A gap, or a peer not heard since a mark, is given this long (seconds) before it is asked for:
 #: messages arrive out of order, and a persistent session's backlog takes a moment to come.
 GRACE_S = 1.5
+#: A peer not heard since a (re)connection or its ``online`` is probed this long after it:
+#: a session that survived (NATS keeps it in JetStream) delivers its backlog meanwhile,
+#: after a failover only once JetStream has new leaders (up to ~10 s); probed earlier,
+#: the peer would publish again, to every subscriber, what was on its way anyway.
+PROBE_GRACE_S = 12.0
 #: At most this many seqs an ask (a peer's ``resend`` takes up to 10,000; a smaller chunk
 #: delays the peer's own live events less, since it sends the resent ones first).
 CHUNK = 500
@@ -248,7 +253,7 @@ class CatchUp:
 
     def _mark(self, peer: _Peer, now: float) -> None:
         peer.heard = False
-        peer.probe_at = now + GRACE_S
+        peer.probe_at = now + PROBE_GRACE_S
         peer.probe_to = None
         peer.next_ask = 0.0
         peer.attempts = 0

@@ -156,14 +156,14 @@ class Window:
         return [row for row in rows if row["id"] not in self._busy and row["id"] not in self._held]
 
     def queue_again(self, rows: Iterable[sqlite3.Row]) -> int:
-        """Send these rows again, before the backlog, delivered or not (``resend``).
-        Rows already busy are skipped; returns how many were queued."""
-        queued = 0
-        for row in rows:
-            if row["id"] not in self._busy:
-                self._make_ready(row, self._ready_live)
-                queued += 1
-        return queued
+        """Send these rows again, delivered or not (``resend``, receipts): after the live
+        events (a peer's catch-up must not hold this station's new scans back), before the
+        backlog. Rows already busy are skipped; returns how many were queued."""
+        again = [row for row in rows if row["id"] not in self._busy]
+        for row in again:
+            self._busy.add(row["id"])
+        self._ready.extendleft(reversed(again))
+        return len(again)
 
     def settle_refusals(self) -> None:
         """Hold the events the broker refused, to be sent again after ``retry_s``."""
