@@ -17,7 +17,8 @@ draining over MQTT to a back end on this machine that sends receipts
 (:mod:`tests.powercut.uplink`: mosquitto, PostgreSQL and ``scan-collector run``,
 started once for the run; the VM gets qemu's user network). 3-15 s (random)
 after every agent has printed its first decision (in a receipts cycle: after
-the collector has stored its first event too), qemu is SIGKILLed: a power cut.
+the collector has also stored a first event of this boot and everything the
+ledger held before it, so that receipts keep moving), qemu is SIGKILLed: a power cut.
 A decision in the port file was printed before the cut, since qemu wrote it
 there. Then, per role, on a copy of the image: ``e2fsck -fy``, ``debugfs dump``
 of the ledger and its WAL, and the checks:
@@ -82,8 +83,9 @@ FAULT = {
     ("real", "receipts"): "power cut, outbox draining over MQTT to scan-collector, receipts on",
     ("control", "receipts"): "power cut, control, receipts",
 }
-#: In a receipts cycle, the cut waits this long at most for the collector's first event of each agent.
-FIRST_STORED_S = 120.0
+#: In a receipts cycle, the cut waits this long at most (after the first decisions) for the
+#: collector to store each agent's backlog (:func:`boot`).
+DRAIN_WAIT_S = 150.0
 #: Modules the VM's udev would load for qemu's q35 devices (KVM, AHCI and the CD-ROM, watchdogs,
 #: SMBus, PC speaker, crypto accelerators...), none of them on the ledger's path (virtio_blk,
 #: ext4, virtio_console, virtio_net stay). Loading them over the 9p root without KVM held the
@@ -121,6 +123,8 @@ class Role:
     generation: int = 1  # of its disk image: a new image is a new device to the collector
     uplink_before: tuple[int, int] = (0, 0)  # deliveries and receipted-through seq at the last check
     stored_at: float | None = None  # receipts cycles: the collector's first event of this boot
+    drained_at: float | None = None  # receipts cycles: the collector stored through last_seq
+    last_seq: int = 0  # the ledger's last seq at the last check
 
     @property
     def device(self) -> str:
@@ -412,6 +416,7 @@ def summary_rows(roles: list[Role]) -> list[dict]:
                     "delivered": sum(c.get("delivered_this_boot", 0) for c in results),
                     "collector_received": max((c.get("collector_received", 0) for c in results), default=0),
                     "receipted_cycles": sum(c.get("receipted_this_boot", 0) > 0 for c in results),
+                    "caught_up_cycles": sum(c.get("collector_caught_up_s") is not None for c in results),
                     "ahead": sum(c.get("ahead", 0) for c in results),
                     "cycles_ahead": sum(c.get("ahead", 0) > 0 for c in results),
                     "max_recovery_s": round(max(recovery), 1) if recovery else None,
@@ -441,8 +446,10 @@ def table(rows: list[dict]) -> str:
             )
         if row.get("scenario") == "receipts":
             fault += (
-                f"; {row['delivered']:,} events delivered, receipts came back in {row['receipted_cycles']} of "
-                f"{row['cycles']} cycles; ahead of the ledger: {row['ahead']:,}"
+                f"; {row['delivered']:,} events delivered, the backlog stored before the cut in "
+                f"{row['caught_up_cycles']} of {row['cycles']} cycles, receipts came back in "
+                f"{row['receipted_cycles']}; "
+                f"ahead of the ledger: {row['ahead']:,}"
                 + (f" (in {row['cycles_ahead']} cycles)" if row["ahead"] else "")
             )
         lines.append(
@@ -459,7 +466,7 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random, backend: Backe
     uplink = name == "receipts" and backend is not None
     for r in roles:
         r.port.write_bytes(b"")
-        r.offset, r.partial, r.first_at, r.this_boot, r.stored_at = 0, b"", None, [], None
+        r.offset, r.partial, r.first_at, r.this_boot, r.stored_at, r.drained_at = 0, b"", None, [], None, None
     stored_before = {r.name: backend.stored(r.device) for r in roles} if uplink else {}
     broker = backend.port if uplink else "-"
     inner = f"tests/powercut/in-vm {cycle} {name} {broker} {' '.join(f'{r.name}={r.device}' for r in roles)}"
@@ -493,9 +500,19 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random, backend: Backe
                 for r in roles:
                     if r.stored_at is None and backend.stored(r.device) > stored_before[r.name]:
                         r.stored_at = now - launched
+                    if (
+                        r.stored_at is not None
+                        and r.drained_at is None
+                        and backend.stored_through(r.device) >= r.last_seq
+                    ):
+                        r.drained_at = now - launched
             started = all(r.first_at is not None for r in roles)
-            if started and uplink and any(r.stored_at is None for r in roles):
-                started = now - launched - max(r.first_at for r in roles) > FIRST_STORED_S
+            # A receipts cycle cuts once the collector has stored (and so receipted) what the
+            # ledger held before this boot: else the backlog of the offline cycles between two
+            # receipts cycles outgrows one short connection, the collector's stored-through
+            # stops at its first gap, and no receipt moves for the rest of the run.
+            if started and uplink and any(r.drained_at is None for r in roles):
+                started = now - launched - max(r.first_at for r in roles) > DRAIN_WAIT_S
             if cut_at is None and started:
                 cut_at = now + rng.uniform(3, 15)
             if cut_at is not None and now >= cut_at:
@@ -510,7 +527,7 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random, backend: Backe
                 power_cut(proc.pid)
                 break
             time.sleep(0.05)
-        after = (time.monotonic() - launched) - max(max(r.first_at or 0, r.stored_at or 0) for r in roles)
+        after = (time.monotonic() - launched) - max(max(r.first_at or 0, r.drained_at or 0) for r in roles)
     finally:
         if outcome != "cut":  # also when this script is interrupted: no VM left behind
             power_cut(proc.pid)
@@ -529,8 +546,12 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random, backend: Backe
         f"boot {cycle}: guest up {up if up is None else round(up, 1)} s after launch; "
         + ", ".join(f"{r.name} first decision {r.first_at and round(r.first_at, 1)} s" for r in roles)
         + (
-            ", the collector's first event: "
-            + ", ".join(f"{r.name} {r.stored_at and round(r.stored_at, 1)} s" for r in roles)
+            ", the collector's first event, and through the ledger's seq before the boot: "
+            + ", ".join(
+                f"{r.name} {r.stored_at and round(r.stored_at, 1)} s and {r.drained_at and round(r.drained_at, 1)} s "
+                f"(seq {r.last_seq})"
+                for r in roles
+            )
             if uplink
             else ""
         )
@@ -575,7 +596,9 @@ def check_role(args, cycle: int, r: Role, cut_after: float, contents: Contents, 
         result["delivered_this_boot"] = result["delivered"] - r.uplink_before[0]
         result["receipted_this_boot"] = max(0, result["receipted_through"] - r.uplink_before[1])
         result["collector_first_s"] = r.stored_at and round(r.stored_at, 2)
+        result["collector_caught_up_s"] = r.drained_at and round(r.drained_at, 2)
         r.uplink_before = (result["delivered"], result["receipted_through"])
+        r.last_seq = result["last_seq"]
     pack_events = result.pop("pack_events", set())
     accepted_packs = [d for d in r.this_boot if d.get("verdict") == "accepted" and "pack" in (d.get("record") or {})]
     result["packs"] = len(accepted_packs)
@@ -644,7 +667,7 @@ def check_role(args, cycle: int, r: Role, cut_after: float, contents: Contents, 
         f.write(json.dumps(result) + "\n")
     if result["lost"] or result["broken"] or result.get("ahead"):
         make_image(r.image)  # the next boot starts a new ledger, a new device to the collector
-        r.received, r.unprinted, r.uplink_before = {}, set(), (0, 0)
+        r.received, r.unprinted, r.uplink_before, r.last_seq = {}, set(), (0, 0), 0
         r.generation += 1
         print(f"  {r.name:7} the next boot gets a new disk image", flush=True)
     return result

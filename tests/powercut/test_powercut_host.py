@@ -323,6 +323,7 @@ def test_check_uplink_holds_a_real_agent_and_catches_an_uplink_ahead_of_its_ledg
         assert len(received["events"]) == 30 and received["stored_through"] == 30
         ok = check_uplink(kiosk.ledger, received)
         assert (ok["delivered"], ok["receipted_through"], ok["collector_received"], ok["ahead"]) == (30, 30, 30, 0)
+        assert ok["last_seq"] == backend.stored_through(device) == 30
 
         # The ledger as a cut without fsync would leave it: its last 5 scans gone, the
         # uplink's rows and what the collector got from them still there.

@@ -74,6 +74,11 @@ class Backend:
         row = self._db.execute("SELECT count(*) FROM events WHERE device_id = %s", (device,)).fetchone()
         return row[0]
 
+    def stored_through(self, device: str) -> int:
+        """The collector's ``stored_through_seq`` for ``device`` (what its receipt says), 0 before any."""
+        row = self._db.execute("SELECT stored_through_seq FROM devices WHERE device_id = %s", (device,)).fetchone()
+        return row[0] if row else 0
+
     def received(self, device: str) -> dict:
         """What the collector received from ``device``: ``events`` = {event_id: hash} of the
         events it stored and of those it quarantined (any payload with an ``event_id``),
@@ -89,8 +94,7 @@ class Backend:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 body = json.loads(bytes(payload))
                 events.setdefault(str(body["event_id"]), str(body.get("hash")))
-        row = self._db.execute("SELECT stored_through_seq FROM devices WHERE device_id = %s", (device,)).fetchone()
-        return {"events": events, "stored_through": row[0] if row else 0}
+        return {"events": events, "stored_through": self.stored_through(device)}
 
 
 def check_uplink(db: Path | None, received: dict | None = None) -> dict:
@@ -112,6 +116,7 @@ def check_uplink(db: Path | None, received: dict | None = None) -> dict:
     0
     """
     result = {
+        "last_seq": 0,
         "delivered": 0,
         "receipted_through": 0,
         "collector_received": 0,
@@ -139,6 +144,7 @@ def check_uplink(db: Path | None, received: dict | None = None) -> dict:
                 conn.close()
         except sqlite3.DatabaseError:
             return result | {"ahead": 0}
+        result["last_seq"] = last
         result["receipted_through"] = max(receipts, default=0)
         result["delivered_ahead"] = len(orphans)
         beyond = [s for s in receipts if s > last]
