@@ -31,7 +31,9 @@ node 0 SIGKILLed ``--kill-at`` of the way into the run.
 
 Printed: offered and delivered events/s; scan (``Pipeline.submit``) → subscriber arrival
 latency p50/p99/max, for counters and dock; lost (every kiosk's ledger events with a seq
-that the subscriber never got, deduplicated by ``event_id``; must be 0); duplicates;
+that the subscriber never got, deduplicated by ``event_id``, after it asked each kiosk
+``cmd/resend`` for the seqs it missed, as a back end does (``--no-resend``: no asks); must
+be 0); duplicates;
 peer rows stored against expected; per-kiosk RSS (worker RSS / kiosks) and CPU (worker
 utime+stime from ``/proc`` over the feed window / kiosks); broker CPU from
 ``/proc/<pid>/stat`` of each broker process over the same window. The machine's load
@@ -281,6 +283,9 @@ class Arrivals:
         if not self.subscribed.wait(30):
             raise TimeoutError("the subscriber got no SUBACK")
 
+    def event_ids(self) -> set[str]:
+        return {json.loads(payload)["event_id"] for _, payload in list(self.got)}
+
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
@@ -422,15 +427,20 @@ def run(kind: str, args: argparse.Namespace) -> dict:
         results = [json.loads((work / f"worker-{w}.json").read_text()) for w in range(args.procs)]
 
         wanted: dict[str, tuple[str, str]] = {}
+        seqs: dict[str, int] = {}
+        sites = {spec["device"]: spec["site"] for spec in specs}
         for r in results:
             for k in r["kiosks"]:
-                for event_id, _seq, c in k["events"]:
+                for event_id, seq, c in k["events"]:
                     wanted[event_id] = (k["device"], c)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if all(set(wanted) <= {json.loads(p)["event_id"] for _, p in list(a.got)} for a in audits):
-                break
-            time.sleep(0.5)
+                    seqs[event_id] = seq
+        wait_for(audits, wanted, 60)
+        # What a back end does about a gap (the collector's gap closer): ask each device
+        # cmd/resend for the seqs an audit subscriber is missing, then wait for them.
+        missed_first = {a.port: len(set(wanted) - a.event_ids()) for a in audits}
+        asked = ask_resend(audits, wanted, seqs, sites) if args.resend and any(missed_first.values()) else 0
+        if asked:
+            wait_for(audits, wanted, 60)
         return report(kind, args, locals())
     finally:
         for audit in audits:
@@ -446,6 +456,36 @@ def run(kind: str, args: argparse.Namespace) -> dict:
                 p.kill()
                 p.wait()
         brokers.stop()
+
+
+def wait_for(audits: list[Arrivals], wanted: dict, timeout: float) -> None:
+    """Until every audit subscriber has every wanted event, or ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(set(wanted) <= a.event_ids() for a in audits):
+        time.sleep(0.5)
+
+
+def ask_resend(audits: list[Arrivals], wanted: dict, seqs: dict[str, int], sites: dict[str, str]) -> int:
+    """Publish ``cmd/resend`` for each run of seqs any audit is missing; return how many asks."""
+    missing: dict[str, set[int]] = {}
+    for audit in audits:
+        for event_id in set(wanted) - audit.event_ids():
+            missing.setdefault(wanted[event_id][0], set()).add(seqs[event_id])
+    asks = 0
+    for device, device_seqs in sorted(missing.items()):
+        ordered = sorted(device_seqs)
+        start = prev = ordered[0]
+        for seq in [*ordered[1:], None]:
+            if seq is not None and seq == prev + 1:
+                prev = seq
+                continue
+            body = json.dumps({"from_seq": start, "to_seq": prev, "correlation": f"fleet-audit-{asks}"})
+            audits[-1].client.publish(f"{PREFIX}/{sites[device]}/{device}/cmd/resend", body, qos=1)
+            asks += 1
+            if seq is not None:
+                start = prev = seq
+    print(f"   asked {asks} resends for {sum(map(len, missing.values()))} seqs of {len(missing)} kiosks", flush=True)
+    return asks
 
 
 def expect(proc: subprocess.Popen, word: str, timeout: float = 600) -> str:
@@ -517,6 +557,8 @@ def report(kind: str, args: argparse.Namespace, v: dict) -> dict:
         "events": len(wanted),
         "arrived": len(first),
         "lost": len(lost),
+        "missed_before_resend": v["missed_first"],
+        "resend_asks": v["asked"],
         "lost_each_subscriber": lost_each,
         "lost_at_every_subscriber": len(lost_all),
         "strangers": len(strangers),
@@ -570,6 +612,10 @@ def report(kind: str, args: argparse.Namespace, v: dict) -> dict:
         f"   events {f['events']}, arrived {f['arrived']}, LOST {f['lost']}, duplicates {f['duplicates']}, "
         f"outbox left {f['outbox_left']}, refused {f['failures']}, connection errors {f['connection_errors']}"
     )
+    print(
+        f"   missed on first delivery, per audit subscriber: {list(f['missed_before_resend'].values())}; "
+        f"cmd/resend asks {f['resend_asks']} (LOST counts what was still missing after them)"
+    )
     if len(lost_each) > 1:
         print(
             f"   audit subscribers on {len(lost_each)} surviving nodes: lost at each {lost_each}, "
@@ -617,6 +663,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--settle-s", type=float, default=2.0, help="wait after the outboxes drain, for peer events")
     parser.add_argument("--no-catch-up", action="store_true", help="stations never ask peers for missed events")
+    parser.add_argument(
+        "--no-resend",
+        dest="resend",
+        action="store_false",
+        help="the audit subscribers do not ask kiosks cmd/resend for what they missed (as a collector would)",
+    )
     args = parser.parse_args()
     if args.worker:
         worker(args.worker)
