@@ -414,17 +414,26 @@ def _conflicts(cur: psycopg.Cursor, new: list[Event]) -> int:
     # Held until the commit: another collector's check waits for it, then (a new statement,
     # a new snapshot) sees this batch's rows committed. The module's docstring says why.
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (CONFLICT_LOCK,))
-    # Autovacuum never analyses a temporary table: without this the planner guesses its size
-    # (1 M events in, one batch's check once ran for minutes). A few ms a batch.
+    # Autovacuum never analyses a temporary table: without this the planner guesses its size.
     cur.execute("ANALYZE dispensed")
+    # One probe of events_code per dispense, whatever the statistics of the month's partition
+    # (a LATERAL subquery with OFFSET 0 is not flattened into a join). As a plain join, with the
+    # partition not analysed yet (no column statistics: movement and verdict guessed at 0.5 %
+    # each), the planner expects ~70 of 1 M rows and nests a scan of the whole partition under
+    # every dispense: a 500-dispense batch ran over 10 s (1 M events), one bench batch minutes.
+    # Those same guesses put the LATERAL form's cost far above jit_above_cost: JIT compiled
+    # every batch's query (100-350 ms against ~12 ms of work for 5,000 dispenses); it is off
+    # for the rest of the transaction (the last statement but the TRUNCATE).
+    cur.execute("SET LOCAL jit = off")
     cur.execute(
         "INSERT INTO conflicts (code, event_id, device_id, other_event_id, other_device_id)"
         " SELECT n.code, LEAST(n.event_id, e.event_id),"
         " CASE WHEN n.event_id < e.event_id THEN n.device_id ELSE e.device_id END,"
         " GREATEST(n.event_id, e.event_id),"
         " CASE WHEN n.event_id < e.event_id THEN e.device_id ELSE n.device_id END"
-        " FROM dispensed n JOIN events e ON e.code = n.code AND e.device_id <> n.device_id"
-        " AND e.movement = 'dispense' AND e.verdict = 'accepted'"
+        " FROM dispensed n CROSS JOIN LATERAL (SELECT e.event_id, e.device_id FROM events e"
+        " WHERE e.code = n.code AND e.device_id <> n.device_id"
+        " AND e.movement = 'dispense' AND e.verdict = 'accepted' OFFSET 0) e"
         " ON CONFLICT DO NOTHING"
     )
     found = cur.rowcount
