@@ -3,7 +3,9 @@
 import itertools
 import json
 import sqlite3
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -433,6 +435,46 @@ def test_the_checkpointer_waits_for_a_batch_of_commits(tmp_path):
     checkpointer.wrote()  # the 20th
     wait_until(lambda: path.stat().st_size > size, timeout=10, what="the batch checkpointed")
     checkpointer.stop()
+    lg.close()
+
+
+def test_restarting_the_wal_never_holds_the_scan_path_behind_a_reader(tmp_path, monkeypatch):
+    """A TRUNCATE checkpoint holds off new writers while it waits for readers: it must give
+    up at once while a reader (the uplink draining a backlog) holds the WAL, not wait for it."""
+    monkeypatch.setattr(checkpoint, "WAL_RESTART_PAGES", 4)
+    path = tmp_path / "l.db"
+    lg = Ledger(ledger.connect(path), device_id="k", site_id="s")
+    lg.conn.execute("PRAGMA wal_autocheckpoint=0")
+    s = Scanner(lg)
+    for i in range(10):
+        s.scan(f"8123456789012{i:07d}")
+    reader = ledger.connect(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM scans").fetchone()  # holds its snapshot of the WAL
+    s.scan("81234567890123459999")  # frames the reader's snapshot does not cover
+    released = threading.Event()
+
+    def release() -> None:
+        released.set()
+        reader.execute("COMMIT")
+
+    safety = threading.Timer(20, release)  # a checkpoint that waits for the reader still ends
+    safety.start()
+    conn = ledger.connect(path)
+    try:
+        restarted = checkpoint.Checkpointer.checkpoint(conn)
+        assert not released.is_set(), "the checkpoint waited for the reader (and held off the scans meanwhile)"
+        assert restarted is False
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000  # the connection's own, back
+        s.scan("81234567890123459998")  # the scan path writes while the reader still reads
+    finally:
+        safety.cancel()
+        if not released.is_set():
+            release()
+    assert checkpoint.Checkpointer.checkpoint(conn) is True  # the reader gone: restarted
+    assert Path(f"{path}-wal").stat().st_size == 0
+    conn.close()
+    reader.close()
     lg.close()
 
 

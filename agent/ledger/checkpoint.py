@@ -22,6 +22,11 @@ from agent.ledger.sqlite import connect
 log = logging.getLogger(__name__)
 
 WAL_RESTART_PAGES = 4096  # 16 MB of 4 KiB pages
+#: How long a restarting checkpoint may wait for readers (ms). While it waits, SQLite holds
+#: off every new writer, the scan path's commit included: with the default 10 s, a scan
+#: waited for as long as the uplink draining a backlog kept reading (seen in the power-cut
+#: suite: no decision for 39 s, the uplink's own writes failing "database is locked").
+RESTART_WAIT_MS = 50
 #: Commits announced between checkpoints: about 1,100 WAL frames (4.4 MB) of scans, so a
 #: restart's second flush falls on one scan in 300, out of the 99th percentile.
 BATCH_COMMITS = 300
@@ -80,13 +85,26 @@ class Checkpointer:
             self._written.set()
 
     @staticmethod
-    def checkpoint(conn: sqlite3.Connection) -> None:
+    def checkpoint(conn: sqlite3.Connection) -> bool:
         """A passive checkpoint; under a steady stream of scans a passive one never
         reaches the end of the WAL, which then only grows, so past a bound the WAL
-        is restarted (the pipeline waits a few milliseconds, once per bound)."""
+        is restarted (the pipeline waits a few milliseconds, once per bound).
+
+        The restart gives up after :data:`RESTART_WAIT_MS` if a reader still holds the
+        WAL, and is tried again at the next checkpoint: False then, else True.
+        """
         _busy, wal_pages, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if wal_pages > WAL_RESTART_PAGES:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if wal_pages <= WAL_RESTART_PAGES:
+            return True
+        (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
+        conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {timeout}")
+        if busy:
+            log.info("ledger: the WAL (%d pages) is still being read; restarting it at the next checkpoint", wal_pages)
+        return not busy
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
