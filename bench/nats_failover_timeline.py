@@ -26,9 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.config import MqttConfig
-from agent.sinks.uplink import Uplink
 from bench.machine import header
+from tests.faults.test_nats_failover import uplink_for
 from tests.support.backlog import fill_ledger
 from tests.support.nats import NatsCluster
 from tests.support.net import wait_until
@@ -50,21 +49,6 @@ class Steps(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         with self.guard:
             self.lines.append((time.monotonic(), record.getMessage()))
-
-
-def uplink_for(path: Path, cluster: NatsCluster, first: int) -> Uplink:
-    ports = cluster.mqtt_ports[first:] + cluster.mqtt_ports[:first]
-    config = MqttConfig(
-        enabled=True,
-        protocol="3.1.1",
-        hosts=tuple(("127.0.0.1", port) for port in ports),
-        host="127.0.0.1",
-        port=ports[0],
-        keepalive_s=5,
-        backoff_max_s=1,
-        max_inflight=20,
-    )
-    return Uplink(config, db_path=path, device_id="kiosk-1", site_id="site-1")
 
 
 def nats_lines(cluster: NatsCluster, since_wall: float, until_wall: float) -> list[tuple[float, str]]:
