@@ -4,7 +4,7 @@ import json
 import signal
 
 from agent.ledger import connect
-from tests.support.agent import run_agent, start_agent
+from tests.support.agent import agent_config, run_agent, start_agent
 from tests.support.backlog import code, fill_ledger
 from tests.support.mqtt import Commander, Subscriber
 from tests.support.net import free_port, wait_until
@@ -13,29 +13,14 @@ BASE = "trace/v1/site-1/kiosk-1"
 
 
 def write_config(path, ledger, port, *, movement="dispense", keepalive_s=60, max_inflight=50):
-    path.write_text(
-        f"""
-[station]
-device_id = "kiosk-1"
-site_id = "site-1"
-movement = "{movement}"
-
-[ledger]
-path = "{ledger}"
-
-[feedback]
-backend = "none"
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-keepalive_s = {keepalive_s}
-max_inflight = {max_inflight}
-backoff_max_s = 2
-"""
+    return agent_config(
+        path,
+        ledger,
+        port,
+        movement=movement,
+        backoff_max_s=2,
+        mqtt=f"keepalive_s = {keepalive_s}\nmax_inflight = {max_inflight}",
     )
-    return path
 
 
 def depth(path) -> int:

@@ -66,17 +66,19 @@ def agent_config(
     *,
     device: str = "kiosk-1",
     site: str = "site-1",
+    movement: str = "dispense",
+    backoff_max_s: float = 1,
     mqtt: str = "",
     tables: str = "",
 ) -> Path:
-    """Write a config for an agent on the stdin scanner, dispensing, publishing to the broker on
+    """Write a config for an agent on the stdin scanner (``movement``), publishing to the broker on
     ``port``: ``mqtt`` adds lines to ``[mqtt]``, ``tables`` adds whole tables."""
     path.write_text(
         f"""
 [station]
 device_id = "{device}"
 site_id = "{site}"
-movement = "dispense"
+movement = "{movement}"
 
 [ledger]
 path = "{ledger}"
@@ -88,7 +90,7 @@ backend = "none"
 enabled = true
 host = "127.0.0.1"
 port = {port}
-backoff_max_s = 1
+backoff_max_s = {backoff_max_s}
 {mqtt}
 {tables}
 """
