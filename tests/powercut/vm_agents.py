@@ -1,4 +1,4 @@
-"""The agents of one power-cut VM boot: ``python -m tests.powercut.vm_agents CYCLE SCENARIO ROLE...``.
+"""The agents of one power-cut VM boot: ``python -m tests.powercut.vm_agents CYCLE ROLE:SCENARIO...``.
 
 Started by ``in-vm`` as soon as the VM is up, while it mounts the disks: it
 imports the agent once (about 40 s over the VM's 9p root without KVM), waits
@@ -7,11 +7,12 @@ mounted) and then forks, per role, a feeder and ``scan-agent run --config
 /tmp/powercut/ROLE.toml --json`` (:mod:`tests.powercut.agent_main`: the real
 command line) with the feeder on its stdin and its stdout on the virtio serial
 port ``/dev/vport*`` named ``pc.ROLE``. The ``control`` role's agent gets the
-test-only switch ``SCAN_AGENT_POWERCUT_CONTROL=sync-off``. Forking after the
+test-only switch ``SCAN_AGENT_POWERCUT_CONTROL=sync-off``. Each role is a kiosk of its
+own with its own scenario (:data:`tests.powercut.feed.FEEDS`), so one boot's cut hits one of each. Forking after the
 imports is what ``tests/usb/agent_proc.py`` does too: a separate process
 running the real command line, only the imports shared.
 
-In a ``cases`` cycle the role's child first imports the cycle's manifest
+In its ``cases`` scenario a role's child first imports the cycle's manifest
 (:func:`tests.powercut.feed.cases_manifest`) with the real ``scan-agent
 manifest import`` on the ledger (no agent is running yet; on a new disk image
 ``scan-agent run`` with nothing on stdin makes the ledger first, since the
@@ -152,20 +153,21 @@ def relay(role: str, fd: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    cycle, scenario, roles = int(argv[0]), argv[1], argv[2:]
+    cycle = int(argv[0])
+    roles = dict(spec.split(":") for spec in argv[1:])  # role -> its scenario
     started = time.monotonic()
     # Everything `scan-agent run --json` on stdin imports, once, before the fork.
     modules = ["agent.cli", "agent.ledger", "agent.runner", "agent.sources.stdin", "tests.powercut.agent_main"]
-    if scenario == "cases":  # and what the manifest's making and import need
+    if "cases" in roles.values():  # and what the manifest's making and import need
         modules += ["agent.control", "agent.ledger.manifests", "tests.powercut.feed", "tests.support.manifests"]
-    if scenario == "receipts":  # and the uplink, which `run` imports only with [mqtt] on
+    if "receipts" in roles.values():  # and the uplink, which `run` imports only with [mqtt] on
         modules += ["agent.sinks.uplink", "paho.mqtt.client"]
     for module in modules:
         importlib.import_module(module)
 
     print(f"powercut-vm: agent imported in {time.monotonic() - started:.1f} s", flush=True)
     children, relays = [], []
-    for role in roles:
+    for role, scenario in roles.items():
         config = WORK / f"{role}.toml"
         while not config.exists():
             time.sleep(0.1)
