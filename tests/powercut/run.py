@@ -753,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     failed_boots = 0
+    relaunched: list[int] = []  # boots whose VM never came up, launched again
     contents: Contents = {}  # every pack of the manifests imported so far (codes differ between cycles)
     with contextlib.ExitStack() as stack:
         backend = None
@@ -774,6 +775,12 @@ def main(argv: list[str] | None = None) -> int:
             if any(r.scenario_at(cycle, args.scenarios) == "cases" for r in this):
                 contents.update(pack_contents(cases_manifest(cycle)))
             outcome, after = boot(args, cycle, this, rng, backend)
+            # A VM that never ran in-vm touched no disk: launched again, at most twice a boot
+            # (a long run here lost a boot to a vng that exited after 11 s, printing nothing).
+            while outcome == "no-vm" and cycle > 1 and relaunched.count(cycle) < 2:
+                relaunched.append(cycle)
+                print(f"scripts/powercut-tests: boot {cycle}: the VM did not come up; launching it again", flush=True)
+                outcome, after = boot(args, cycle, this, rng, backend)
             if outcome == "no-vm" and cycle == 1:
                 print("scripts/powercut-tests: SKIPPED the power-cut suite: the VM did not come up "
                       f"(see {args.out}/cycle-1.console)", file=sys.stderr)  # fmt: skip
@@ -799,7 +806,9 @@ def main(argv: list[str] | None = None) -> int:
         + (f"POWERCUT_SCENARIOS={','.join(args.scenarios)} " if args.scenarios != SCENARIOS else "")
         + (f"POWERCUT_MINUTES={args.minutes:g} " if args.minutes is not None else "")
         + f"scripts/powercut-tests\ntook:    {took / 60:.1f} min ({boots} boots, "
-        f"{'KVM' if args.kvm else 'no KVM'})\n```\n\n"
+        f"{'KVM' if args.kvm else 'no KVM'}"
+        + (f"; {len(relaunched)} launches again, the VM not up: boots {relaunched}" if relaunched else "")
+        + ")\n```\n\n"
         f"{table(rows)}\n"
     )
     (args.out / "summary.md").write_text(md, encoding="utf-8")
