@@ -112,6 +112,25 @@ def test_an_acknowledged_event_stays_busy_until_its_delivery_is_recorded(ledger)
     assert window.queue_again(outbox.by_seq("kiosk-1", 1, 1)) == 1  # resend: delivered or not
 
 
+def test_a_resend_waits_behind_the_rows_already_ready_so_none_of_them_starves(ledger):
+    """In front of them, resend rounds coming faster than the window drained kept the oldest
+    ready rows back for good, and a request for those was skipped as busy."""
+    path, outbox = ledger
+    fill_ledger(path, 10)
+    window = Window(2, topics=TOPICS, retry_s=30, record=lambda scan_id, code: None)
+    assert window.prepare(outbox) == 4  # seqs 1-4 ready, 5-10 read ahead
+    sent = Published()
+    window.fill(sent)  # a new connection probes with one event: seq 1
+    assert window.queue_again(outbox.by_seq("kiosk-1", 7, 8)) == 2
+    assert window.queue_again(outbox.by_seq("kiosk-1", 3, 3)) == 0  # ready already: busy
+    mid = 0
+    while window.sending:
+        mid += 1
+        window.acknowledged(mid, SUCCESS)
+        window.fill(sent)
+    assert sent.seqs == [1, 2, 3, 4, 7, 8]
+
+
 def test_fill_asks_for_a_fast_look_only_while_it_has_room_and_backlog_left(ledger):
     """uplink-net waits 2 ms instead of sleeping exactly when the window has room and
     backlog rows are still to be read or wait in the read-ahead."""
