@@ -356,3 +356,21 @@ def test_check_uplink_finds_a_receipt_beyond_a_hand_made_ledger(tmp_path):
     bad = check_uplink(db)
     assert (bad["receipted_ahead"], bad["receipted_through"], bad["ahead"]) == (1, 4, 1)
     assert check_ledger(db, {d["event_id"]: (d["verdict"], d["seq"]) for d in printed})["broken"] is False
+
+
+def test_a_stopped_run_still_reports_the_cycles_it_checked(tmp_path, capsys):
+    from tests.powercut import report
+
+    def cycle(role, scenario, n, decisions, lost=0, unprinted=0):
+        return {"role": role, "scenario": scenario, "cycle": n, "decisions": decisions, "lost": lost,
+                "unprinted": unprinted, "broken": False, "recovery_s": 20.0 + n}  # fmt: skip
+
+    results = [cycle("plain", "plain", 1, 10, unprinted=1), cycle("control", "plain", 1, 12, lost=3)]
+    results += [cycle("plain", "plain", 2, 15), cycle("control", "documents", 2, 9)]
+    (tmp_path / "cycles.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    assert report.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 boots checked")
+    assert "| power cut (qemu SIGKILL), plain dispensing | 2 | 25 | 0 | 1 | 0 | 22 s |" in out
+    assert "| power cut, control: ledger with synchronous=OFF | 1 | 12 | 3 (in 1 cycles) | 0 | 0 | 21 s |" in out
+    assert "| power cut, control, documents; 0 of 1 cuts with one open | 1 | 9 | 0 | 0 | 0 | 22 s |" in out
