@@ -45,6 +45,7 @@ from agent.config import FeedbackConfig
 from agent.ledger import Ledger
 from agent.pipeline import Pipeline
 from agent.read import Read
+from agent.runner import settle_heap
 from agent.sinks.gpio import GpioFeedback
 from agent.sources.serial import SerialSource
 from bench.machine import describe
@@ -293,6 +294,7 @@ def main() -> None:
 
             api = start_api(pipeline, Path(tmp) / "ledger.db", feedback)
             clients = [StreamClient(api.address[1]) for _ in range(args.api_clients)]
+        settle_heap()  # as the runner does before its pipeline starts
         pipeline.start()
         enter = ENTRIES[args.entry](Path(tmp))
         total, commit, after, read = [], [], [], []
