@@ -151,8 +151,9 @@ class Role:
 
     def online_at(self, cycle: int, rotation: tuple[str, ...]) -> bool:
         """Whether the role reaches the broker in this boot: in its receipts scenario, the
-        real kiosk in odd boots only (in even ones the VM has no network, and its outbox holds
-        what it scans for the next boot to drain), the control whenever its turn is receipts."""
+        real kiosk in odd boots only (in even ones its broker is port 9 on this machine, where
+        nothing listens, or the VM has no network at all, and its outbox holds what it scans for
+        the next boot to drain), the control whenever its turn is receipts."""
         return self.scenario_at(cycle, rotation) == "receipts" and (self.kind == "control" or cycle % 2 == 1)
 
 
