@@ -842,8 +842,8 @@ class Ledger:
         ).fetchone()[0]
 
     def _peer_tally(self, code: str) -> peers.Tally:
-        """The site's other stations' movements of ``code``: one probe of an index, a miss
-        for a code no other station moved."""
+        """The site's other stations' movements of ``code``: two index probes (their scans
+        and the packs they received), each a miss for a code no other station moved."""
         return peers.tally(self.conn, code)
 
     def _where(self, earlier_id: int | None, detail: str) -> str:
