@@ -1,6 +1,6 @@
 """The power-cut suite's rows from ``cycles.jsonl``, for a run that stopped before its summary.
 
-    python -m tests.powercut.report DIR [--command TEXT] [--took TEXT]
+    python -m tests.powercut.report DIR [--header TEXT]
 
 ``scripts/powercut-tests`` appends every checked cycle to ``DIR/cycles.jsonl``
 as it goes and writes ``summary.md`` at the end. A long run stopped before

@@ -7,10 +7,11 @@ mounted) and then forks, per role, a feeder and ``scan-agent run --config
 /tmp/powercut/ROLE.toml --json`` (:mod:`tests.powercut.agent_main`: the real
 command line) with the feeder on its stdin and its stdout on the virtio serial
 port ``/dev/vport*`` named ``pc.ROLE``. The ``control`` role's agent gets the
-test-only switch ``SCAN_AGENT_POWERCUT_CONTROL=sync-off``. Each role is a kiosk of its
-own with its own scenario (:data:`tests.powercut.feed.FEEDS`), so one boot's cut hits one of each. Forking after the
-imports is what ``tests/usb/agent_proc.py`` does too: a separate process
-running the real command line, only the imports shared.
+test-only switch ``SCAN_AGENT_POWERCUT_CONTROL=sync-off``. Each role is a
+kiosk of its own with its own scenario (:data:`tests.powercut.feed.FEEDS`), so
+one boot's cut hits one of each. Forking after the imports is what
+``tests/usb/agent_proc.py`` does too: a separate process running the real
+command line, only the imports shared.
 
 In its ``cases`` scenario a role's child first imports the cycle's manifest
 (:func:`tests.powercut.feed.cases_manifest`) with the real ``scan-agent
