@@ -91,8 +91,8 @@ def document_lines(cycle: int, seed: int):
 
 
 #: Cases in each cycle's manifest: with 4 middle packs of 150 units, and without.
-CASES_WITH_MIDDLES = 16
-CASES_FLAT = 16
+CASES_WITH_MIDDLES = 10
+CASES_FLAT = 10
 UNITS_PER_CASE = 600
 #: Small scans (units, repeats, wrong codes) between two packs: spreads the packs over the
 #: 3-15 s before the cut, so that it often lands inside a case's expansion.

@@ -48,7 +48,8 @@ of the ledger and its WAL, and the checks:
 Rows committed but never received are counted (allowed: the cut came between
 commit and print). The image is used again at the next boot, so the agent
 restarts on a ledger that has just lost power; only a role whose check failed
-gets a new image. Recovery = qemu started to that role's first decision.
+gets a new image. Recovery = qemu started to that role's agent being up (its log's
+``scan-agent up``: the ledger that lost power opened, checked and ready for a scan).
 
 Exit status: 0 when ``real`` lost nothing, was never broken nor ahead, and got
 receipts back in its receipts cycles, and the control showed loss, breakage or
@@ -130,6 +131,7 @@ class Role:
     offset: int = 0
     partial: bytes = b""
     first_at: float | None = None
+    up_at: float | None = None  # the agent's "scan-agent up" before its first decision this boot
     this_boot: list[dict] = field(default_factory=list)
     generation: int = 1  # of its disk image: a new image is a new device to the collector
     uplink_before: tuple[int, int] = (0, 0)  # deliveries and receipted-through seq at the last check
@@ -207,6 +209,10 @@ class Console:
 
     def seen(self, text: str) -> float | None:
         return next((at for at, line in self.lines if text in line), None)
+
+    def last_seen(self, text: str, until: float | None) -> float | None:
+        """When ``text`` last came before ``until`` (None: ever)."""
+        return next((at for at, line in reversed(self.lines) if text in line and (until is None or at <= until)), None)
 
     def tail(self, n: int = 25) -> str:
         return "\n".join(line for _, line in self.lines[-n:])
@@ -496,6 +502,7 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random, backend: Backe
     for r in roles:
         r.port.write_bytes(b"")
         r.offset, r.partial, r.first_at, r.this_boot, r.stored_at, r.drained_at = 0, b"", None, [], None, None
+        r.up_at = None
     stored_before = {r.name: backend.stored(r.device) for r in online}
     specs = " ".join(
         f"{r.name}={r.device}={r.scenario_at(cycle, args.scenarios)}={backend.port if r in online else '-'}"
@@ -571,6 +578,7 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random, backend: Backe
         console.join()
     for r in roles:
         read_port(r)  # all qemu wrote before it died
+        r.up_at = console.last_seen(f"[{r.name}] INFO agent.runner: scan-agent up", r.first_at)
     if outcome != "cut":
         print(f"scripts/powercut-tests: boot {cycle}: {outcome}; the console's end:\n{console.tail()}", file=sys.stderr)
     up = console.seen("powercut-vm: up")
@@ -654,7 +662,7 @@ def check_role(args, cycle: int, r: Role, cut_after: float, contents: Contents, 
         scenario=name,
         decisions=len(r.this_boot),
         verdicts=counts,
-        recovery_s=None if r.first_at is None else round(r.first_at, 2),
+        recovery_s=None if r.up_at is None else round(r.up_at, 2),
         cut_after_s=round(cut_after, 2),
         e2fsck_rc=fsck_rc,
     )

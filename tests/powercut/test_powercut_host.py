@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.powercut import agent_main
@@ -28,7 +29,7 @@ from tests.powercut.feed import (
     pack_contents,
     scenario,
 )
-from tests.powercut.run import check_ledger, next_in_line
+from tests.powercut.run import Console, check_ledger, next_in_line
 from tests.support.agent import ROOT, agent_env
 
 
@@ -374,3 +375,23 @@ def test_a_stopped_run_still_reports_the_cycles_it_checked(tmp_path, capsys):
     assert "| power cut (qemu SIGKILL), plain dispensing | 2 | 25 | 0 | 1 | 0 | 22 s |" in out
     assert "| power cut, control: ledger with synchronous=OFF | 1 | 12 | 3 (in 1 cycles) | 0 | 0 | 21 s |" in out
     assert "| power cut, control, documents; 0 of 1 cuts with one open | 1 | 9 | 0 | 0 | 0 | 22 s |" in out
+
+
+def test_recovery_is_the_last_agent_up_before_the_first_decision(tmp_path):
+    """A dock's agent is up twice in its first boot (the new ledger's run, then the agent):
+    its recovery is the second, the one before its first decision."""
+    up = "[cases] INFO agent.runner: scan-agent up: /tmp/powercut/cases.toml"
+    proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    console = Console(proc, tmp_path / "console", time.monotonic())
+    for line in (up, "[plain] INFO agent.runner: scan-agent up: x", "imported", up, "decided"):
+        proc.stdin.write(f"{line}\n".encode())
+        proc.stdin.flush()
+        time.sleep(0.05)  # apart in time, as the guest's lines come
+    proc.stdin.close()
+    proc.wait()
+    console.join()
+    at = [t for t, _ in console.lines]
+    assert [line for _, line in console.lines][2] == "imported"
+    assert console.last_seen("[cases] INFO agent.runner: scan-agent up", None) == at[3]
+    assert console.last_seen("[cases] INFO agent.runner: scan-agent up", at[2]) == at[0]
+    assert console.last_seen("[control] INFO agent.runner: scan-agent up", None) is None

@@ -18,7 +18,8 @@ In its ``cases`` scenario a role's child first imports the cycle's manifest
 manifest import`` on the ledger (no agent is running yet; on a new disk image
 ``scan-agent run`` with nothing on stdin makes the ledger first, since the
 import needs one), and prints the import's ``manifest`` decision to the port
-like the agent's own, so the host checks it too.
+like the agent's own, so the host checks it too. The other roles' feeders
+start once every such import has ended (:func:`feed`).
 """
 
 from __future__ import annotations
@@ -44,11 +45,21 @@ def port(name: str) -> str:
     raise FileNotFoundError(f"no virtio serial port named {name}")
 
 
-def feed(cycle: int, scenario: str, out_fd: int) -> None:
+def imported(role: str) -> Path:
+    """Made once the ``cases`` role's import of this boot's manifest has ended, however."""
+    return WORK / f"{role}.imported"
+
+
+def feed(cycle: int, scenario: str, out_fd: int, after: list[Path]) -> None:
     """The feeder: a steady stream of scans into ``out_fd`` until the agent's end closes,
-    the scenario's (:data:`tests.powercut.feed.FEEDS`)."""
+    the scenario's (:data:`tests.powercut.feed.FEEDS`), from when every file of ``after``
+    exists: the other kiosks wait for the dock's manifest import, which the cut waits for
+    anyway, so that they do not scan through it (the VM's two CPUs would run the import
+    several times slower, and their ledgers would grow by scans no cut comes near)."""
     from tests.powercut.feed import FEEDS
 
+    while not all(path.exists() for path in after):
+        time.sleep(0.05)
     with os.fdopen(out_fd, "wb", buffering=0) as out:
         try:
             for line in FEEDS[scenario](cycle, seed=cycle):
@@ -114,22 +125,25 @@ def import_manifest(role: str, cycle: int, out_fd: int) -> None:
     )
 
 
-def run_agent(role: str, cycle: int, scenario: str, err_fd: int) -> int:
+def run_agent(role: str, cycle: int, scenario: str, err_fd: int, after: list[Path]) -> int:
     """In the forked child: the agent for ``role``, fed by a grandchild (after the
-    manifest's import, in a ``cases`` cycle)."""
+    manifest's import, in a ``cases`` cycle; else once every file of ``after`` exists)."""
     if role == "control":
         os.environ["SCAN_AGENT_POWERCUT_CONTROL"] = "sync-off"
     out = os.open(port(f"pc.{role}"), os.O_WRONLY)
     if scenario == "cases":
         os.dup2(err_fd, 2)
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115 - the child's whole life
-        import_manifest(role, cycle, out)
+        try:
+            import_manifest(role, cycle, out)
+        finally:
+            imported(role).touch()
     r, w = os.pipe()
     if os.fork() == 0:
         os.close(r)
         os.close(err_fd)
         os.close(out)
-        feed(cycle, scenario, w)
+        feed(cycle, scenario, w, [] if scenario == "cases" else after)
         os._exit(0)
     os.close(w)
     os.dup2(r, 0)
@@ -167,6 +181,7 @@ def main(argv: list[str]) -> int:
         importlib.import_module(module)
 
     print(f"powercut-vm: agent imported in {time.monotonic() - started:.1f} s", flush=True)
+    imports = [imported(role) for role, scenario in roles.items() if scenario == "cases"]
     children, relays = [], []
     for role, scenario in roles.items():
         config = WORK / f"{role}.toml"
@@ -178,7 +193,7 @@ def main(argv: list[str]) -> int:
             os.close(err_r)
             status = 70
             try:
-                status = run_agent(role, cycle, scenario, err_w)
+                status = run_agent(role, cycle, scenario, err_w, imports)
             except BaseException:
                 traceback.print_exc()
             finally:
