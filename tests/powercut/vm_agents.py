@@ -127,7 +127,7 @@ def import_manifest(role: str, cycle: int, out_fd: int) -> None:
 
 def run_agent(role: str, cycle: int, scenario: str, err_fd: int, after: list[Path]) -> int:
     """In the forked child: the agent for ``role``, fed by a grandchild (after the
-    manifest's import, in a ``cases`` cycle; else once every file of ``after`` exists)."""
+    manifest's import, in a ``cases`` cycle) once every file of ``after`` exists."""
     if role == "control":
         os.environ["SCAN_AGENT_POWERCUT_CONTROL"] = "sync-off"
     out = os.open(port(f"pc.{role}"), os.O_WRONLY)
@@ -143,7 +143,7 @@ def run_agent(role: str, cycle: int, scenario: str, err_fd: int, after: list[Pat
         os.close(r)
         os.close(err_fd)
         os.close(out)
-        feed(cycle, scenario, w, [] if scenario == "cases" else after)
+        feed(cycle, scenario, w, after)
         os._exit(0)
     os.close(w)
     os.dup2(r, 0)
@@ -193,7 +193,7 @@ def main(argv: list[str]) -> int:
             os.close(err_r)
             status = 70
             try:
-                status = run_agent(role, cycle, scenario, err_w, imports)
+                status = run_agent(role, cycle, scenario, err_w, [] if scenario == "cases" else imports)
             except BaseException:
                 traceback.print_exc()
             finally:
