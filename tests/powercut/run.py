@@ -214,6 +214,12 @@ class Console:
         """When ``text`` last came before ``until`` (None: ever)."""
         return next((at for at, line in reversed(self.lines) if text in line and (until is None or at <= until)), None)
 
+    def agent_up(self, role: str, first_decision: float | None) -> float | None:
+        """When ``role``'s agent last said it was up (``scan-agent up`` in its log) before its
+        first decision: its recovery. A dock's first boot has two (the new ledger's run, then
+        the agent)."""
+        return self.last_seen(f"[{role}] INFO agent.runner: scan-agent up", first_decision)
+
     def tail(self, n: int = 25) -> str:
         return "\n".join(line for _, line in self.lines[-n:])
 
@@ -578,7 +584,7 @@ def boot(args, cycle: int, roles: list[Role], rng: random.Random, backend: Backe
         console.join()
     for r in roles:
         read_port(r)  # all qemu wrote before it died
-        r.up_at = console.last_seen(f"[{r.name}] INFO agent.runner: scan-agent up", r.first_at)
+        r.up_at = console.agent_up(r.name, r.first_at)
     if outcome != "cut":
         print(f"scripts/powercut-tests: boot {cycle}: {outcome}; the console's end:\n{console.tail()}", file=sys.stderr)
     up = console.seen("powercut-vm: up")

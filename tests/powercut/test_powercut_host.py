@@ -392,6 +392,7 @@ def test_recovery_is_the_last_agent_up_before_the_first_decision(tmp_path):
     console.join()
     at = [t for t, _ in console.lines]
     assert [line for _, line in console.lines][2] == "imported"
-    assert console.last_seen("[cases] INFO agent.runner: scan-agent up", None) == at[3]
-    assert console.last_seen("[cases] INFO agent.runner: scan-agent up", at[2]) == at[0]
-    assert console.last_seen("[control] INFO agent.runner: scan-agent up", None) is None
+    assert console.agent_up("cases", None) == at[3]
+    assert console.agent_up("cases", at[4]) == at[3]
+    assert console.agent_up("cases", at[2]) == at[0]
+    assert console.agent_up("control", None) is None
