@@ -10,7 +10,7 @@ two moments as much as two trees. Here each tree runs ``--rounds`` blocks of ``-
 scans, taking turns (before, after, after, before, ...), and each tree's figures are pooled
 over its blocks. Both trees are measured by this tree's bench/feedback_latency.py (copied
 into ``--before``, which should be a throwaway export), so only the agent differs.
-Prints p50 / p99 per tree and segment, and the fsync probe of every block.
+Prints p50 / p99 per tree and segment, and the fsync and CPU probes of every block.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def main() -> None:
                 total = figures["total"]
                 probes.append(
                     f"  round {r} {name:6}: entry -> pin p50 {pct(total, 50):.3f} p99 {pct(total, 99):.3f};"
-                    f" fsync probe p50 {pct(probe, 50):.3f} p99 {pct(probe, 99):.3f}; load {os.getloadavg()[0]:.2f}"
+                    f" fsync probe p50 {pct(probe, 50):.3f} p99 {pct(probe, 99):.3f};"
+                    f" CPU probe p99 {pct(figures['cpu'], 99):.3f}; load {os.getloadavg()[0]:.2f}"
                 )
                 print(probes[-1], flush=True)
     print(f"ledger in {args.dir}; {args.rounds} rounds of {args.scans} scans per tree, {args.gap} s apart")
@@ -85,6 +86,9 @@ def main() -> None:
     for name in trees:
         probe = pooled[name]["fsync_before"] + pooled[name]["fsync_after"]
         print(f"{'fsync probe, ' + name + ' blocks':>28} {pct(probe, 50):6.3f} / {pct(probe, 99):6.3f}")
+    for name in trees:
+        cpu = pooled[name]["cpu"]
+        print(f"{'CPU probe, ' + name + ' blocks':>28} {pct(cpu, 50):6.3f} / {pct(cpu, 99):6.3f}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,12 @@ with N stream clients reading every event (bench/api_stream.py has the client).
 ``--segments`` also stamps each step on the way (the pipeline taking the read, the parse,
 each SQL statement, the row hash, the commit, the sinks) and prints each step's p50/p99:
 a microsecond or two of stamping per step is added to every figure.
+
+Two probes say what the machine alone costs. The fsync probe (before and after the scans)
+is the disk's flush of a 32 KiB write. The CPU probe runs in the middle of each gap between
+scans: a fixed piece of pure-Python work (``--probe-ms`` back to back, see
+``bench.machine.timed_spin``) after the same idle as a scan. Its p99 over its p50 is the
+machine's own tail, which the agent's work meets too.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from agent.read import Read
 from agent.runner import settle_heap
 from agent.sinks.gpio import GpioFeedback
 from agent.sources.serial import SerialSource
-from bench.machine import describe
+from bench.machine import describe, loops_for, timed_spin
 from tests.support.pty import PtyPair
 
 
@@ -273,6 +279,7 @@ def main() -> None:
     ap.add_argument("--api-clients", type=int, default=None, help="the local API on, with this many stream clients")
     ap.add_argument("--segments", action="store_true", help="stamp and print each step on the way")
     ap.add_argument("--dump", help="also write every scan's figures (ms) to this JSON file")
+    ap.add_argument("--probe-ms", type=float, default=0.5, help="the CPU probe's work, back to back (ms)")
     args = ap.parse_args()
 
     factory = MockFactory(pin_class=StampedPin)
@@ -280,6 +287,7 @@ def main() -> None:
     feedback = GpioFeedback(config, pin_factory=factory)
     pins = {factory.pin(config.green_pin), factory.pin(config.buzzer_pin)}
     fsync_before = fsync_probe(args.dir)
+    probe_loops = loops_for(args.probe_ms / 1000)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         ledger = Ledger.open(Path(tmp) / "ledger.db", device_id="bench", site_id="bench", double_read_window_s=0)
         committed = Committed()
@@ -297,7 +305,7 @@ def main() -> None:
         settle_heap()  # as the runner does before its pipeline starts
         pipeline.start()
         enter = ENTRIES[args.entry](Path(tmp))
-        total, commit, after, read = [], [], [], []
+        total, commit, after, read, cpu = [], [], [], [], []
         for n in range(args.scans):
             raw = b"8%019d" % (1_000_000_000 + n)
             with StampedPin.changed:
@@ -316,7 +324,9 @@ def main() -> None:
             commit.append(t_commit - t0)
             read.append(committed.reads[n] - t0)
             after.append(t_pin - t_commit)
-            time.sleep(args.gap)
+            time.sleep(args.gap / 2)
+            cpu.append(timed_spin(probe_loops))
+            time.sleep(args.gap / 2)
         if hasattr(enter, "close"):
             enter.close()
         pipeline.stop()
@@ -351,8 +361,15 @@ def main() -> None:
     for name, values in (("fsync probe before", fsync_before), ("fsync probe after", fsync_after)):
         ms = [v * 1000 for v in values]
         print(f"{name:>28} {pct(ms, 50):7.3f} {pct(ms, 99):7.3f} {max(ms):7.3f}   (32 KiB write + fdatasync)")
+    ms = [v * 1000 for v in cpu]
+    print(f"{'CPU probe, between scans':>28} {pct(ms, 50):7.3f} {pct(ms, 99):7.3f} {max(ms):7.3f}", end="")
+    print(f"   (pure Python, {args.probe_ms} ms back to back)")
+    print(
+        f"p99 / p50: the CPU probe {pct(cpu, 99) / pct(cpu, 50):.1f},"
+        f" entry -> first pin change {pct(total, 99) / pct(total, 50):.1f}"
+    )
     if args.dump:
-        series = {"read": read, "commit": commit, "after": after, "total": total}
+        series = {"read": read, "commit": commit, "after": after, "total": total, "cpu": cpu}
         series |= {"fsync_before": fsync_before, "fsync_after": fsync_after}
         Path(args.dump).write_text(json.dumps({k: [v * 1000 for v in vs] for k, vs in series.items()}))
     fsync_p99 = max(pct(fsync_before, 99), pct(fsync_after, 99))
