@@ -70,7 +70,7 @@ def main() -> None:
                 figures = run_block(trees[name], args, Path(tmp) / f"{name}{r}.json")
                 for key, values in figures.items():
                     pooled[name].setdefault(key, []).extend(values)
-                probe = figures["fsync_before"] + figures["fsync_after"]
+                probe = figures["fsync_before"] + figures["fsync_between"] + figures["fsync_after"]
                 total = figures["total"]
                 probes.append(
                     f"  round {r} {name:6}: entry -> pin p50 {pct(total, 50):.3f} p99 {pct(total, 99):.3f};"
@@ -84,7 +84,7 @@ def main() -> None:
         cells = [f"{pct(pooled[n][key], 50):6.3f} / {pct(pooled[n][key], 99):6.3f}" for n in trees]
         print(f"{label:>28} {cells[0]:>15} {cells[1]:>15}")
     for name in trees:
-        probe = pooled[name]["fsync_before"] + pooled[name]["fsync_after"]
+        probe = pooled[name]["fsync_before"] + pooled[name]["fsync_between"] + pooled[name]["fsync_after"]
         print(f"{'fsync probe, ' + name + ' blocks':>28} {pct(probe, 50):6.3f} / {pct(probe, 99):6.3f}")
     for name in trees:
         cpu = pooled[name]["cpu"]
