@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--gap", type=float, default=0.05)
     ap.add_argument("--dir", default="/dev/shm")
     args = ap.parse_args()
-    for name in ("feedback_latency.py", "machine.py"):
+    for name in ("feedback_latency.py", "machine.py", "cpu_probe.py"):
         shutil.copy(args.after / "bench" / name, args.before / "bench" / name)
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     pooled: dict[str, dict[str, list[float]]] = {name: {} for name in trees}

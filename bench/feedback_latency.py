@@ -22,7 +22,7 @@ Two probes say what the machine alone costs, with none of the agent's work. The 
 is a 32 KiB write and its flush, 300 times before the scans, once in each gap between them
 and 300 times after; the disk target's floor is the highest of the three p99s. The CPU probe
 also runs once in each gap: a fixed piece of pure-Python work (``--probe-ms`` back to back,
-see ``bench.machine.timed_spin``) after the same idle as a scan. Its p99 over its p50 is
+see bench/cpu_probe.py) after the same idle as a scan. Its p99 over its p50 is
 the machine's own tail, which the agent's work meets too.
 """
 
@@ -55,7 +55,8 @@ from agent.read import Read
 from agent.runner import settle_heap
 from agent.sinks.gpio import GpioFeedback
 from agent.sources.serial import SerialSource
-from bench.machine import describe, loops_for, timed_spin
+from bench.cpu_probe import loops_for, timed_spin
+from bench.machine import describe
 from tests.support.pty import PtyPair
 
 
