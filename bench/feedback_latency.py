@@ -22,8 +22,8 @@ Two probes say what the machine alone costs, with none of the agent's work. The 
 is a 32 KiB write and its flush, 300 times before the scans, once in each gap between them
 and 300 times after; the disk target's floor is the highest of the three p99s. The CPU probe
 also runs once in each gap: a fixed piece of pure-Python work (``--probe-ms`` back to back,
-see bench/cpu_probe.py) after the same idle as a scan. Its p99 over its p50 is
-the machine's own tail, which the agent's work meets too.
+see bench/cpu_probe.py) after the same idle as a scan. Its p99 over its p50 is the machine's
+own tail, which the agent's work meets too.
 """
 
 from __future__ import annotations
