@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import header
+from bench.machine import header, pct
 
 
 def spin(loops: int) -> int:
@@ -85,10 +85,6 @@ def slow_episodes(seconds: float) -> tuple[int, list[int]]:
             runs.append(length)
             length = 0
     return median, runs + ([length] if length else [])
-
-
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def main() -> None:

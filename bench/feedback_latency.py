@@ -33,7 +33,6 @@ import datetime
 import itertools
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -56,7 +55,7 @@ from agent.runner import settle_heap
 from agent.sinks.gpio import GpioFeedback
 from agent.sources.serial import SerialSource
 from bench.cpu_probe import loops_for, timed_spin
-from bench.machine import describe
+from bench.machine import describe, pct
 from tests.support.pty import PtyPair
 
 
@@ -287,10 +286,6 @@ def fsync_probe(directory: str, times: int = 300) -> list[float]:
             seconds.append(probe())
             time.sleep(0.002)
     return seconds
-
-
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 def main() -> None:

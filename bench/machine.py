@@ -1,13 +1,17 @@
-"""One line naming the machine a benchmark ran on, for every script in bench/.
+"""What the scripts in bench/ share: one line naming the machine a benchmark ran on, and
+percentiles.
 
 >>> "cores" in describe()
 True
+>>> pct([1.0, 2.0, 3.0], 50)
+2.0
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,3 +33,8 @@ def describe() -> str:
 def header() -> str:
     """The two lines every benchmark prints first: machine and date."""
     return f"machine: {describe()}\ndate:    {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def pct(values: list[float], q: int) -> float:
+    """The ``q``-th percentile of ``values`` (inclusive method; one value is its own)."""
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
