@@ -2,13 +2,13 @@
 
     .venv/bin/python bench/cpu_probe.py [--work-ms 0.5] [--gap 0.05] [--times 300] [--watch 10]
 
-A scan is a few hundred microseconds of work after an idle spell. On a shared VM the same
-fixed piece of pure Python can take ten times as long now and then, and no code on the scan
-path can beat that: its p99 is the floor of the scan's. This prints the probe's p50 / p99
-back to back and after each ``--gap`` of idle (as bench/feedback_latency.py runs it between
-scans), then watches a busy loop for ``--watch`` seconds and counts the slow episodes: runs of
-1 ms windows in which the loop went at under a third of its median pace. Run it on a kiosk
-before its benches: a quiet one shows neither a tail nor episodes.
+The probe (bench/probes.py) is a fixed piece of pure Python; on a shared VM it can take ten
+times as long now and then, and a scan's work meets the same. This prints its p50 / p99
+back to back and after each ``--gap`` of idle (bench/feedback_latency.py runs it in the gaps
+between scans), then watches a busy loop for ``--watch`` seconds: the slow episodes (runs of
+1 ms windows in which the loop went at under a third of its median pace) and the longest
+gap between two of its clock reads (the process not running at all). Run it on a kiosk
+before its benches: a quiet one should show neither a tail nor episodes.
 """
 
 from __future__ import annotations
@@ -21,55 +21,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import header, pct
+from bench.machine import header, row
+from bench.probes import loops_for, timed_spin
 
 
-def spin(loops: int) -> int:
-    """A fixed piece of pure-Python work: ``loops`` turns of a loop that allocates nothing."""
-    total = 0
-    for i in range(loops):
-        total ^= i
-    return total
-
-
-def loops_for(seconds: float) -> int:
-    """How many :func:`spin` loops take about ``seconds`` back to back on this CPU (the fastest
-    of five tries, so a slow moment while calibrating does not shrink the work).
-
-    >>> loops_for(0.0005) > 0
-    True
-    """
-    per_loop = min(_timed(spin, 20_000) for _ in range(5)) / 20_000
-    return max(1, round(seconds / per_loop))
-
-
-def timed_spin(loops: int) -> float:
-    """Seconds that :func:`spin` of ``loops`` took just now.
-
-    A CPU probe: called after the same idle as a scan, its spread is the machine's own (a
-    shared VM's slow moments, frequency changes, caches gone cold), which no code on the
-    scan path can remove: a scan that takes 0.5 ms of work at p50 cannot beat this at p99.
-
-    >>> timed_spin(loops_for(0.0001)) > 0
-    True
-    """
-    return _timed(spin, loops)
-
-
-def _timed(fn, *args) -> float:
-    t0 = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t0
-
-
-def slow_episodes(seconds: float) -> tuple[int, list[int]]:
-    """Spin for ``seconds`` and count loop turns in each 1 ms window; returns the median
-    turns per window and the lengths (ms) of the runs of windows under a third of it."""
+def slow_episodes(seconds: float) -> tuple[int, list[int], float]:
+    """Spin for ``seconds`` and count loop turns in each 1 ms window. Returns the median turns
+    per window, the lengths (ms) of the runs of windows under a third of it, and the longest
+    gap (s) between two clock reads: a slow pace with no long gap is the CPU running slow,
+    not the process waiting for it."""
     counts: list[int] = []
     turns, start = 0, time.perf_counter()
-    edge = start + 0.001
+    edge, last, longest = start + 0.001, start, 0.0
     while True:
         now = time.perf_counter()
+        longest, last = max(longest, now - last), now
         turns += 1
         if now >= edge:
             counts.append(turns)
@@ -84,7 +50,7 @@ def slow_episodes(seconds: float) -> tuple[int, list[int]]:
         elif length:
             runs.append(length)
             length = 0
-    return median, runs + ([length] if length else [])
+    return median, runs + ([length] if length else []), longest
 
 
 def main() -> None:
@@ -99,15 +65,16 @@ def main() -> None:
     print(f"CPU probe: {loops} turns of a pure-Python loop, {args.work_ms} ms back to back")
     print(f"{'ms':>28} {'p50':>7} {'p99':>7} {'max':>7}")
     for label, gap in (("back to back", 0.0), (f"after {args.gap} s idle", args.gap)):
-        ms = []
+        seconds = []
         for _ in range(args.times):
             time.sleep(gap)
-            ms.append(timed_spin(loops) * 1000)
-        print(f"{label:>28} {pct(ms, 50):7.3f} {pct(ms, 99):7.3f} {max(ms):7.3f}")
-    median, runs = slow_episodes(args.watch)
+            seconds.append(timed_spin(loops))
+        print(row(label, seconds, 28))
+    median, runs, longest = slow_episodes(args.watch)
     print(
         f"busy loop, {args.watch:g} s: {median} turns per ms at the median; {len(runs)} slow episodes"
-        f" (under a third of that pace), {sum(runs)} ms in all, longest {max(runs, default=0)} ms"
+        f" (under a third of that pace), {sum(runs)} ms in all, longest {max(runs, default=0)} ms;"
+        f" longest gap between clock reads {longest * 1000:.2f} ms"
     )
 
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent import codes
 from agent.ledger import Checkpointer, Ledger, connect
 from agent.read import Read
-from bench.feedback_latency import fsync_probe, pct
-from bench.machine import header
+from bench.machine import header, pct, row
+from bench.probes import fsync_probe
 
 
 def main() -> None:
@@ -60,8 +60,7 @@ def main() -> None:
     print(f"{'decide_and_record, ms':>36} {'p50':>7} {'p99':>7} {'max':>7}")
     for name, values in times.items():
         print(f"{name:>36} {pct(values, 50):7.3f} {pct(values, 99):7.3f} {max(values):7.3f}")
-    ms = [v * 1000 for v in probe]
-    print(f"{'fsync probe (32 KiB + fdatasync)':>36} {pct(ms, 50):7.3f} {pct(ms, 99):7.3f} {max(ms):7.3f}")
+    print(row("fsync probe (32 KiB + fdatasync)", probe, 36))
 
 
 if __name__ == "__main__":
