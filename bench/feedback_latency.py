@@ -15,8 +15,9 @@ The ready blip on green is turned off so that only the accept pattern changes pi
 ``--api-clients N`` adds the local API as a sink after the feedback, as the runner does,
 with N stream clients reading every event (bench/api_stream.py has the client).
 ``--segments`` also stamps each step on the way (the pipeline taking the read, the parse,
-each SQL statement, the row hash, the commit, the sinks) and prints each step's p50/p99:
-a microsecond or two of stamping per step is added to every figure.
+each SQL statement, the row hash, the commit, the sinks) and prints each step's p50/p99,
+then how the slowest 2 % of scans spread their extra time over the steps: a microsecond or
+two of stamping per step is added to every figure.
 
 Two probes (bench/probes.py) say what the machine alone costs, with none of the agent's
 work. The fsync probe is a 32 KiB write and its flush, 300 times before the scans, once in
@@ -34,6 +35,7 @@ import datetime
 import itertools
 import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -137,6 +139,33 @@ class Segments:
         print(f"segments ({len(next(iter(gaps.values()), []))} scans on the common path), ms:")
         for name, values in gaps.items():
             print(f"  {name:>58} {pct(values, 50):7.3f} {pct(values, 99):7.3f}")
+
+    def report_slowest(self, share: float = 0.02) -> None:
+        """How the slowest ``share`` of scans spent their time over the medians, up to the first
+        pin change: in one step (a lock, a flush, a collection) or spread over every step, a few
+        times its median each (the CPU itself running slow)."""
+        paths = []
+        for scan in self.scans:
+            scan = sorted(scan, key=lambda stamp: stamp[1])
+            labels = [label for label, _ in scan]
+            if "first pin change" in labels:
+                paths.append(scan[: labels.index("first pin change") + 1])
+        if not paths:
+            return
+        order = [label for label, _ in paths[0]]
+        steps = [[tb - ta for (_, ta), (_, tb) in itertools.pairwise(p)] for p in paths if len(p) == len(order)]
+        medians = [statistics.median(s[i] for s in steps) for i in range(len(order) - 1)]
+        timed = [i for i, m in enumerate(medians) if m > 5e-6]  # a step of a few µs is mostly stamping
+        slowest = sorted(steps, key=sum, reverse=True)[: max(1, round(len(steps) * share))]
+        print(
+            f"the slowest {share:.0%} of scans to the first pin change: ms; the largest step's share of"
+            f" the time over the medians; steps at 3x their median or more (of {len(timed)})"
+        )
+        for s in slowest:
+            over = sum(s) - sum(medians)
+            largest = max(s[i] - medians[i] for i in range(len(s)))
+            share_of_largest = largest / over if over > 0 else 0.0
+            print(f"  {sum(s) * 1000:7.3f} {share_of_largest:5.0%} {sum(s[i] >= 3 * medians[i] for i in timed):4d}")
 
 
 class _StampedConnection:
@@ -351,6 +380,7 @@ def main() -> None:
         for scan, t_read in zip(segments.scans, committed.reads, strict=False):
             scan.insert(1, ("terminator read", t_read))
         segments.report()
+        segments.report_slowest()
     fsyncs = [("fsync probe before", fsync_before), ("between scans", fsync_between), ("after", fsync_after)]
     fsyncs = [(name, values) for name, values in fsyncs if values]
     for name, values in fsyncs:
