@@ -15,7 +15,6 @@ import argparse
 import datetime
 import re
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -30,7 +29,7 @@ from agent.read import Read
 from agent.sinks.api import LocalApi
 from agent.sinks.feedback import NoFeedback
 from agent.station import Station
-from bench.machine import describe
+from bench.machine import describe, pct
 
 
 def start_api(pipeline: Pipeline, db: Path, feedback) -> LocalApi:
@@ -89,10 +88,6 @@ class Committed:
     def decided(self, decision) -> None:
         if decision.seq is not None:
             self.at[decision.seq] = time.monotonic()
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def main() -> None:
