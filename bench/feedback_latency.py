@@ -124,19 +124,32 @@ class Segments:
         self.wrap(feedback, "decided", "feedback")
         self.wrap(feedback, "play", "feedback.play")
 
-    def report(self, skip: int = 0) -> None:
+    def common_path(self, until: str | None = None) -> list[list[tuple[str, float]]]:
+        """Every scan's stamps in time order (up to ``until``, if given) whose labels follow
+        the first scan's: another path (a checkpoint's stamps, an odd scan) is not comparable
+        step by step."""
+        paths = []
+        for scan in self.scans:
+            scan = sorted(scan, key=lambda stamp: stamp[1])
+            labels = [label for label, _ in scan]
+            if until is not None:
+                if until not in labels:
+                    continue
+                scan = scan[: labels.index(until) + 1]
+            paths.append(scan)
+        order = [label for label, _ in paths[0]] if paths else []
+        return [p for p in paths if [label for label, _ in p] == order]
+
+    def report(self) -> None:
         """Each step between two stamps (in the order of the first scan), p50 / p99 in ms."""
-        scans = [sorted(s, key=lambda stamp: stamp[1]) for s in self.scans[skip:] if s]
-        if not scans:
-            return
-        order = [label for label, _ in scans[0]]
+        scans = self.common_path()
         gaps: dict[str, list[float]] = {}
         for scan in scans:
-            if [label for label, _ in scan] != order:
-                continue  # another path (a checkpoint's stamps, an odd scan): not comparable
             for (a, ta), (b, tb) in itertools.pairwise(scan):
                 gaps.setdefault(f"{a} -> {b}", []).append((tb - ta) * 1000)
-        print(f"segments ({len(next(iter(gaps.values()), []))} scans on the common path), ms:")
+        if not gaps:
+            return
+        print(f"segments ({len(scans)} scans on the common path), ms:")
         for name, values in gaps.items():
             print(f"  {name:>58} {pct(values, 50):7.3f} {pct(values, 99):7.3f}")
 
@@ -144,17 +157,11 @@ class Segments:
         """How the slowest ``share`` of scans spent their time over the medians, up to the first
         pin change: in one step (a lock, a flush, a collection) or spread over every step, a few
         times its median each (the CPU itself running slow)."""
-        paths = []
-        for scan in self.scans:
-            scan = sorted(scan, key=lambda stamp: stamp[1])
-            labels = [label for label, _ in scan]
-            if "first pin change" in labels:
-                paths.append(scan[: labels.index("first pin change") + 1])
+        paths = self.common_path(until="first pin change")
         if not paths:
             return
-        order = [label for label, _ in paths[0]]
-        steps = [[tb - ta for (_, ta), (_, tb) in itertools.pairwise(p)] for p in paths if len(p) == len(order)]
-        medians = [statistics.median(s[i] for s in steps) for i in range(len(order) - 1)]
+        steps = [[tb - ta for (_, ta), (_, tb) in itertools.pairwise(p)] for p in paths]
+        medians = [statistics.median(column) for column in zip(*steps, strict=True)]
         timed = [i for i, m in enumerate(medians) if m > 5e-6]  # a step of a few µs is mostly stamping
         slowest = sorted(steps, key=sum, reverse=True)[: max(1, round(len(steps) * share))]
         print(
